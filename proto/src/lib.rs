@@ -1,0 +1,16 @@
+//! Strata's wire formats, shared by the broker and the client.
+//!
+//! - [`batch`]: the record-batch codec. The same bytes travel from the producer
+//!   through the log to the consumer; the broker verifies and stamps, never re-encodes.
+//! - [`v1`]: gRPC messages and services generated from `proto/strata.proto`.
+//! - [`limits`]: size limits both sides enforce (DESIGN.md §7).
+
+pub mod batch;
+pub mod limits;
+pub mod varint;
+
+/// Generated gRPC code for `strata.v1`.
+#[allow(clippy::all, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("strata.v1");
+}
