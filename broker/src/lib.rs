@@ -1,1 +1,4 @@
+//! The Strata broker: storage, partitions, consumer groups and the gRPC services
+//! of one node. Layers point one way: `server` → `partition` → `log`.
 
+pub mod log;

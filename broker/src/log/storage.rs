@@ -1,0 +1,365 @@
+//! The disk, behind a small trait, so that every byte the log writes can be run
+//! through a fault-injecting backend in tests (torn writes, failed or lying
+//! fsyncs, full disks, crashes that lose unsynced data).
+//!
+//! [`FileStorage`] is the real thing. [`FaultyStorage`] wraps it and models a
+//! machine crash as "every file falls back to its last synced length", which is
+//! the worst the page cache may legally do to us.
+//!
+//! Indexes are memory-mapped ([`StorageFile::map`]); only the log's record data
+//! and its metadata files pass through the fault model.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use memmap2::{Mmap, MmapMut};
+use parking_lot::Mutex;
+
+/// How a file is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Read and write; create if missing.
+    Create,
+    /// Read and write an existing file.
+    ReadWrite,
+    /// Read an existing file.
+    ReadOnly,
+}
+
+/// An open file.
+pub trait StorageFile: Send + Sync + Debug {
+    /// Writes all of `buf` at `pos`.
+    fn write_at(&self, buf: &[u8], pos: u64) -> io::Result<()>;
+    /// Reads up to `buf.len()` bytes at `pos`; returns how many were read
+    /// (fewer only at end of file).
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize>;
+    /// Makes everything written so far durable (fdatasync).
+    fn sync(&self) -> io::Result<()>;
+    /// Sets the file's length, cutting or zero-extending it.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    fn len(&self) -> io::Result<u64>;
+    /// A read-only map of the whole file. The file must not be empty.
+    fn map(&self) -> io::Result<Mmap>;
+    /// A writable shared map of the whole file. The file must not be empty.
+    fn map_mut(&self) -> io::Result<MmapMut>;
+}
+
+/// Directory and file operations the log needs.
+pub trait Storage: Send + Sync + Debug {
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StorageFile>>;
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Makes a directory's entries (creates, renames, removes) durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Names of the entries of `dir` (files and directories), unsorted.
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>>;
+    fn exists(&self, path: &Path) -> io::Result<bool>;
+    /// Length of the file at `path`, without opening it.
+    fn file_len(&self, path: &Path) -> io::Result<u64>;
+}
+
+/// Reads `buf.len()` bytes at `pos`, or fails with `UnexpectedEof`.
+pub fn read_exact_at(file: &dyn StorageFile, buf: &mut [u8], pos: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let n = file.read_at(&mut buf[done..], pos + done as u64)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("short read: wanted {} bytes at {pos}, file ended after {done}", buf.len()),
+            ));
+        }
+        done += n;
+    }
+    Ok(())
+}
+
+/// Files on the local file system.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FileStorage;
+
+#[derive(Debug)]
+struct LocalFile {
+    file: File,
+}
+
+impl StorageFile for LocalFile {
+    fn write_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
+        self.file.write_all_at(buf, pos)
+    }
+
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+        loop {
+            match self.file.read_at(buf, pos) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => return other,
+            }
+        }
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    fn map(&self) -> io::Result<Mmap> {
+        // SAFETY: index files are only ever cut by the log that maps them, and
+        // only to lengths covering every entry a reader may still look at.
+        unsafe { Mmap::map(&self.file) }
+    }
+
+    fn map_mut(&self) -> io::Result<MmapMut> {
+        // SAFETY: as for `map`; the single writer of an index holds its lock.
+        unsafe { MmapMut::map_mut(&self.file) }
+    }
+}
+
+impl Storage for FileStorage {
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StorageFile>> {
+        let mut options = OpenOptions::new();
+        match mode {
+            OpenMode::Create => options.read(true).write(true).create(true),
+            OpenMode::ReadWrite => options.read(true).write(true),
+            OpenMode::ReadOnly => options.read(true),
+        };
+        Ok(Arc::new(LocalFile { file: options.open(path)? }))
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)
+    }
+
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            if let Ok(name) = entry?.file_name().into_string() {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+
+    fn exists(&self, path: &Path) -> io::Result<bool> {
+        path.try_exists()
+    }
+
+    fn file_len(&self, path: &Path) -> io::Result<u64> {
+        Ok(std::fs::metadata(path)?.len())
+    }
+}
+
+/// Faults a [`FaultyStorage`] injects; change them at any time through
+/// [`FaultyStorage::set`].
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Every `sync` fails with EIO (and syncs nothing).
+    pub fail_sync: bool,
+    /// Every `sync` reports success but syncs nothing: a lying disk. Only
+    /// visible after [`FaultyStorage::crash`].
+    pub lie_on_sync: bool,
+    /// Bytes that may still be written before writes fail with ENOSPC.
+    pub space_left_bytes: Option<u64>,
+    /// The next write stores only this many bytes, then fails with EIO.
+    pub tear_next_write_after: Option<usize>,
+}
+
+#[derive(Debug, Default)]
+struct FaultState {
+    faults: Faults,
+    /// Per file, the length its contents were last made durable at.
+    synced_len: HashMap<PathBuf, u64>,
+    syncs: u64,
+    /// Bytes read through `read_at`, per file extension.
+    bytes_read: HashMap<String, u64>,
+}
+
+/// A [`FileStorage`] that injects [`Faults`] and can simulate a crash.
+#[derive(Debug, Clone, Default)]
+pub struct FaultyStorage {
+    state: Arc<Mutex<FaultState>>,
+}
+
+impl FaultyStorage {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Replaces the active faults.
+    pub fn set(&self, faults: Faults) {
+        self.state.lock().faults = faults;
+    }
+
+    /// Successful `sync` calls so far.
+    pub fn syncs(&self) -> u64 {
+        self.state.lock().syncs
+    }
+
+    /// Bytes read so far from files whose name ends in `.{extension}`.
+    pub fn bytes_read(&self, extension: &str) -> u64 {
+        self.state.lock().bytes_read.get(extension).copied().unwrap_or(0)
+    }
+
+    /// Simulates power loss: every file written through this storage falls back
+    /// to the length it had at its last real sync. Call only after the log that
+    /// used this storage has been dropped.
+    pub fn crash(&self) -> io::Result<()> {
+        let state = self.state.lock();
+        for (path, len) in &state.synced_len {
+            match OpenOptions::new().write(true).open(path) {
+                Ok(f) => {
+                    if f.metadata()?.len() > *len {
+                        f.set_len(*len)?;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct FaultyFile {
+    path: PathBuf,
+    inner: Arc<dyn StorageFile>,
+    state: Arc<Mutex<FaultState>>,
+}
+
+impl StorageFile for FaultyFile {
+    fn write_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
+        let mut state = self.state.lock();
+        if let Some(left) = state.faults.space_left_bytes {
+            if (buf.len() as u64) > left {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            state.faults.space_left_bytes = Some(left - buf.len() as u64);
+        }
+        if let Some(keep) = state.faults.tear_next_write_after.take() {
+            self.inner.write_at(&buf[..keep.min(buf.len())], pos)?;
+            return Err(io::Error::other("injected torn write"));
+        }
+        drop(state);
+        self.inner.write_at(buf, pos)
+    }
+
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+        let n = self.inner.read_at(buf, pos)?;
+        let ext = self.path.extension().and_then(|e| e.to_str()).unwrap_or("").to_owned();
+        *self.state.lock().bytes_read.entry(ext).or_default() += n as u64;
+        Ok(n)
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        let mut state = self.state.lock();
+        if state.faults.fail_sync {
+            return Err(io::Error::other("injected fsync failure (EIO)"));
+        }
+        if state.faults.lie_on_sync {
+            return Ok(());
+        }
+        self.inner.sync()?;
+        let len = self.inner.len()?;
+        state.synced_len.insert(self.path.clone(), len);
+        state.syncs += 1;
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.inner.set_len(len)?;
+        // Cutting a file is a metadata change we treat as immediately durable;
+        // the model only loses appended data.
+        let mut state = self.state.lock();
+        if let Some(synced) = state.synced_len.get_mut(&self.path) {
+            *synced = (*synced).min(len);
+        }
+        Ok(())
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+
+    fn map(&self) -> io::Result<Mmap> {
+        self.inner.map()
+    }
+
+    fn map_mut(&self) -> io::Result<MmapMut> {
+        self.inner.map_mut()
+    }
+}
+
+impl Storage for FaultyStorage {
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StorageFile>> {
+        let inner = FileStorage.open(path, mode)?;
+        let mut state = self.state.lock();
+        if !state.synced_len.contains_key(path) {
+            // Whatever a file holds when we first see it counts as durable.
+            state.synced_len.insert(path.to_path_buf(), inner.len()?);
+        }
+        drop(state);
+        Ok(Arc::new(FaultyFile { path: path.to_path_buf(), inner, state: self.state.clone() }))
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        self.state.lock().synced_len.remove(path);
+        FileStorage.remove(path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        FileStorage.rename(from, to)?;
+        let mut state = self.state.lock();
+        if let Some(len) = state.synced_len.remove(from) {
+            state.synced_len.insert(to.to_path_buf(), len);
+        }
+        Ok(())
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        if self.state.lock().faults.fail_sync {
+            return Err(io::Error::other("injected fsync failure (EIO)"));
+        }
+        FileStorage.sync_dir(dir)
+    }
+
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        FileStorage.create_dir_all(dir)
+    }
+
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        FileStorage.list_dir(dir)
+    }
+
+    fn exists(&self, path: &Path) -> io::Result<bool> {
+        FileStorage.exists(path)
+    }
+
+    fn file_len(&self, path: &Path) -> io::Result<u64> {
+        FileStorage.file_len(path)
+    }
+}
