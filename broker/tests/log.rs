@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use strata_broker::log::storage::{FaultyStorage, Faults};
+use strata_broker::log::storage::{Faults, FaultyStorage, FileStorage};
 use strata_broker::log::{LogConfig, LogError};
 use strata_proto::batch::{Batches, HEADER_BYTES};
 
@@ -34,8 +34,14 @@ fn read_starts_at_the_batch_holding_the_offset_and_returns_whole_batches() {
     }
     // Offset 4*37+2 lies inside batch 37.
     let chunk = log.read(150, 1, log.end_offset()).unwrap();
-    let batches: Vec<_> = Batches::new(chunk.bytes.clone()).map(Result::unwrap).collect();
-    assert_eq!(batches.len(), 1, "max_bytes smaller than a batch still returns one whole batch");
+    let batches: Vec<_> = Batches::new(chunk.bytes.clone())
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        batches.len(),
+        1,
+        "max_bytes smaller than a batch still returns one whole batch"
+    );
     assert_eq!(batches[0].0.base_offset, 148);
     assert_eq!(chunk.next_offset, 152);
 
@@ -60,7 +66,10 @@ fn reads_never_pass_the_upper_bound() {
     let chunk = log.read(0, 1 << 20, 3).unwrap();
     assert_eq!(chunk.next_offset, 2);
     assert!(log.read(2, 1 << 20, 2).unwrap().bytes.is_empty());
-    assert!(matches!(log.read(3, 1 << 20, 2), Err(LogError::OffsetOutOfRange { requested: 3, .. })));
+    assert!(matches!(
+        log.read(3, 1 << 20, 2),
+        Err(LogError::OffsetOutOfRange { requested: 3, .. })
+    ));
 }
 
 #[test]
@@ -70,7 +79,11 @@ fn segments_roll_by_size_and_reads_cross_them() {
     for i in 0..200 {
         append(&log, batch(&format!("x{i}"), 2, 100, i));
     }
-    assert!(log.segment_count() > 10, "only {} segments", log.segment_count());
+    assert!(
+        log.segment_count() > 10,
+        "only {} segments",
+        log.segment_count()
+    );
     let got = read_all(&log, 0, log.end_offset());
     assert_eq!(got.len(), 400);
     assert!(got.iter().enumerate().all(|(i, r)| r.0 == i as u64));
@@ -89,7 +102,10 @@ fn segments_roll_by_size_and_reads_cross_them() {
 #[test]
 fn segments_roll_by_age() {
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig { segment_ms: 20, ..LogConfig::default() };
+    let config = LogConfig {
+        segment_ms: 20,
+        ..LogConfig::default()
+    };
     let (log, _) = open(dir.path(), config);
     append(&log, batch("a", 1, 10, 1));
     std::thread::sleep(std::time::Duration::from_millis(30));
@@ -108,14 +124,25 @@ fn reopen_after_clean_close_reads_everything_without_scanning() {
         }
         log.flush().unwrap();
         log.close(b"state at close").unwrap();
-        assert!(matches!(log.append(&mut batch("late", 1, 1, 1)), Err(LogError::Closed)));
+        assert!(matches!(
+            log.append(&mut batch("late", 1, 1, 1)),
+            Err(LogError::Closed)
+        ));
     }
     let reopened = Arc::new(FaultyStorage::new());
-    let (log, report) = open_on(dir.path(), small_segments(8192), reopened.clone());
+    let mut recorded = Recorded::default();
+    let (log, report) = strata_broker::log::Log::open(
+        dir.path(),
+        small_segments(8192),
+        reopened.clone(),
+        &mut recorded,
+    )
+    .unwrap();
     assert!(report.clean_shutdown);
     assert_eq!(report.scanned_bytes, 0);
-    assert_eq!(report.state, b"state at close");
-    assert_eq!(report.state_offset, 900);
+    assert_eq!(recorded.state, b"state at close");
+    assert!(recorded.replayed.is_empty());
+    assert_eq!(report.replayed_from, 900);
     assert_eq!(reopened.bytes_read("log"), 0, "opening read record data");
     assert_eq!(log.end_offset(), 900);
     let got = read_all(&log, 0, log.end_offset());
@@ -140,10 +167,19 @@ fn a_second_clean_open_is_not_mistaken_for_clean_after_a_crash() {
         append(&log, batch("b", 1, 10, 1));
         log.flush().unwrap();
     }
-    let (log, report) = open(dir.path(), LogConfig::default());
+    let mut recorded = Recorded::default();
+    let (log, report) = strata_broker::log::Log::open(
+        dir.path(),
+        LogConfig::default(),
+        Arc::new(FileStorage),
+        &mut recorded,
+    )
+    .unwrap();
     assert!(!report.clean_shutdown);
     assert!(report.scanned_bytes > 0);
     assert_eq!(log.end_offset(), 2);
+    // The batch written after the last checkpoint is replayed, the one before is not.
+    assert_eq!(recorded.replayed, vec![1]);
 }
 
 /// Builds a log of `batches` batches of 3 records, flushed, and "crashes" it.
@@ -184,7 +220,12 @@ fn torn_tail_is_truncated_to_last_valid_batch_at_every_byte() {
             std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
         }
         let file = active_log_file(dir.path());
-        std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(full - cut).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_len(full - cut)
+            .unwrap();
         let (log, report) = open(dir.path(), LogConfig::default());
         assert_eq!(log.end_offset(), 12, "cut {cut}");
         assert_eq!(report.truncated_bytes, last - cut, "cut {cut}");
@@ -236,7 +277,9 @@ fn bit_flip_in_a_sealed_segment_is_reported_on_read_with_its_position() {
     assert_eq!(chunk.next_offset, 3);
     // ...and reading the damaged one fails loudly, naming segment and position.
     match log.read(3, 1 << 20, log.end_offset()) {
-        Err(LogError::Corrupt { segment, position, .. }) => {
+        Err(LogError::Corrupt {
+            segment, position, ..
+        }) => {
             assert_eq!(segment, first);
             assert_eq!(position, batch_len);
         }
@@ -274,7 +317,12 @@ fn deleted_or_damaged_index_is_rebuilt_from_its_segment() {
         .unwrap();
     // A torn index: not a whole number of entries.
     let len = std::fs::metadata(&second).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&second).unwrap().set_len(len - 3).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&second)
+        .unwrap()
+        .set_len(len - 3)
+        .unwrap();
 
     let (log, _) = open(dir.path(), config);
     assert_eq!(read_all(&log, 0, log.end_offset()), expected);
@@ -282,7 +330,15 @@ fn deleted_or_damaged_index_is_rebuilt_from_its_segment() {
     assert_eq!(std::fs::metadata(&second).unwrap().len() % 8, 0);
     // Reads in the middle of a rebuilt segment still start at the right batch.
     let chunk = log.read(51, 1, log.end_offset()).unwrap();
-    assert_eq!(Batches::new(chunk.bytes).next().unwrap().unwrap().0.base_offset, 50);
+    assert_eq!(
+        Batches::new(chunk.bytes)
+            .next()
+            .unwrap()
+            .unwrap()
+            .0
+            .base_offset,
+        50
+    );
 }
 
 #[test]
@@ -294,20 +350,34 @@ fn failed_fsync_fails_the_flush_and_poisons_the_log_until_reopened() {
         append(&log, batch("durable", 2, 10, 1));
         assert_eq!(log.flush().unwrap(), 2);
         append(&log, batch("lost", 2, 10, 1));
-        storage.set(Faults { fail_sync: true, ..Faults::default() });
+        storage.set(Faults {
+            fail_sync: true,
+            ..Faults::default()
+        });
         assert!(log.flush().is_err());
         assert!(log.is_poisoned());
-        assert_eq!(log.flushed_offset(), 2, "a failed fsync never advances durability");
+        assert_eq!(
+            log.flushed_offset(),
+            2,
+            "a failed fsync never advances durability"
+        );
         storage.set(Faults::default());
         // Even with a healthy disk again, the log stays read-only...
-        assert!(matches!(log.append(&mut batch("x", 1, 1, 1)), Err(LogError::Poisoned { .. })));
+        assert!(matches!(
+            log.append(&mut batch("x", 1, 1, 1)),
+            Err(LogError::Poisoned { .. })
+        ));
         assert!(matches!(log.flush(), Err(LogError::Poisoned { .. })));
         // ...but still serves what it has.
         assert_eq!(read_all(&log, 0, 2).len(), 2);
     }
     storage.crash().unwrap();
     let (log, _) = open_on(dir.path(), LogConfig::default(), storage);
-    assert_eq!(log.end_offset(), 2, "only the synced batch survives the crash");
+    assert_eq!(
+        log.end_offset(),
+        2,
+        "only the synced batch survives the crash"
+    );
     assert_eq!(append(&log, batch("again", 1, 1, 1)), 2);
 }
 
@@ -342,7 +412,10 @@ fn lying_fsync_is_exposed_by_a_crash() {
     let storage = Arc::new(FaultyStorage::new());
     {
         let (log, _) = open_on(dir.path(), LogConfig::default(), storage.clone());
-        storage.set(Faults { lie_on_sync: true, ..Faults::default() });
+        storage.set(Faults {
+            lie_on_sync: true,
+            ..Faults::default()
+        });
         append(&log, batch("acked", 1, 10, 1));
         assert_eq!(log.flush().unwrap(), 1);
     }
@@ -358,7 +431,10 @@ fn full_disk_fails_the_append_and_leaves_the_log_usable() {
     let storage = Arc::new(FaultyStorage::new());
     let (log, _) = open_on(dir.path(), LogConfig::default(), storage.clone());
     append(&log, batch("ok", 1, 10, 1));
-    storage.set(Faults { space_left_bytes: Some(10), ..Faults::default() });
+    storage.set(Faults {
+        space_left_bytes: Some(10),
+        ..Faults::default()
+    });
     let err = log.append(&mut batch("too-big", 1, 100, 1)).unwrap_err();
     assert!(err.is_disk_full(), "{err}");
     storage.set(Faults::default());
@@ -375,7 +451,10 @@ fn torn_write_is_cut_and_the_next_append_lands_cleanly() {
     {
         let (log, _) = open_on(dir.path(), LogConfig::default(), storage.clone());
         append(&log, batch("ok", 1, 10, 1));
-        storage.set(Faults { tear_next_write_after: Some(30), ..Faults::default() });
+        storage.set(Faults {
+            tear_next_write_after: Some(30),
+            ..Faults::default()
+        });
         assert!(log.append(&mut batch("torn", 1, 100, 1)).is_err());
         assert_eq!(append(&log, batch("after", 1, 10, 1)), 1);
         log.flush().unwrap();
@@ -388,7 +467,10 @@ fn torn_write_is_cut_and_the_next_append_lands_cleanly() {
 #[test]
 fn retention_by_bytes_deletes_whole_oldest_segments() {
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig { retention_bytes: Some(10_000), ..small_segments(4096) };
+    let config = LogConfig {
+        retention_bytes: Some(10_000),
+        ..small_segments(4096)
+    };
     let (log, _) = open(dir.path(), config);
     for i in 0..200 {
         append(&log, batch(&format!("r{i}"), 1, 200, i));
@@ -401,14 +483,23 @@ fn retention_by_bytes_deletes_whole_oldest_segments() {
     assert!(after >= 10_000, "retention cut below its limit: {after}");
     let start = log.start_offset();
     assert!(start > 0);
-    assert!(matches!(log.read(0, 100, log.end_offset()), Err(LogError::OffsetOutOfRange { .. })));
-    assert_eq!(read_all(&log, start, log.end_offset()).len() as u64, 200 - start);
+    assert!(matches!(
+        log.read(0, 100, log.end_offset()),
+        Err(LogError::OffsetOutOfRange { .. })
+    ));
+    assert_eq!(
+        read_all(&log, start, log.end_offset()).len() as u64,
+        200 - start
+    );
 }
 
 #[test]
 fn retention_by_age_deletes_expired_segments_and_rolls_an_expired_active_one() {
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig { retention_ms: Some(1_000), ..small_segments(4096) };
+    let config = LogConfig {
+        retention_ms: Some(1_000),
+        ..small_segments(4096)
+    };
     let (log, _) = open(dir.path(), config.clone());
     for i in 0..60 {
         append(&log, batch(&format!("old{i}"), 1, 200, 10_000 + i));
@@ -420,7 +511,11 @@ fn retention_by_age_deletes_expired_segments_and_rolls_an_expired_active_one() {
     let report = log.enforce_retention(50_500).unwrap();
     assert!(report.segments_deleted > 0);
     let remaining = read_all(&log, log.start_offset(), log.end_offset());
-    assert!(remaining.iter().all(|r| !r.1.starts_with(b"old") || r.0 >= log.start_offset()));
+    assert!(
+        remaining
+            .iter()
+            .all(|r| !r.1.starts_with(b"old") || r.0 >= log.start_offset())
+    );
     assert!(remaining.iter().any(|r| r.1.starts_with(b"new0")));
     // Much later everything has expired, even the active segment's records.
     log.enforce_retention(100_000).unwrap();
@@ -453,7 +548,10 @@ fn timestamp_lookup_finds_the_first_record_at_or_after() {
 #[test]
 fn open_time_does_not_read_sealed_segments_even_after_a_crash() {
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig { checkpoint_interval_bytes: 1, ..small_segments(4096) };
+    let config = LogConfig {
+        checkpoint_interval_bytes: 1,
+        ..small_segments(4096)
+    };
     let storage = Arc::new(FaultyStorage::new());
     {
         let (log, _) = open_on(dir.path(), config.clone(), storage.clone());
@@ -472,6 +570,10 @@ fn open_time_does_not_read_sealed_segments_even_after_a_crash() {
     assert!(!report.clean_shutdown);
     assert!(log.segment_count() > 20);
     // Only the one unflushed batch was read.
-    assert!(fresh.bytes_read("log") < 1024, "read {} bytes", fresh.bytes_read("log"));
+    assert!(
+        fresh.bytes_read("log") < 1024,
+        "read {} bytes",
+        fresh.bytes_read("log")
+    );
     assert_eq!(log.end_offset(), 501);
 }

@@ -126,7 +126,10 @@ impl BatchHeader {
     /// the batch's extent (magic and a sane length); [`verify`] checks the rest.
     pub fn parse(buf: &[u8]) -> Result<Self, BatchError> {
         if buf.len() < HEADER_BYTES {
-            return Err(BatchError::Truncated { len: buf.len(), need: HEADER_BYTES });
+            return Err(BatchError::Truncated {
+                len: buf.len(),
+                need: HEADER_BYTES,
+            });
         }
         let header = BatchHeader {
             base_offset: u64_at(buf, field::BASE_OFFSET),
@@ -146,7 +149,9 @@ impl BatchHeader {
             raft_term: u64_at(buf, field::RAFT_TERM),
         };
         if header.magic != MAGIC {
-            return Err(BatchError::BadMagic { found: header.magic });
+            return Err(BatchError::BadMagic {
+                found: header.magic,
+            });
         }
         if (header.length as usize) < HEADER_BYTES - LOG_OVERHEAD_BYTES {
             return Err(BatchError::LengthMismatch {
@@ -199,7 +204,10 @@ pub fn verify(batch: &[u8]) -> Result<BatchHeader, BatchError> {
     let parts = CrcParts::new(batch);
     let computed = parts.with_term(header.raft_term);
     if computed != header.crc {
-        return Err(BatchError::CrcMismatch { stored: header.crc, computed });
+        return Err(BatchError::CrcMismatch {
+            stored: header.crc,
+            computed,
+        });
     }
     Ok(header)
 }
@@ -215,7 +223,10 @@ pub fn verify_and_stamp(
     let parts = CrcParts::new(batch);
     let computed = parts.with_term(header.raft_term);
     if computed != header.crc {
-        return Err(BatchError::CrcMismatch { stored: header.crc, computed });
+        return Err(BatchError::CrcMismatch {
+            stored: header.crc,
+            computed,
+        });
     }
     batch[field::BASE_OFFSET..field::BASE_OFFSET + 8].copy_from_slice(&base_offset.to_le_bytes());
     header.base_offset = base_offset;
@@ -231,7 +242,10 @@ pub fn verify_and_stamp(
 
 /// Rewrites only the base offset; it lies outside the CRC, so nothing else changes.
 pub fn stamp_base_offset(batch: &mut [u8], base_offset: u64) {
-    assert!(batch.len() >= HEADER_BYTES, "stamping a buffer shorter than a header");
+    assert!(
+        batch.len() >= HEADER_BYTES,
+        "stamping a buffer shorter than a header"
+    );
     batch[field::BASE_OFFSET..field::BASE_OFFSET + 8].copy_from_slice(&base_offset.to_le_bytes());
 }
 
@@ -248,7 +262,10 @@ impl CrcParts {
         before_term.update(&batch[field::MAGIC..field::RAFT_TERM]);
         let mut records = Hasher::new();
         records.update(&batch[field::RECORDS..]);
-        CrcParts { before_term, records }
+        CrcParts {
+            before_term,
+            records,
+        }
     }
 
     fn with_term(&self, raft_term: u64) -> u32 {
@@ -261,7 +278,10 @@ impl CrcParts {
 
 fn check_structure(batch: &[u8]) -> Result<BatchHeader, BatchError> {
     if batch.len() > MAX_BATCH_BYTES {
-        return Err(BatchError::TooLarge { size: batch.len(), limit: MAX_BATCH_BYTES });
+        return Err(BatchError::TooLarge {
+            size: batch.len(),
+            limit: MAX_BATCH_BYTES,
+        });
     }
     let header = BatchHeader::parse(batch)?;
     if header.batch_len() != batch.len() {
@@ -270,8 +290,7 @@ fn check_structure(batch: &[u8]) -> Result<BatchHeader, BatchError> {
             actual: batch.len(),
         });
     }
-    if header.attributes & !KNOWN_ATTRIBUTES != 0
-        || header.attributes & ATTR_COMPRESSION_MASK != 0
+    if header.attributes & !KNOWN_ATTRIBUTES != 0 || header.attributes & ATTR_COMPRESSION_MASK != 0
     {
         return Err(BatchError::UnsupportedAttributes(header.attributes));
     }
@@ -283,7 +302,10 @@ fn check_structure(batch: &[u8]) -> Result<BatchHeader, BatchError> {
         header.record_count >= 1 && header.record_count as usize <= max_records
     };
     if !count_ok {
-        return Err(BatchError::BadRecordCount { count: header.record_count, bytes: batch.len() });
+        return Err(BatchError::BadRecordCount {
+            count: header.record_count,
+            bytes: batch.len(),
+        });
     }
     if header.max_timestamp < header.first_timestamp {
         return Err(BatchError::BadTimestamps {
@@ -314,7 +336,12 @@ pub struct Record {
 impl Record {
     /// A record with a value, no key, stamped `timestamp`.
     pub fn new(timestamp: i64, value: impl Into<Bytes>) -> Self {
-        Record { timestamp, key: None, value: Some(value.into()), headers: Vec::new() }
+        Record {
+            timestamp,
+            key: None,
+            value: Some(value.into()),
+            headers: Vec::new(),
+        }
     }
 }
 
@@ -357,7 +384,10 @@ impl BatchBuilder {
 
     /// A control batch: broker metadata rather than user records. It may be empty.
     pub fn control() -> Self {
-        BatchBuilder { attributes: ATTR_CONTROL, ..Self::default() }
+        BatchBuilder {
+            attributes: ATTR_CONTROL,
+            ..Self::default()
+        }
     }
 
     /// Encoded size of the batch built so far.
@@ -381,7 +411,9 @@ impl BatchBuilder {
     }
 
     fn record_body_len(&self, record: &Record) -> usize {
-        let delta = record.timestamp.wrapping_sub(self.first_timestamp_for(record));
+        let delta = record
+            .timestamp
+            .wrapping_sub(self.first_timestamp_for(record));
         1 + varint_len(delta)
             + uvarint_len(u64::from(self.count))
             + opt_bytes_len(record.key.as_deref())
@@ -391,13 +423,19 @@ impl BatchBuilder {
                 .headers
                 .iter()
                 .map(|h| {
-                    uvarint_len(h.key.len() as u64) + h.key.len() + opt_bytes_len(h.value.as_deref())
+                    uvarint_len(h.key.len() as u64)
+                        + h.key.len()
+                        + opt_bytes_len(h.value.as_deref())
                 })
                 .sum::<usize>()
     }
 
     fn first_timestamp_for(&self, record: &Record) -> i64 {
-        if self.count == 0 { record.timestamp } else { self.first_timestamp }
+        if self.count == 0 {
+            record.timestamp
+        } else {
+            self.first_timestamp
+        }
     }
 
     /// Appends `record`. Fails if the record alone exceeds the message limit or
@@ -408,7 +446,10 @@ impl BatchBuilder {
         }
         let body = self.record_body_len(record);
         if body > MAX_MESSAGE_BYTES {
-            return Err(BatchError::RecordTooLarge { size: body, limit: MAX_MESSAGE_BYTES });
+            return Err(BatchError::RecordTooLarge {
+                size: body,
+                limit: MAX_MESSAGE_BYTES,
+            });
         }
         let first = self.first_timestamp_for(record);
         let buf = &mut self.records;
@@ -490,7 +531,12 @@ impl Records {
     /// Iterates `batch`, which must be one whole batch; it is [`verify`]ed first.
     pub fn new(batch: Bytes) -> Result<Self, BatchError> {
         let header = verify(&batch)?;
-        Ok(Records { batch, pos: HEADER_BYTES, index: 0, header })
+        Ok(Records {
+            batch,
+            pos: HEADER_BYTES,
+            index: 0,
+            header,
+        })
     }
 
     pub fn header(&self) -> &BatchHeader {
@@ -498,7 +544,10 @@ impl Records {
     }
 
     fn malformed(&self, reason: &'static str) -> BatchError {
-        BatchError::MalformedRecord { index: self.index, reason }
+        BatchError::MalformedRecord {
+            index: self.index,
+            reason,
+        }
     }
 
     fn next_record(&mut self) -> Result<(u64, Record), BatchError> {
@@ -633,7 +682,10 @@ impl Iterator for Batches {
             }
         };
         if header.batch_len() > self.buf.len() {
-            let err = BatchError::Truncated { len: self.buf.len(), need: header.batch_len() };
+            let err = BatchError::Truncated {
+                len: self.buf.len(),
+                need: header.batch_len(),
+            };
             self.buf.clear();
             return Some(Err(err));
         }
@@ -647,20 +699,32 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn record(ts: i64, key: Option<&[u8]>, value: Option<&[u8]>, headers: &[(&str, Option<&[u8]>)]) -> Record {
+    fn record(
+        ts: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&str, Option<&[u8]>)],
+    ) -> Record {
         Record {
             timestamp: ts,
             key: key.map(Bytes::copy_from_slice),
             value: value.map(Bytes::copy_from_slice),
             headers: headers
                 .iter()
-                .map(|(k, v)| RecordHeader { key: (*k).to_owned(), value: v.map(Bytes::copy_from_slice) })
+                .map(|(k, v)| RecordHeader {
+                    key: (*k).to_owned(),
+                    value: v.map(Bytes::copy_from_slice),
+                })
                 .collect(),
         }
     }
 
     fn build(records: &[Record]) -> Bytes {
-        let mut b = BatchBuilder::new(ProducerStamp { producer_id: 7, producer_epoch: 2, base_sequence: 40 });
+        let mut b = BatchBuilder::new(ProducerStamp {
+            producer_id: 7,
+            producer_epoch: 2,
+            base_sequence: 40,
+        });
         for r in records {
             b.push(r).unwrap();
         }
@@ -669,12 +733,18 @@ mod tests {
 
     #[test]
     fn header_fields_survive_encoding() {
-        let batch = build(&[record(1_000, None, Some(b"a"), &[]), record(900, Some(b"k"), None, &[])]);
+        let batch = build(&[
+            record(1_000, None, Some(b"a"), &[]),
+            record(900, Some(b"k"), None, &[]),
+        ]);
         let h = verify(&batch).unwrap();
         assert_eq!(h.record_count, 2);
         assert_eq!(h.first_timestamp, 1_000);
         assert_eq!(h.max_timestamp, 1_000);
-        assert_eq!((h.producer_id, h.producer_epoch, h.base_sequence), (7, 2, 40));
+        assert_eq!(
+            (h.producer_id, h.producer_epoch, h.base_sequence),
+            (7, 2, 40)
+        );
         assert_eq!(h.last_sequence(), 41);
         assert_eq!(h.batch_len(), batch.len());
     }
@@ -687,7 +757,10 @@ mod tests {
         assert_eq!((h.base_offset, h.raft_term), (1234, 9));
         let again = verify(&bytes).unwrap();
         assert_eq!(again, h);
-        let decoded: Vec<_> = Records::new(Bytes::from(bytes)).unwrap().map(Result::unwrap).collect();
+        let decoded: Vec<_> = Records::new(Bytes::from(bytes))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
         assert_eq!(decoded, vec![(1234, records[0].clone())]);
     }
 
@@ -705,7 +778,10 @@ mod tests {
             for bit in 0..8 {
                 let mut bad = batch.to_vec();
                 bad[byte] ^= 1 << bit;
-                assert!(verify(&bad).is_err(), "flip of bit {bit} in byte {byte} went unnoticed");
+                assert!(
+                    verify(&bad).is_err(),
+                    "flip of bit {bit} in byte {byte} went unnoticed"
+                );
             }
         }
     }
@@ -713,21 +789,40 @@ mod tests {
     #[test]
     fn malformed_batches_get_typed_errors() {
         let good = build(&[record(1, None, Some(b"v"), &[])]);
-        assert!(matches!(verify(&good[..10]), Err(BatchError::Truncated { .. })));
-        assert!(matches!(verify(&good[..good.len() - 1]), Err(BatchError::LengthMismatch { .. })));
+        assert!(matches!(
+            verify(&good[..10]),
+            Err(BatchError::Truncated { .. })
+        ));
+        assert!(matches!(
+            verify(&good[..good.len() - 1]),
+            Err(BatchError::LengthMismatch { .. })
+        ));
         let mut magic = good.to_vec();
         magic[field::MAGIC] = 9;
         assert_eq!(verify(&magic), Err(BatchError::BadMagic { found: 9 }));
         let mut compressed = good.to_vec();
         compressed[field::ATTRIBUTES] = 1;
-        assert!(matches!(verify(&compressed), Err(BatchError::UnsupportedAttributes(1))));
+        assert!(matches!(
+            verify(&compressed),
+            Err(BatchError::UnsupportedAttributes(1))
+        ));
         let mut absurd = good.to_vec();
-        absurd[field::RECORD_COUNT..field::RECORD_COUNT + 4].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(verify(&absurd), Err(BatchError::BadRecordCount { .. })));
+        absurd[field::RECORD_COUNT..field::RECORD_COUNT + 4]
+            .copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            verify(&absurd),
+            Err(BatchError::BadRecordCount { .. })
+        ));
         let empty = BatchBuilder::default().finish();
-        assert!(matches!(verify(&empty), Err(BatchError::BadRecordCount { count: 0, .. })));
+        assert!(matches!(
+            verify(&empty),
+            Err(BatchError::BadRecordCount { count: 0, .. })
+        ));
         let oversize = vec![0u8; MAX_BATCH_BYTES + 1];
-        assert!(matches!(verify(&oversize), Err(BatchError::TooLarge { .. })));
+        assert!(matches!(
+            verify(&oversize),
+            Err(BatchError::TooLarge { .. })
+        ));
     }
 
     #[test]
@@ -743,14 +838,20 @@ mod tests {
     fn oversized_records_are_refused_by_the_builder() {
         let mut b = BatchBuilder::default();
         let big = vec![0u8; MAX_MESSAGE_BYTES + 1];
-        assert!(matches!(b.push(&record(0, None, Some(&big), &[])), Err(BatchError::RecordTooLarge { .. })));
+        assert!(matches!(
+            b.push(&record(0, None, Some(&big), &[])),
+            Err(BatchError::RecordTooLarge { .. })
+        ));
         assert!(b.is_empty());
     }
 
     #[test]
     fn concatenated_batches_split_and_trailing_partial_is_an_error() {
         let a = build(&[record(1, None, Some(b"a"), &[])]);
-        let b = build(&[record(2, None, Some(b"b"), &[]), record(3, None, Some(b"c"), &[])]);
+        let b = build(&[
+            record(2, None, Some(b"b"), &[]),
+            record(3, None, Some(b"c"), &[]),
+        ]);
         let mut buf = BytesMut::new();
         buf.extend_from_slice(&a);
         buf.extend_from_slice(&b);
@@ -776,7 +877,10 @@ mod tests {
                 value: v.map(Bytes::from),
                 headers: hs
                     .into_iter()
-                    .map(|(key, value)| RecordHeader { key, value: value.map(Bytes::from) })
+                    .map(|(key, value)| RecordHeader {
+                        key,
+                        value: value.map(Bytes::from),
+                    })
                     .collect(),
             })
     }

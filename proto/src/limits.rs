@@ -66,7 +66,11 @@ mod tests {
         assert!(topic_name_error("..").is_some());
         assert!(topic_name_error("a/b").unwrap().contains("'/'"));
         assert!(topic_name_error("naïve").is_some());
-        assert!(topic_name_error(&"x".repeat(250)).unwrap().contains("250 bytes"));
+        assert!(
+            topic_name_error(&"x".repeat(250))
+                .unwrap()
+                .contains("250 bytes")
+        );
         assert_eq!(topic_name_error(&"x".repeat(249)), None);
     }
 }

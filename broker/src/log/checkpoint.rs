@@ -118,7 +118,9 @@ impl Checkpoint {
         if !storage.exists(&path).map_err(LogError::io("stat", &path))? {
             return Ok(None);
         }
-        let file = storage.open(&path, OpenMode::ReadOnly).map_err(LogError::io("open", &path))?;
+        let file = storage
+            .open(&path, OpenMode::ReadOnly)
+            .map_err(LogError::io("open", &path))?;
         let len = file.len().map_err(LogError::io("stat", &path))? as usize;
         if len > FIXED_BYTES + MAX_STATE_BYTES + 4 {
             on_damage("file is larger than any checkpoint");
@@ -140,22 +142,33 @@ impl Checkpoint {
         let tmp = dir.join(CHECKPOINT_TMP_FILE);
         let path = dir.join(CHECKPOINT_FILE);
         let bytes = self.encode();
-        let file = storage.open(&tmp, OpenMode::Create).map_err(LogError::io("create", &tmp))?;
+        let file = storage
+            .open(&tmp, OpenMode::Create)
+            .map_err(LogError::io("create", &tmp))?;
         file.set_len(0).map_err(LogError::io("truncate", &tmp))?;
-        file.write_at(&bytes, 0).map_err(LogError::io("write", &tmp))?;
+        file.write_at(&bytes, 0)
+            .map_err(LogError::io("write", &tmp))?;
         file.sync().map_err(LogError::io("fsync", &tmp))?;
         drop(file);
-        storage.rename(&tmp, &path).map_err(LogError::io("rename", &tmp))?;
-        storage.sync_dir(dir).map_err(LogError::io("fsync dir", dir))
+        storage
+            .rename(&tmp, &path)
+            .map_err(LogError::io("rename", &tmp))?;
+        storage
+            .sync_dir(dir)
+            .map_err(LogError::io("fsync dir", dir))
     }
 }
 
 /// Writes the clean-shutdown marker durably.
 pub(crate) fn write_clean_marker(storage: &dyn Storage, dir: &Path) -> Result<()> {
     let path = marker_path(dir);
-    let file = storage.open(&path, OpenMode::Create).map_err(LogError::io("create", &path))?;
+    let file = storage
+        .open(&path, OpenMode::Create)
+        .map_err(LogError::io("create", &path))?;
     file.sync().map_err(LogError::io("fsync", &path))?;
-    storage.sync_dir(dir).map_err(LogError::io("fsync dir", dir))
+    storage
+        .sync_dir(dir)
+        .map_err(LogError::io("fsync dir", dir))
 }
 
 /// Removes the marker if present; returns whether it was there. Removal is made
@@ -166,8 +179,12 @@ pub(crate) fn take_clean_marker(storage: &dyn Storage, dir: &Path) -> Result<boo
     if !storage.exists(&path).map_err(LogError::io("stat", &path))? {
         return Ok(false);
     }
-    storage.remove(&path).map_err(LogError::io("remove", &path))?;
-    storage.sync_dir(dir).map_err(LogError::io("fsync dir", dir))?;
+    storage
+        .remove(&path)
+        .map_err(LogError::io("remove", &path))?;
+    storage
+        .sync_dir(dir)
+        .map_err(LogError::io("fsync dir", dir))?;
     Ok(true)
 }
 
@@ -202,7 +219,10 @@ mod tests {
         bytes[20] ^= 0x10;
         std::fs::write(&path, bytes).unwrap();
         let mut damage = None;
-        let read = Checkpoint::read(&FileStorage, dir.path(), |why| damage = Some(why.to_owned())).unwrap();
+        let read = Checkpoint::read(&FileStorage, dir.path(), |why| {
+            damage = Some(why.to_owned())
+        })
+        .unwrap();
         assert_eq!(read, None);
         assert_eq!(damage.as_deref(), Some("CRC mismatch"));
     }

@@ -20,7 +20,10 @@ pub(crate) const CURSOR_CHUNK_BYTES: usize = 256 * 1024;
 pub(crate) enum Stop {
     Io(io::Error),
     /// The bytes at `position` are not a valid batch.
-    Invalid { position: u64, reason: String },
+    Invalid {
+        position: u64,
+        reason: String,
+    },
 }
 
 pub(crate) struct BatchCursor<'a> {
@@ -33,7 +36,13 @@ pub(crate) struct BatchCursor<'a> {
 
 impl<'a> BatchCursor<'a> {
     pub fn new(file: &'a dyn StorageFile, start: u64, end: u64) -> Self {
-        BatchCursor { file, pos: start, end, chunk: Bytes::new(), chunk_start: start }
+        BatchCursor {
+            file,
+            pos: start,
+            end,
+            chunk: Bytes::new(),
+            chunk_start: start,
+        }
     }
 
     pub fn position(&self) -> u64 {
@@ -48,7 +57,10 @@ impl<'a> BatchCursor<'a> {
         }
         let pos = self.pos;
         if self.end - pos < HEADER_BYTES as u64 {
-            return Err(self.invalid(format!("{} bytes left, too few for a batch header", self.end - pos)));
+            return Err(self.invalid(format!(
+                "{} bytes left, too few for a batch header",
+                self.end - pos
+            )));
         }
         let bytes = self.bytes(pos, HEADER_BYTES)?;
         let header = BatchHeader::parse(&bytes).map_err(|e| self.invalid(e.to_string()))?;
@@ -82,7 +94,10 @@ impl<'a> BatchCursor<'a> {
             let at = (pos - self.chunk_start) as usize;
             return Ok(self.chunk.slice(at..at + len));
         }
-        let want = len.max(CURSOR_CHUNK_BYTES).min((self.end - pos) as usize).max(len);
+        let want = len
+            .max(CURSOR_CHUNK_BYTES)
+            .min((self.end - pos) as usize)
+            .max(len);
         let mut buf = vec![0u8; want];
         read_exact_at(self.file, &mut buf, pos).map_err(Stop::Io)?;
         self.chunk = Bytes::from(buf);
@@ -91,6 +106,9 @@ impl<'a> BatchCursor<'a> {
     }
 
     fn invalid(&self, reason: String) -> Stop {
-        Stop::Invalid { position: self.pos, reason }
+        Stop::Invalid {
+            position: self.pos,
+            reason,
+        }
     }
 }

@@ -11,15 +11,27 @@ use strata_proto::batch::BatchError;
 pub enum LogError {
     /// An I/O operation failed.
     #[error("{op} {path}: {source}")]
-    Io { op: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
 
     /// The requested offset is outside `[start, end]`.
     #[error("offset {requested} is out of range: the log holds offsets {start}..{end}")]
-    OffsetOutOfRange { requested: u64, start: u64, end: u64 },
+    OffsetOutOfRange {
+        requested: u64,
+        start: u64,
+        end: u64,
+    },
 
     /// Stored data failed validation. Never skipped: reads past it fail.
     #[error("corrupt data in {segment} at byte {position}: {reason}")]
-    Corrupt { segment: PathBuf, position: u64, reason: String },
+    Corrupt {
+        segment: PathBuf,
+        position: u64,
+        reason: String,
+    },
 
     /// An earlier fsync failed, so what is on disk is unknown; the log refuses
     /// writes until it is reopened (and recovery re-checks the tail).

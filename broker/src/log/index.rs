@@ -35,14 +35,18 @@ impl OffsetIndex {
     /// Position of a batch at or before the one holding `relative_offset`: the
     /// place a forward scan for that offset may start.
     pub fn scan_start(&self, relative_offset: u32) -> u32 {
-        self.last_where(|e| e.relative_offset <= relative_offset).map_or(0, |e| e.position)
+        self.last_where(|e| e.relative_offset <= relative_offset)
+            .map_or(0, |e| e.position)
     }
 
     /// Whether the entries are sorted and inside a log of `log_bytes` bytes.
     pub fn is_consistent(&self, log_bytes: u64) -> bool {
         let entries = self.entries();
-        entries.windows(2).all(|w| {
-            w[0].relative_offset <= w[1].relative_offset && w[0].position < w[1].position
-        }) && entries.iter().all(|e| e.position > 0 && u64::from(e.position) < log_bytes)
+        entries
+            .windows(2)
+            .all(|w| w[0].relative_offset <= w[1].relative_offset && w[0].position < w[1].position)
+            && entries
+                .iter()
+                .all(|e| e.position > 0 && u64::from(e.position) < log_bytes)
     }
 }

@@ -58,7 +58,10 @@ pub(crate) struct IndexFile<E: Entry> {
 
 impl<E: Entry> std::fmt::Debug for IndexFile<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IndexFile").field("path", &self.path).field("len", &self.len()).finish()
+        f.debug_struct("IndexFile")
+            .field("path", &self.path)
+            .field("len", &self.len())
+            .finish()
     }
 }
 
@@ -66,7 +69,9 @@ impl<E: Entry> IndexFile<E> {
     /// Maps a sealed index read-only. Fails if the file is not a whole number of
     /// entries; the caller decides whether to rebuild.
     pub fn open_sealed(storage: &dyn Storage, path: &Path) -> Result<Self> {
-        let file = storage.open(path, OpenMode::ReadOnly).map_err(LogError::io("open", path))?;
+        let file = storage
+            .open(path, OpenMode::ReadOnly)
+            .map_err(LogError::io("open", path))?;
         let bytes = file.len().map_err(LogError::io("stat", path))?;
         if bytes % E::BYTES as u64 != 0 {
             return Err(LogError::Corrupt {
@@ -84,7 +89,11 @@ impl<E: Entry> IndexFile<E> {
         Ok(IndexFile {
             path: path.to_path_buf(),
             file,
-            state: RwLock::new(State { map, len, capacity: len }),
+            state: RwLock::new(State {
+                map,
+                len,
+                capacity: len,
+            }),
             _entry: PhantomData,
         })
     }
@@ -97,17 +106,24 @@ impl<E: Entry> IndexFile<E> {
         capacity: usize,
         keep: usize,
     ) -> Result<Self> {
-        let file = storage.open(path, OpenMode::Create).map_err(LogError::io("open", path))?;
+        let file = storage
+            .open(path, OpenMode::Create)
+            .map_err(LogError::io("open", path))?;
         let existing = file.len().map_err(LogError::io("stat", path))? as usize / E::BYTES;
         let keep = keep.min(existing).min(capacity);
-        file.set_len((capacity * E::BYTES) as u64).map_err(LogError::io("preallocate", path))?;
+        file.set_len((capacity * E::BYTES) as u64)
+            .map_err(LogError::io("preallocate", path))?;
         let mut map = file.map_mut().map_err(LogError::io("mmap", path))?;
         // Entries past `keep` may be stale or half-written after a crash.
         map[keep * E::BYTES..].fill(0);
         Ok(IndexFile {
             path: path.to_path_buf(),
             file,
-            state: RwLock::new(State { map: Map::Writable(map), len: keep, capacity }),
+            state: RwLock::new(State {
+                map: Map::Writable(map),
+                len: keep,
+                capacity,
+            }),
             _entry: PhantomData,
         })
     }
@@ -129,7 +145,10 @@ impl<E: Entry> IndexFile<E> {
     /// All entries, decoded (for validation and tests; O(len)).
     pub fn entries(&self) -> Vec<E> {
         let s = self.state.read();
-        s.map.bytes()[..s.len * E::BYTES].chunks_exact(E::BYTES).map(E::decode).collect()
+        s.map.bytes()[..s.len * E::BYTES]
+            .chunks_exact(E::BYTES)
+            .map(E::decode)
+            .collect()
     }
 
     /// The last entry for which `before` holds, given that `before` is true for
@@ -182,8 +201,12 @@ impl<E: Entry> IndexFile<E> {
         // Unmap before cutting: a map must never outlive the bytes it covers.
         s.map = Map::Empty;
         let bytes = (s.len * E::BYTES) as u64;
-        self.file.set_len(bytes).map_err(LogError::io("truncate", &self.path))?;
-        self.file.sync().map_err(LogError::io("fsync", &self.path))?;
+        self.file
+            .set_len(bytes)
+            .map_err(LogError::io("truncate", &self.path))?;
+        self.file
+            .sync()
+            .map_err(LogError::io("fsync", &self.path))?;
         if s.len > 0 {
             s.map = Map::ReadOnly(self.file.map().map_err(LogError::io("mmap", &self.path))?);
         }

@@ -52,6 +52,22 @@ pub struct AppendInfo {
     pub next_offset: u64,
 }
 
+/// State a layer above keeps in the recovery checkpoint and brings up to date
+/// from the log's tail when the log is opened.
+pub trait Replay {
+    /// Called once, first, with the state stored in the checkpoint (empty if
+    /// there was none).
+    fn restore(&mut self, state: &[u8]);
+    /// Called for each batch past the checkpoint, in log order.
+    fn replay(&mut self, header: &BatchHeader);
+}
+
+/// For logs opened without state to keep.
+impl Replay for () {
+    fn restore(&mut self, _state: &[u8]) {}
+    fn replay(&mut self, _header: &BatchHeader) {}
+}
+
 /// What [`Log::open`] found and did.
 #[derive(Debug, Clone, Default)]
 pub struct OpenReport {
@@ -65,12 +81,8 @@ pub struct OpenReport {
     pub scanned_bytes: u64,
     /// Bytes cut off as torn or corrupt.
     pub truncated_bytes: u64,
-    /// The state blob stored with the checkpoint (empty if none).
-    pub state: Vec<u8>,
-    /// `visit` was called for every batch from this offset on; the state blob
-    /// describes the log up to here (best effort if retention removed the
-    /// checkpoint's segment).
-    pub state_offset: u64,
+    /// `replay` saw every batch from this offset on.
+    pub replayed_from: u64,
     pub duration: Duration,
 }
 
@@ -115,18 +127,22 @@ impl std::fmt::Debug for Log {
 
 /// Wall-clock milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl Log {
     /// Opens (or creates) the log in `dir`, recovering its tail if the last
-    /// shutdown was not clean. `visit` sees the header of every batch past the
-    /// checkpoint, in order, so the caller can bring its state blob up to date.
+    /// shutdown was not clean. `replay` gets the checkpoint's state blob, then
+    /// the header of every batch past the checkpoint, in order. (If retention
+    /// removed the checkpoint's segment, the blob is older than the tail; the
+    /// batches between are gone with the segment.)
     pub fn open(
         dir: &Path,
         config: LogConfig,
         storage: Arc<dyn Storage>,
-        visit: &mut dyn FnMut(&BatchHeader),
+        replay: &mut dyn Replay,
     ) -> Result<(Log, OpenReport)> {
         let started = Instant::now();
         config.validate().map_err(|reason| LogError::Io {
@@ -134,7 +150,9 @@ impl Log {
             path: dir.to_path_buf(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidInput, reason),
         })?;
-        storage.create_dir_all(dir).map_err(LogError::io("create", dir))?;
+        storage
+            .create_dir_all(dir)
+            .map_err(LogError::io("create", dir))?;
         let bases = Self::list_segments(storage.as_ref(), dir)?;
         let marker = storage
             .exists(&dir.join(checkpoint::CLEAN_SHUTDOWN_FILE))
@@ -142,7 +160,10 @@ impl Log {
         let ckpt = Checkpoint::read(storage.as_ref(), dir, |why| {
             tracing::warn!(dir = %dir.display(), why, "recovery checkpoint is damaged; recovering from further back");
         })?;
-        let mut report = OpenReport { checkpoint_found: ckpt.is_some(), ..Default::default() };
+        let mut report = OpenReport {
+            checkpoint_found: ckpt.is_some(),
+            ..Default::default()
+        };
 
         let start = match (&ckpt, bases.first()) {
             (_, None) => TailStart::segment_start(ckpt.as_ref().map_or(0, |c| c.next_offset)),
@@ -156,7 +177,11 @@ impl Log {
             },
             (Some(c), Some(&first)) => {
                 // Retention removed the checkpoint's segment: start at the next one.
-                let base = bases.iter().copied().find(|&b| b > c.segment_base).unwrap_or(first);
+                let base = bases
+                    .iter()
+                    .copied()
+                    .find(|&b| b > c.segment_base)
+                    .unwrap_or(first);
                 TailStart::segment_start(base)
             }
             (None, Some(&first)) => {
@@ -167,24 +192,34 @@ impl Log {
                 TailStart::segment_start(first)
             }
         };
-        report.state_offset = start.next_offset;
-        if let Some(c) = &ckpt {
-            report.state = c.state.clone();
-        }
+        report.replayed_from = start.next_offset;
+        replay.restore(ckpt.as_ref().map_or(&[][..], |c| &c.state));
 
         let mut map = BTreeMap::new();
         let capacity = config.max_index_entries() as usize;
         for &base in bases.iter().filter(|&&b| b < start.segment_base) {
-            let seg = Segment::lazy(storage.clone(), dir, base, config.index_interval_bytes, capacity);
+            let seg = Segment::lazy(
+                storage.clone(),
+                dir,
+                base,
+                config.index_interval_bytes,
+                capacity,
+            );
             map.insert(base, Arc::new(seg));
         }
         let tail: Vec<u64> = if bases.is_empty() {
             vec![start.segment_base]
         } else {
-            bases.iter().copied().filter(|&b| b >= start.segment_base).collect()
+            bases
+                .iter()
+                .copied()
+                .filter(|&b| b >= start.segment_base)
+                .collect()
         };
         let (sealed, active, tail_report) =
-            recovery::recover_tail(&storage, dir, &config, &tail, start, visit)?;
+            recovery::recover_tail(&storage, dir, &config, &tail, start, &mut |h| {
+                replay.replay(h)
+            })?;
         for seg in sealed {
             map.insert(seg.base_offset, Arc::new(seg));
         }
@@ -223,7 +258,9 @@ impl Log {
                 bytes_since_checkpoint: 0,
                 last_checkpoint: Instant::now(),
                 // A recovered tail is worth a checkpoint so it is never rescanned.
-                checkpoint_forced: report.scanned_bytes > 0 || report.truncated_bytes > 0 || ckpt.is_none(),
+                checkpoint_forced: report.scanned_bytes > 0
+                    || report.truncated_bytes > 0
+                    || ckpt.is_none(),
                 closed: false,
             }),
             end_offset: AtomicU64::new(next_offset),
@@ -259,7 +296,9 @@ impl Log {
             if base == u64::MAX || !logs.contains(&base) {
                 let path = dir.join(name);
                 tracing::info!(file = %path.display(), "removing leftover file");
-                storage.remove(&path).map_err(LogError::io("remove", &path))?;
+                storage
+                    .remove(&path)
+                    .map_err(LogError::io("remove", &path))?;
             }
         }
         Ok(logs.into_iter().collect())
@@ -275,7 +314,12 @@ impl Log {
 
     /// The first offset still in the log.
     pub fn start_offset(&self) -> u64 {
-        *self.segments.read().keys().next().expect("a log always has its active segment")
+        *self
+            .segments
+            .read()
+            .keys()
+            .next()
+            .expect("a log always has its active segment")
     }
 
     /// The offset the next appended record gets.
@@ -303,7 +347,9 @@ impl Log {
             return Err(LogError::Closed);
         }
         if let Some(cause) = self.poisoned.get() {
-            return Err(LogError::Poisoned { cause: cause.clone() });
+            return Err(LogError::Poisoned {
+                cause: cause.clone(),
+            });
         }
         Ok(())
     }
@@ -323,12 +369,17 @@ impl Log {
     /// when this returns; it is durable after the next [`Log::flush`].
     pub fn append(&self, batch: &mut [u8]) -> Result<AppendInfo> {
         let header = BatchHeader::parse(batch)?;
-        debug_assert!(strata_proto::batch::verify(batch).is_ok(), "appending an unverified batch");
+        debug_assert!(
+            strata_proto::batch::verify(batch).is_ok(),
+            "appending an unverified batch"
+        );
         if header.batch_len() != batch.len() {
-            return Err(LogError::InvalidBatch(strata_proto::batch::BatchError::LengthMismatch {
-                declared: header.batch_len(),
-                actual: batch.len(),
-            }));
+            return Err(LogError::InvalidBatch(
+                strata_proto::batch::BatchError::LengthMismatch {
+                    declared: header.batch_len(),
+                    actual: batch.len(),
+                },
+            ));
         }
         let mut w = self.writer.lock();
         self.check_writable(&w)?;
@@ -342,18 +393,35 @@ impl Log {
             // Cut whatever part of the batch reached the file, so a later append
             // at `pos` cannot leave stale bytes behind it.
             if let Err(cut) = w.parts.log.set_len(pos) {
-                self.poison(format!("write failed ({e}) and the partial write could not be cut ({cut})"));
+                self.poison(format!(
+                    "write failed ({e}) and the partial write could not be cut ({cut})"
+                ));
             }
-            return Err(LogError::Io { op: "write", path: w.segment.paths.log.clone(), source: e });
+            return Err(LogError::Io {
+                op: "write",
+                path: w.segment.paths.log.clone(),
+                source: e,
+            });
         }
-        let header = BatchHeader { base_offset, ..header };
-        w.parts.index_batch(w.segment.base_offset, pos, &header, self.config.index_interval_bytes);
+        let header = BatchHeader {
+            base_offset,
+            ..header
+        };
+        w.parts.index_batch(
+            w.segment.base_offset,
+            pos,
+            &header,
+            self.config.index_interval_bytes,
+        );
         w.size += batch.len() as u64;
         w.bytes_since_checkpoint += batch.len() as u64;
         w.next_offset = header.next_offset();
         w.parts.size.store(w.size, Ordering::Release);
         self.end_offset.store(w.next_offset, Ordering::Release);
-        Ok(AppendInfo { base_offset, next_offset: w.next_offset })
+        Ok(AppendInfo {
+            base_offset,
+            next_offset: w.next_offset,
+        })
     }
 
     fn should_roll(&self, w: &Writer, header: &BatchHeader, len: u64) -> bool {
@@ -378,7 +446,8 @@ impl Log {
             return Err(e);
         }
         // The sealed segment is synced: everything before the new one is durable.
-        self.flushed_offset.fetch_max(w.next_offset, Ordering::AcqRel);
+        self.flushed_offset
+            .fetch_max(w.next_offset, Ordering::AcqRel);
         let (segment, parts) = Segment::open_writable(
             self.storage.clone(),
             &self.dir,
@@ -388,9 +457,13 @@ impl Log {
             0,
             0,
         )?;
-        self.storage.sync_dir(&self.dir).map_err(LogError::io("fsync dir", &self.dir))?;
+        self.storage
+            .sync_dir(&self.dir)
+            .map_err(LogError::io("fsync dir", &self.dir))?;
         let segment = Arc::new(segment);
-        self.segments.write().insert(segment.base_offset, segment.clone());
+        self.segments
+            .write()
+            .insert(segment.base_offset, segment.clone());
         tracing::debug!(dir = %self.dir.display(), sealed = base, active = segment.base_offset, "rolled segment");
         w.segment = segment;
         w.parts = parts;
@@ -406,11 +479,19 @@ impl Log {
         let (file, path, next_offset) = {
             let w = self.writer.lock();
             self.check_writable(&w)?;
-            (w.parts.log.clone(), w.segment.paths.log.clone(), w.next_offset)
+            (
+                w.parts.log.clone(),
+                w.segment.paths.log.clone(),
+                w.next_offset,
+            )
         };
         if let Err(e) = file.sync() {
             self.poison(format!("fsync of {} failed: {e}", path.display()));
-            return Err(LogError::Io { op: "fsync", path, source: e });
+            return Err(LogError::Io {
+                op: "fsync",
+                path,
+                source: e,
+            });
         }
         self.flushed_offset.fetch_max(next_offset, Ordering::AcqRel);
         Ok(next_offset)
@@ -422,7 +503,8 @@ impl Log {
         w.checkpoint_forced
             || w.bytes_since_checkpoint >= self.config.checkpoint_interval_bytes
             || (w.bytes_since_checkpoint > 0
-                && w.last_checkpoint.elapsed() >= Duration::from_millis(self.config.checkpoint_interval_ms))
+                && w.last_checkpoint.elapsed()
+                    >= Duration::from_millis(self.config.checkpoint_interval_ms))
     }
 
     /// Writes a recovery checkpoint at the log end. `state` must describe the
@@ -434,9 +516,14 @@ impl Log {
         if let Err(e) = w.parts.log.sync() {
             let path = w.segment.paths.log.clone();
             self.poison(format!("fsync of {} failed: {e}", path.display()));
-            return Err(LogError::Io { op: "fsync", path, source: e });
+            return Err(LogError::Io {
+                op: "fsync",
+                path,
+                source: e,
+            });
         }
-        self.flushed_offset.fetch_max(w.next_offset, Ordering::AcqRel);
+        self.flushed_offset
+            .fetch_max(w.next_offset, Ordering::AcqRel);
         w.parts.index.flush()?;
         w.parts.time_index.flush()?;
         let ckpt = Checkpoint {
@@ -474,16 +561,26 @@ impl Log {
         loop {
             let (segment, next) = {
                 let segments = self.segments.read();
-                let segment = segments.range(..=offset).next_back().map(|(_, s)| s.clone());
+                let segment = segments
+                    .range(..=offset)
+                    .next_back()
+                    .map(|(_, s)| s.clone());
                 let next = segments.range(offset + 1..).next().map(|(&b, _)| b);
                 (segment, next)
             };
             let start = self.start_offset();
             let Some(segment) = segment.filter(|_| offset >= start && offset <= upper) else {
-                return Err(LogError::OffsetOutOfRange { requested: offset, start, end: upper });
+                return Err(LogError::OffsetOutOfRange {
+                    requested: offset,
+                    start,
+                    end: upper,
+                });
             };
             if offset == upper {
-                return Ok(ReadChunk { bytes: bytes::Bytes::new(), next_offset: offset });
+                return Ok(ReadChunk {
+                    bytes: bytes::Bytes::new(),
+                    next_offset: offset,
+                });
             }
             match segment.read(offset, max_bytes, upper) {
                 Ok(Some(chunk)) => return Ok(chunk),
@@ -497,7 +594,12 @@ impl Log {
                             reason: format!("offsets {offset}..{next} are missing"),
                         });
                     }
-                    None => return Ok(ReadChunk { bytes: bytes::Bytes::new(), next_offset: offset }),
+                    None => {
+                        return Ok(ReadChunk {
+                            bytes: bytes::Bytes::new(),
+                            next_offset: offset,
+                        });
+                    }
                 },
                 // Retention deleted the segment between lookup and open: retry,
                 // and the range check reports the new start.
@@ -578,7 +680,9 @@ impl Log {
             s.remove_files()?;
             report.segments_deleted += 1;
         }
-        self.storage.sync_dir(&self.dir).map_err(LogError::io("fsync dir", &self.dir))?;
+        self.storage
+            .sync_dir(&self.dir)
+            .map_err(LogError::io("fsync dir", &self.dir))?;
         // The checkpoint may name a deleted segment; write a fresh one soon.
         self.writer.lock().checkpoint_forced = true;
         tracing::info!(dir = %self.dir.display(), segments = report.segments_deleted,
@@ -588,6 +692,8 @@ impl Log {
 
     /// Whether a checkpoint file exists (for tests and diagnostics).
     pub fn has_checkpoint(&self) -> bool {
-        self.storage.exists(&self.dir.join(CHECKPOINT_FILE)).unwrap_or(false)
+        self.storage
+            .exists(&self.dir.join(CHECKPOINT_FILE))
+            .unwrap_or(false)
     }
 }

@@ -78,9 +78,16 @@ pub(crate) fn recover_tail(
 
     for (i, &base) in bases.iter().enumerate() {
         let first = i == 0;
-        debug_assert!(first || base == next_offset, "only continuing segments are recovered");
+        debug_assert!(
+            first || base == next_offset,
+            "only continuing segments are recovered"
+        );
         let (mut from, keep_index, keep_time) = if first {
-            (start.position, start.index_entries, start.time_index_entries)
+            (
+                start.position,
+                start.index_entries,
+                start.time_index_entries,
+            )
         } else {
             (0, 0, 0)
         };
@@ -88,7 +95,13 @@ pub(crate) fn recover_tail(
         let file_len = match storage.file_len(&log_path) {
             Ok(len) => len,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(LogError::Io { op: "stat", path: log_path, source: e }),
+            Err(e) => {
+                return Err(LogError::Io {
+                    op: "stat",
+                    path: log_path,
+                    source: e,
+                });
+            }
         };
         let (mut keep_index, mut keep_time) = (keep_index, keep_time);
         if from > file_len {
@@ -109,7 +122,9 @@ pub(crate) fn recover_tail(
             keep_time,
         )?;
         if first && from > 0 {
-            parts.max_timestamp.store(start.max_timestamp, Ordering::Release);
+            parts
+                .max_timestamp
+                .store(start.max_timestamp, Ordering::Release);
         }
 
         let mut cursor = BatchCursor::new(parts.log.as_ref(), from, file_len);
@@ -125,10 +140,18 @@ pub(crate) fn recover_tail(
             if header.base_offset != next_offset {
                 break Some(Stop::Invalid {
                     position: cursor.position(),
-                    reason: format!("batch has base offset {}, expected {next_offset}", header.base_offset),
+                    reason: format!(
+                        "batch has base offset {}, expected {next_offset}",
+                        header.base_offset
+                    ),
                 });
             }
-            parts.index_batch(base, cursor.position(), &header, config.index_interval_bytes);
+            parts.index_batch(
+                base,
+                cursor.position(),
+                &header,
+                config.index_interval_bytes,
+            );
             visit(&header);
             next_offset = header.next_offset();
             cursor.advance(&header);
@@ -139,16 +162,36 @@ pub(crate) fn recover_tail(
 
         if let Some(stop) = stop {
             let reason = match stop {
-                Stop::Io(e) => return Err(LogError::Io { op: "read", path: segment.paths.log.clone(), source: e }),
+                Stop::Io(e) => {
+                    return Err(LogError::Io {
+                        op: "read",
+                        path: segment.paths.log.clone(),
+                        source: e,
+                    });
+                }
                 Stop::Invalid { reason, .. } => reason,
             };
             let cut = file_len - valid_end;
             tracing::warn!(segment = %segment.paths.log.display(), position = valid_end, cut_bytes = cut,
                 %reason, "truncating the log at its last valid batch");
-            parts.log.set_len(valid_end).map_err(LogError::io("truncate", &segment.paths.log))?;
+            parts
+                .log
+                .set_len(valid_end)
+                .map_err(LogError::io("truncate", &segment.paths.log))?;
             report.truncated_bytes += cut + remove_segments(storage, dir, config, &bases[i + 1..])?;
-            parts.log.sync().map_err(LogError::io("fsync", &segment.paths.log))?;
-            return Ok((sealed, Active { segment, parts, next_offset }, report));
+            parts
+                .log
+                .sync()
+                .map_err(LogError::io("fsync", &segment.paths.log))?;
+            return Ok((
+                sealed,
+                Active {
+                    segment,
+                    parts,
+                    next_offset,
+                },
+                report,
+            ));
         }
 
         let later = &bases[i + 1..];
@@ -160,8 +203,19 @@ pub(crate) fn recover_tail(
             }
             // Whatever survived a process crash may still sit only in the page
             // cache; make it durable before anything is built on top of it.
-            parts.log.sync().map_err(LogError::io("fsync", &segment.paths.log))?;
-            return Ok((sealed, Active { segment, parts, next_offset }, report));
+            parts
+                .log
+                .sync()
+                .map_err(LogError::io("fsync", &segment.paths.log))?;
+            return Ok((
+                sealed,
+                Active {
+                    segment,
+                    parts,
+                    next_offset,
+                },
+                report,
+            ));
         }
         let last_offset = (valid_end > 0).then(|| next_offset.saturating_sub(1).max(base));
         parts.seal(base, last_offset, &segment.paths.log)?;
@@ -171,7 +225,12 @@ pub(crate) fn recover_tail(
 }
 
 /// Deletes the segments `bases`; returns the bytes they held.
-fn remove_segments(storage: &Arc<dyn Storage>, dir: &Path, config: &LogConfig, bases: &[u64]) -> Result<u64> {
+fn remove_segments(
+    storage: &Arc<dyn Storage>,
+    dir: &Path,
+    config: &LogConfig,
+    bases: &[u64],
+) -> Result<u64> {
     let mut bytes = 0;
     for &base in bases {
         let segment = Segment::lazy(storage.clone(), dir, base, config.index_interval_bytes, 1);
@@ -179,7 +238,9 @@ fn remove_segments(storage: &Arc<dyn Storage>, dir: &Path, config: &LogConfig, b
         segment.remove_files()?;
     }
     if !bases.is_empty() {
-        storage.sync_dir(dir).map_err(LogError::io("fsync dir", dir))?;
+        storage
+            .sync_dir(dir)
+            .map_err(LogError::io("fsync dir", dir))?;
     }
     Ok(bytes)
 }

@@ -24,12 +24,14 @@ pub(crate) fn segments_to_delete<E>(
     now_ms: i64,
     mut facts: impl FnMut(usize) -> Result<SegmentFacts, E>,
 ) -> Result<usize, E> {
-    let cutoff = retention_ms.map(|ms| now_ms.saturating_sub(i64::try_from(ms).unwrap_or(i64::MAX)));
+    let cutoff =
+        retention_ms.map(|ms| now_ms.saturating_sub(i64::try_from(ms).unwrap_or(i64::MAX)));
     let mut remaining = total_bytes;
     let mut count = 0;
     while count < sealed {
         let f = facts(count)?;
-        let over_size = retention_bytes.is_some_and(|limit| remaining.saturating_sub(f.size_bytes) >= limit);
+        let over_size =
+            retention_bytes.is_some_and(|limit| remaining.saturating_sub(f.size_bytes) >= limit);
         let expired = cutoff.is_some_and(|cutoff| f.max_timestamp < cutoff);
         if !(over_size || expired) {
             break;
@@ -44,10 +46,19 @@ pub(crate) fn segments_to_delete<E>(
 mod tests {
     use super::*;
 
-    fn plan(sizes: &[(u64, i64)], active: u64, bytes: Option<u64>, ms: Option<u64>, now: i64) -> usize {
+    fn plan(
+        sizes: &[(u64, i64)],
+        active: u64,
+        bytes: Option<u64>,
+        ms: Option<u64>,
+        now: i64,
+    ) -> usize {
         let total = sizes.iter().map(|s| s.0).sum::<u64>() + active;
         segments_to_delete::<()>(sizes.len(), total, bytes, ms, now, |i| {
-            Ok(SegmentFacts { size_bytes: sizes[i].0, max_timestamp: sizes[i].1 })
+            Ok(SegmentFacts {
+                size_bytes: sizes[i].0,
+                max_timestamp: sizes[i].1,
+            })
         })
         .unwrap()
     }
@@ -74,8 +85,14 @@ mod tests {
     #[test]
     fn either_rule_is_enough() {
         // Expired by age though small.
-        assert_eq!(plan(&[(100, 100), (100, 900)], 0, Some(1000), Some(500), 1000), 1);
+        assert_eq!(
+            plan(&[(100, 100), (100, 900)], 0, Some(1000), Some(500), 1000),
+            1
+        );
         // Fresh but over size.
-        assert_eq!(plan(&[(100, 900), (100, 900)], 100, Some(150), Some(500), 1000), 1);
+        assert_eq!(
+            plan(&[(100, 900), (100, 900)], 100, Some(150), Some(500), 1000),
+            1
+        );
     }
 }

@@ -64,11 +64,17 @@ pub(crate) struct Parts {
 impl Parts {
     /// Records a batch written at `pos` (in log order) in the indexes.
     pub fn index_batch(&self, base_offset: u64, pos: u64, header: &BatchHeader, interval: u64) {
-        let max = self.max_timestamp.fetch_max(header.max_timestamp, Ordering::AcqRel).max(header.max_timestamp);
+        let max = self
+            .max_timestamp
+            .fetch_max(header.max_timestamp, Ordering::AcqRel)
+            .max(header.max_timestamp);
         let last = self.index.last().map_or(0, |e| u64::from(e.position));
         if pos > 0 && pos - last >= interval {
             let relative_offset = relative(base_offset, header.base_offset);
-            let pushed = self.index.push(OffsetEntry { relative_offset, position: pos as u32 });
+            let pushed = self.index.push(OffsetEntry {
+                relative_offset,
+                position: pos as u32,
+            });
             debug_assert!(pushed, "index full: the log must roll before it fills");
             self.time_index.maybe_push(max, relative_offset);
         }
@@ -141,12 +147,30 @@ impl Segment {
         keep_index: usize,
         keep_time_index: usize,
     ) -> Result<(Self, Arc<Parts>)> {
-        let segment = Self::lazy(storage, dir, base_offset, index_interval_bytes, index_capacity);
+        let segment = Self::lazy(
+            storage,
+            dir,
+            base_offset,
+            index_interval_bytes,
+            index_capacity,
+        );
         let p = &segment.paths;
-        let log = segment.storage.open(&p.log, OpenMode::Create).map_err(LogError::io("open", &p.log))?;
-        let index = OffsetIndex::open_writable(segment.storage.as_ref(), &p.index, index_capacity, keep_index)?;
-        let time_index =
-            TimeIndex::open_writable(segment.storage.as_ref(), &p.time_index, index_capacity, keep_time_index)?;
+        let log = segment
+            .storage
+            .open(&p.log, OpenMode::Create)
+            .map_err(LogError::io("open", &p.log))?;
+        let index = OffsetIndex::open_writable(
+            segment.storage.as_ref(),
+            &p.index,
+            index_capacity,
+            keep_index,
+        )?;
+        let time_index = TimeIndex::open_writable(
+            segment.storage.as_ref(),
+            &p.time_index,
+            index_capacity,
+            keep_time_index,
+        )?;
         let parts = Arc::new(Parts {
             log,
             size: AtomicU64::new(0),
@@ -171,7 +195,10 @@ impl Segment {
 
     fn load_sealed(&self) -> Result<Parts> {
         let p = &self.paths;
-        let log = self.storage.open(&p.log, OpenMode::ReadOnly).map_err(LogError::io("open", &p.log))?;
+        let log = self
+            .storage
+            .open(&p.log, OpenMode::ReadOnly)
+            .map_err(LogError::io("open", &p.log))?;
         let size = log.len().map_err(LogError::io("stat", &p.log))?;
         let storage = self.storage.as_ref();
         let indexes = OffsetIndex::open_sealed(storage, &p.index)
@@ -202,8 +229,14 @@ impl Segment {
     fn rebuild_indexes(&self, log: Arc<dyn StorageFile>, size: u64) -> Result<Parts> {
         let p = &self.paths;
         for path in [&p.index, &p.time_index] {
-            if self.storage.exists(path).map_err(LogError::io("stat", path))? {
-                self.storage.remove(path).map_err(LogError::io("remove", path))?;
+            if self
+                .storage
+                .exists(path)
+                .map_err(LogError::io("stat", path))?
+            {
+                self.storage
+                    .remove(path)
+                    .map_err(LogError::io("remove", path))?;
             }
         }
         let storage = self.storage.as_ref();
@@ -223,7 +256,12 @@ impl Segment {
                         self.warn_stop(&stop);
                         break;
                     }
-                    parts.index_batch(self.base_offset, cursor.position(), &h, self.index_interval_bytes);
+                    parts.index_batch(
+                        self.base_offset,
+                        cursor.position(),
+                        &h,
+                        self.index_interval_bytes,
+                    );
                     last_base = Some(h.base_offset);
                     cursor.advance(&h);
                 }
@@ -237,7 +275,9 @@ impl Segment {
         // The log file is read-only here; sealing only syncs and trims indexes.
         if let Some(last) = last_base {
             let max = parts.max_timestamp.load(Ordering::Acquire);
-            parts.time_index.maybe_push(max, relative(self.base_offset, last));
+            parts
+                .time_index
+                .maybe_push(max, relative(self.base_offset, last));
         }
         parts.index.seal()?;
         parts.time_index.seal()?;
@@ -253,7 +293,9 @@ impl Segment {
         if let Some(parts) = self.parts.lock().as_ref() {
             return Ok(parts.size.load(Ordering::Acquire));
         }
-        self.storage.file_len(&self.paths.log).map_err(LogError::io("stat", &self.paths.log))
+        self.storage
+            .file_len(&self.paths.log)
+            .map_err(LogError::io("stat", &self.paths.log))
     }
 
     /// Largest record timestamp in the segment (opens it if needed).
@@ -263,10 +305,16 @@ impl Segment {
 
     fn corrupt(&self, stop: Stop) -> LogError {
         match stop {
-            Stop::Io(source) => LogError::Io { op: "read", path: self.paths.log.clone(), source },
-            Stop::Invalid { position, reason } => {
-                LogError::Corrupt { segment: self.paths.log.clone(), position, reason }
-            }
+            Stop::Io(source) => LogError::Io {
+                op: "read",
+                path: self.paths.log.clone(),
+                source,
+            },
+            Stop::Invalid { position, reason } => LogError::Corrupt {
+                segment: self.paths.log.clone(),
+                position,
+                reason,
+            },
         }
     }
 
@@ -297,27 +345,41 @@ impl Segment {
         };
         let pos = cursor.position();
         if first.next_offset() > upper {
-            return Ok(Some(ReadChunk { bytes: Bytes::new(), next_offset: offset }));
+            return Ok(Some(ReadChunk {
+                bytes: Bytes::new(),
+                next_offset: offset,
+            }));
         }
-        let want = (max_bytes as u64).max(first.batch_len() as u64).min(end - pos) as usize;
+        let want = (max_bytes as u64)
+            .max(first.batch_len() as u64)
+            .min(end - pos) as usize;
         let buf = cursor.bytes(pos, want).map_err(|s| self.corrupt(s))?;
         let mut taken = 0usize;
         let mut next_offset = first.base_offset;
         while taken < buf.len() {
             let Ok(h) = BatchHeader::parse(&buf[taken..]) else {
                 if taken == 0 {
-                    return Err(self.corrupt(Stop::Invalid { position: pos, reason: "bad header".into() }));
+                    return Err(self.corrupt(Stop::Invalid {
+                        position: pos,
+                        reason: "bad header".into(),
+                    }));
                 }
                 break; // The next read meets it again and reports it.
             };
             let len = h.batch_len();
-            if taken + len > buf.len() || (taken > 0 && taken + len > max_bytes) || h.next_offset() > upper {
+            if taken + len > buf.len()
+                || (taken > 0 && taken + len > max_bytes)
+                || h.next_offset() > upper
+            {
                 break;
             }
             let position = pos + taken as u64;
             if let Err(e) = strata_proto::batch::verify(&buf[taken..taken + len]) {
                 if taken == 0 {
-                    return Err(self.corrupt(Stop::Invalid { position, reason: e.to_string() }));
+                    return Err(self.corrupt(Stop::Invalid {
+                        position,
+                        reason: e.to_string(),
+                    }));
                 }
                 break;
             }
@@ -327,7 +389,10 @@ impl Segment {
             next_offset = h.next_offset();
             taken += len;
         }
-        Ok(Some(ReadChunk { bytes: buf.slice(..taken), next_offset }))
+        Ok(Some(ReadChunk {
+            bytes: buf.slice(..taken),
+            next_offset,
+        }))
     }
 
     /// The offset of the first record in this segment with a timestamp at or
@@ -368,7 +433,13 @@ impl Segment {
             match self.storage.remove(path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(LogError::Io { op: "remove", path: path.clone(), source: e }),
+                Err(e) => {
+                    return Err(LogError::Io {
+                        op: "remove",
+                        path: path.clone(),
+                        source: e,
+                    });
+                }
             }
         }
         Ok(())

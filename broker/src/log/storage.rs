@@ -43,6 +43,9 @@ pub trait StorageFile: Send + Sync + Debug {
     /// Sets the file's length, cutting or zero-extending it.
     fn set_len(&self, len: u64) -> io::Result<()>;
     fn len(&self) -> io::Result<u64>;
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
     /// A read-only map of the whole file. The file must not be empty.
     fn map(&self) -> io::Result<Mmap>;
     /// A writable shared map of the whole file. The file must not be empty.
@@ -72,7 +75,10 @@ pub fn read_exact_at(file: &dyn StorageFile, buf: &mut [u8], pos: u64) -> io::Re
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("short read: wanted {} bytes at {pos}, file ended after {done}", buf.len()),
+                format!(
+                    "short read: wanted {} bytes at {pos}, file ended after {done}",
+                    buf.len()
+                ),
             ));
         }
         done += n;
@@ -135,7 +141,9 @@ impl Storage for FileStorage {
             OpenMode::ReadWrite => options.read(true).write(true),
             OpenMode::ReadOnly => options.read(true),
         };
-        Ok(Arc::new(LocalFile { file: options.open(path)? }))
+        Ok(Arc::new(LocalFile {
+            file: options.open(path)?,
+        }))
     }
 
     fn remove(&self, path: &Path) -> io::Result<()> {
@@ -221,7 +229,12 @@ impl FaultyStorage {
 
     /// Bytes read so far from files whose name ends in `.{extension}`.
     pub fn bytes_read(&self, extension: &str) -> u64 {
-        self.state.lock().bytes_read.get(extension).copied().unwrap_or(0)
+        self.state
+            .lock()
+            .bytes_read
+            .get(extension)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Simulates power loss: every file written through this storage falls back
@@ -270,7 +283,12 @@ impl StorageFile for FaultyFile {
 
     fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
         let n = self.inner.read_at(buf, pos)?;
-        let ext = self.path.extension().and_then(|e| e.to_str()).unwrap_or("").to_owned();
+        let ext = self
+            .path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_owned();
         *self.state.lock().bytes_read.entry(ext).or_default() += n as u64;
         Ok(n)
     }
@@ -323,7 +341,11 @@ impl Storage for FaultyStorage {
             state.synced_len.insert(path.to_path_buf(), inner.len()?);
         }
         drop(state);
-        Ok(Arc::new(FaultyFile { path: path.to_path_buf(), inner, state: self.state.clone() }))
+        Ok(Arc::new(FaultyFile {
+            path: path.to_path_buf(),
+            inner,
+            state: self.state.clone(),
+        }))
     }
 
     fn remove(&self, path: &Path) -> io::Result<()> {

@@ -39,14 +39,18 @@ impl TimeIndex {
     /// before `timestamp`; a scan for the first batch at or after `timestamp`
     /// may skip it and everything before it. `None`: start at the segment's start.
     pub fn newest_before(&self, timestamp: i64) -> Option<u32> {
-        self.last_where(|e| e.timestamp < timestamp).map(|e| e.relative_offset)
+        self.last_where(|e| e.timestamp < timestamp)
+            .map(|e| e.relative_offset)
     }
 
     /// Appends `(timestamp, relative_offset)` if it raises the index's maximum.
     pub fn maybe_push(&self, timestamp: i64, relative_offset: u32) -> bool {
         match self.last() {
             Some(last) if last.timestamp >= timestamp => true,
-            _ => self.push(TimeEntry { timestamp, relative_offset }),
+            _ => self.push(TimeEntry {
+                timestamp,
+                relative_offset,
+            }),
         }
     }
 
@@ -56,6 +60,8 @@ impl TimeIndex {
         let entries = self.entries();
         entries.windows(2).all(|w| {
             w[0].timestamp < w[1].timestamp && w[0].relative_offset <= w[1].relative_offset
-        }) && entries.iter().all(|e| u64::from(e.relative_offset) <= next_relative_offset)
+        }) && entries
+            .iter()
+            .all(|e| u64::from(e.relative_offset) <= next_relative_offset)
     }
 }

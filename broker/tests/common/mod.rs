@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use strata_broker::log::storage::{FileStorage, Storage};
-use strata_broker::log::{Log, LogConfig, OpenReport};
+use strata_broker::log::{Log, LogConfig, OpenReport, Replay};
+use strata_proto::batch::BatchHeader;
 use strata_proto::batch::{BatchBuilder, Batches, ProducerStamp, Record, Records};
 
 /// A verified, unstamped batch of `count` records whose values are
@@ -17,7 +18,13 @@ pub fn batch(tag: &str, count: u32, value_bytes: usize, timestamp: i64) -> Vec<u
     batch_from(ProducerStamp::default(), tag, count, value_bytes, timestamp)
 }
 
-pub fn batch_from(producer: ProducerStamp, tag: &str, count: u32, value_bytes: usize, timestamp: i64) -> Vec<u8> {
+pub fn batch_from(
+    producer: ProducerStamp,
+    tag: &str,
+    count: u32,
+    value_bytes: usize,
+    timestamp: i64,
+) -> Vec<u8> {
     let mut b = BatchBuilder::new(producer);
     for i in 0..count {
         let mut v = format!("{tag}-{i}").into_bytes();
@@ -34,12 +41,16 @@ pub fn open(dir: &Path, config: LogConfig) -> (Log, OpenReport) {
 }
 
 pub fn open_on(dir: &Path, config: LogConfig, storage: Arc<dyn Storage>) -> (Log, OpenReport) {
-    Log::open(dir, config, storage, &mut |_| {}).expect("open log")
+    Log::open(dir, config, storage, &mut ()).expect("open log")
 }
 
 /// A config with tiny segments and a dense index so tests exercise rolls.
 pub fn small_segments(segment_bytes: u64) -> LogConfig {
-    LogConfig { segment_bytes, index_interval_bytes: 256, ..LogConfig::default() }
+    LogConfig {
+        segment_bytes,
+        index_interval_bytes: 256,
+        ..LogConfig::default()
+    }
 }
 
 /// Every record of the log from `from` up to `upper`, as (offset, value).
@@ -68,4 +79,20 @@ pub fn read_all(log: &Log, from: u64, upper: u64) -> Vec<(u64, Bytes)> {
 /// Appends `batch` and returns its base offset.
 pub fn append(log: &Log, mut batch: Vec<u8>) -> u64 {
     log.append(&mut batch).expect("append").base_offset
+}
+
+/// Records what a log replays at open.
+#[derive(Default)]
+pub struct Recorded {
+    pub state: Vec<u8>,
+    pub replayed: Vec<u64>,
+}
+
+impl Replay for Recorded {
+    fn restore(&mut self, state: &[u8]) {
+        self.state = state.to_vec();
+    }
+    fn replay(&mut self, header: &BatchHeader) {
+        self.replayed.push(header.base_offset);
+    }
 }

@@ -1,0 +1,257 @@
+//! One partition of a topic: its log, the group-commit writer in front of it,
+//! the idempotent-producer table, and the high watermark readers wait on.
+//!
+//! This is the append interface the server talks to. In a single node the high
+//! watermark is the flushed end of the log; replication will move it to the
+//! quorum-committed end without changing this interface.
+//!
+//! Blocking log work runs on blocking threads; every method here is safe to
+//! call from async tasks.
+
+mod group_commit;
+pub mod producer_state;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use strata_proto::batch::{BatchHeader, verify};
+use tokio::sync::{oneshot, watch};
+
+pub use group_commit::CommitStats;
+use group_commit::{GroupCommit, Work};
+use producer_state::ProducerStates;
+
+use crate::error::{Error, Result};
+use crate::log::storage::Storage;
+use crate::log::{Log, LogConfig, LogError, OpenReport, ReadChunk, Replay, RetentionReport};
+
+/// When a produce request is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Acks {
+    /// After the batch is durable (fsynced; on a quorum once replicated).
+    #[default]
+    All,
+    /// After the batch is written to the leader's log, before fsync.
+    Leader,
+    /// Not at all (fire and forget; the CLI's `--acks none`).
+    None,
+}
+
+/// The outcome of an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub base_offset: u64,
+    /// The batch was a retry of one already in the log; nothing was written.
+    pub duplicate: bool,
+}
+
+/// Restores the producer table from the checkpoint and the log's tail.
+struct ProducerReplay {
+    states: ProducerStates,
+    dir: String,
+}
+
+impl Replay for ProducerReplay {
+    fn restore(&mut self, state: &[u8]) {
+        match ProducerStates::decode(state) {
+            Ok(states) => self.states = states,
+            Err(why) => {
+                tracing::warn!(dir = %self.dir, %why, "producer snapshot unreadable; rebuilding from the log tail")
+            }
+        }
+    }
+
+    fn replay(&mut self, header: &BatchHeader) {
+        self.states.record(header, crate::log::now_ms());
+    }
+}
+
+pub struct Partition {
+    topic: Arc<str>,
+    index: u32,
+    log: Arc<Log>,
+    commit: Arc<GroupCommit>,
+    high_watermark: Arc<watch::Sender<u64>>,
+}
+
+impl std::fmt::Debug for Partition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Partition")
+            .field("topic", &self.topic)
+            .field("index", &self.index)
+            .finish()
+    }
+}
+
+impl Partition {
+    /// Opens the partition's log in `dir` (blocking: call from a blocking thread
+    /// or before the runtime is busy).
+    pub fn open(
+        dir: &Path,
+        topic: &str,
+        index: u32,
+        config: LogConfig,
+        storage: Arc<dyn Storage>,
+    ) -> Result<(Partition, OpenReport)> {
+        let mut replay = ProducerReplay {
+            states: ProducerStates::default(),
+            dir: dir.display().to_string(),
+        };
+        let (log, report) = Log::open(dir, config, storage, &mut replay)?;
+        let log = Arc::new(log);
+        let high_watermark = Arc::new(watch::Sender::new(log.end_offset()));
+        let commit = Arc::new(GroupCommit::new(
+            log.clone(),
+            replay.states,
+            high_watermark.clone(),
+        ));
+        let partition = Partition {
+            topic: topic.into(),
+            index,
+            log,
+            commit,
+            high_watermark,
+        };
+        Ok((partition, report))
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// Consumers read below this offset: every record under it is durable.
+    pub fn high_watermark(&self) -> u64 {
+        *self.high_watermark.borrow()
+    }
+
+    /// The first offset still in the log.
+    pub fn start_offset(&self) -> u64 {
+        self.log.start_offset()
+    }
+
+    /// The offset the next appended record gets (may be above the high watermark).
+    pub fn end_offset(&self) -> u64 {
+        self.log.end_offset()
+    }
+
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
+    pub fn commit_stats(&self) -> &CommitStats {
+        &self.commit.stats
+    }
+
+    pub fn producer_count(&self) -> usize {
+        self.commit.producer_count()
+    }
+
+    /// Verifies `batch` and appends it; resolves as `acks` says. A retry of a
+    /// batch already in the log resolves to its original offset.
+    pub async fn append(&self, batch: Bytes, acks: Acks) -> Result<Appended> {
+        let header = verify(&batch)?;
+        if header.is_control() {
+            return Err(Error::InvalidArgument(
+                "control batches are written by the broker, not producers".into(),
+            ));
+        }
+        let (reply, answer) = match acks {
+            Acks::None => (None, None),
+            _ => {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
+            }
+        };
+        self.commit.submit(Work::Append {
+            batch: batch.to_vec(),
+            header,
+            acks,
+            reply,
+        })?;
+        match answer {
+            None => Ok(Appended {
+                base_offset: u64::MAX,
+                duplicate: false,
+            }),
+            // A dropped reply means the drain thread died: never report success.
+            Some(rx) => rx
+                .await
+                .map_err(|_| Error::Internal("group commit stopped".into()))?,
+        }
+    }
+
+    /// Whole batches from the one holding `offset`, at most `max_bytes` (at
+    /// least one batch), all below the high watermark.
+    pub async fn read(&self, offset: u64, max_bytes: usize) -> Result<ReadChunk> {
+        let log = self.log.clone();
+        let upper = self.high_watermark();
+        let read = tokio::task::spawn_blocking(move || log.read(offset, max_bytes, upper))
+            .await
+            .map_err(|e| Error::Internal(format!("read task failed: {e}")))?;
+        read.map_err(|e| match e {
+            LogError::OffsetOutOfRange {
+                requested,
+                start,
+                end,
+            } => Error::OffsetOutOfRange {
+                topic: self.topic.to_string(),
+                partition: self.index,
+                requested,
+                start,
+                end,
+            },
+            other => Error::Storage(other),
+        })
+    }
+
+    /// Waits until the high watermark passes `offset` or `timeout` elapses;
+    /// returns whether data is available.
+    pub async fn wait_for(&self, offset: u64, timeout: Duration) -> bool {
+        let mut rx = self.high_watermark.subscribe();
+        let wait = rx.wait_for(|hw| *hw > offset);
+        matches!(tokio::time::timeout(timeout, wait).await, Ok(Ok(_)))
+    }
+
+    /// A receiver that sees every move of the high watermark.
+    pub fn watch_high_watermark(&self) -> watch::Receiver<u64> {
+        self.high_watermark.subscribe()
+    }
+
+    /// The first offset whose record is at or after `timestamp` (ms), if any.
+    pub async fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<u64>> {
+        let log = self.log.clone();
+        let upper = self.high_watermark();
+        tokio::task::spawn_blocking(move || log.offset_for_timestamp(timestamp, upper))
+            .await
+            .map_err(|e| Error::Internal(format!("lookup task failed: {e}")))?
+            .map_err(Error::from)
+    }
+
+    /// Applies retention, and asks the writer for a checkpoint if one is due.
+    pub async fn maintain(&self, now_ms: i64) -> Result<RetentionReport> {
+        let log = self.log.clone();
+        let report = tokio::task::spawn_blocking(move || log.enforce_retention(now_ms))
+            .await
+            .map_err(|e| Error::Internal(format!("retention task failed: {e}")))??;
+        if self.log.checkpoint_due() && !self.log.is_poisoned() {
+            // Through the writer, so the producer table matches the log end.
+            let _ = self.commit.submit(Work::Checkpoint);
+        }
+        Ok(report)
+    }
+
+    /// Finishes queued appends, flushes, checkpoints and marks the log cleanly
+    /// closed. Appends after this fail with `ShuttingDown`.
+    pub async fn close(&self) -> Result<()> {
+        let (reply, done) = oneshot::channel();
+        self.commit.submit(Work::Close { reply })?;
+        done.await
+            .map_err(|_| Error::Internal("group commit stopped".into()))?
+    }
+}
