@@ -476,6 +476,10 @@ fn retention_by_bytes_deletes_whole_oldest_segments() {
         append(&log, batch(&format!("r{i}"), 1, 200, i));
     }
     let before = log.size_bytes().unwrap();
+    // Nothing is deleted that the latest checkpoint does not cover: with only
+    // the initial checkpoint, every segment is still needed for recovery.
+    assert_eq!(log.enforce_retention(1_000).unwrap().segments_deleted, 0);
+    log.checkpoint(&[]).unwrap();
     let report = log.enforce_retention(1_000).unwrap();
     assert!(report.segments_deleted > 0);
     let after = log.size_bytes().unwrap();
@@ -507,6 +511,7 @@ fn retention_by_age_deletes_expired_segments_and_rolls_an_expired_active_one() {
     for i in 0..3 {
         append(&log, batch(&format!("new{i}"), 1, 200, 50_000));
     }
+    log.checkpoint(&[]).unwrap();
     // At t=50_500, records older than 49_500 have expired: all the "old" ones.
     let report = log.enforce_retention(50_500).unwrap();
     assert!(report.segments_deleted > 0);
@@ -517,7 +522,10 @@ fn retention_by_age_deletes_expired_segments_and_rolls_an_expired_active_one() {
             .all(|r| !r.1.starts_with(b"old") || r.0 >= log.start_offset())
     );
     assert!(remaining.iter().any(|r| r.1.starts_with(b"new0")));
-    // Much later everything has expired, even the active segment's records.
+    // Much later everything has expired, even the active segment's records:
+    // it is rolled, and deleted once a checkpoint has moved past it.
+    log.enforce_retention(100_000).unwrap();
+    log.checkpoint(&[]).unwrap();
     log.enforce_retention(100_000).unwrap();
     assert_eq!(log.start_offset(), log.end_offset());
     drop(log);

@@ -29,10 +29,9 @@
 use std::path::{Path, PathBuf};
 
 use super::error::{LogError, Result};
-use super::storage::{OpenMode, Storage, read_exact_at};
+use super::storage::{OpenMode, Storage, read_exact_at, replace_file};
 
 pub(crate) const CHECKPOINT_FILE: &str = "recovery.checkpoint";
-const CHECKPOINT_TMP_FILE: &str = "recovery.checkpoint.tmp";
 pub(crate) const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown";
 
 const MAGIC: &[u8; 8] = b"STRATACP";
@@ -139,23 +138,8 @@ impl Checkpoint {
 
     /// Atomically replaces the checkpoint in `dir`.
     pub fn write(&self, storage: &dyn Storage, dir: &Path) -> Result<()> {
-        let tmp = dir.join(CHECKPOINT_TMP_FILE);
-        let path = dir.join(CHECKPOINT_FILE);
-        let bytes = self.encode();
-        let file = storage
-            .open(&tmp, OpenMode::Create)
-            .map_err(LogError::io("create", &tmp))?;
-        file.set_len(0).map_err(LogError::io("truncate", &tmp))?;
-        file.write_at(&bytes, 0)
-            .map_err(LogError::io("write", &tmp))?;
-        file.sync().map_err(LogError::io("fsync", &tmp))?;
-        drop(file);
-        storage
-            .rename(&tmp, &path)
-            .map_err(LogError::io("rename", &tmp))?;
-        storage
-            .sync_dir(dir)
-            .map_err(LogError::io("fsync dir", dir))
+        replace_file(storage, dir, CHECKPOINT_FILE, &self.encode())
+            .map_err(LogError::io("write checkpoint", dir.join(CHECKPOINT_FILE)))
     }
 }
 

@@ -34,6 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use strata_proto::batch::{BatchHeader, stamp_base_offset};
 
@@ -58,14 +59,15 @@ pub trait Replay {
     /// Called once, first, with the state stored in the checkpoint (empty if
     /// there was none).
     fn restore(&mut self, state: &[u8]);
-    /// Called for each batch past the checkpoint, in log order.
-    fn replay(&mut self, header: &BatchHeader);
+    /// Called for each batch past the checkpoint, in log order, with the
+    /// batch's bytes (CRC-checked).
+    fn replay(&mut self, header: &BatchHeader, batch: &Bytes);
 }
 
 /// For logs opened without state to keep.
 impl Replay for () {
     fn restore(&mut self, _state: &[u8]) {}
-    fn replay(&mut self, _header: &BatchHeader) {}
+    fn replay(&mut self, _header: &BatchHeader, _batch: &Bytes) {}
 }
 
 /// What [`Log::open`] found and did.
@@ -113,6 +115,9 @@ pub struct Log {
     writer: Mutex<Writer>,
     end_offset: AtomicU64,
     flushed_offset: AtomicU64,
+    /// Base of the segment the latest checkpoint points into; retention never
+    /// deletes it or anything after, so recovery always finds its start.
+    checkpoint_segment: AtomicU64,
     poisoned: OnceLock<String>,
 }
 
@@ -217,8 +222,8 @@ impl Log {
                 .collect()
         };
         let (sealed, active, tail_report) =
-            recovery::recover_tail(&storage, dir, &config, &tail, start, &mut |h| {
-                replay.replay(h)
+            recovery::recover_tail(&storage, dir, &config, &tail, start, &mut |h, b| {
+                replay.replay(h, b)
             })?;
         for seg in sealed {
             map.insert(seg.base_offset, Arc::new(seg));
@@ -244,6 +249,10 @@ impl Log {
         let segment = Arc::new(active.segment);
         map.insert(segment.base_offset, segment.clone());
         report.segments = map.len();
+        let checkpoint_segment = match &ckpt {
+            Some(c) if map.contains_key(&c.segment_base) => c.segment_base,
+            _ => *map.keys().next().expect("a log always has its active segment"),
+        };
 
         let log = Log {
             dir: dir.to_path_buf(),
@@ -265,6 +274,7 @@ impl Log {
             }),
             end_offset: AtomicU64::new(next_offset),
             flushed_offset: AtomicU64::new(next_offset),
+            checkpoint_segment: AtomicU64::new(checkpoint_segment),
             poisoned: OnceLock::new(),
             config,
         };
@@ -537,6 +547,7 @@ impl Log {
             state: state.to_vec(),
         };
         ckpt.write(self.storage.as_ref(), &self.dir)?;
+        self.checkpoint_segment.store(ckpt.segment_base, Ordering::Release);
         w.bytes_since_checkpoint = 0;
         w.last_checkpoint = Instant::now();
         w.checkpoint_forced = false;
@@ -630,7 +641,8 @@ impl Log {
     }
 
     /// Deletes the oldest sealed segments as the retention settings say; rolls
-    /// the active segment first if all of it has expired by age.
+    /// the active segment first if all of it has expired by age. Segments from
+    /// the latest checkpoint's on are kept until a newer checkpoint covers them.
     pub fn enforce_retention(&self, now: i64) -> Result<RetentionReport> {
         if self.config.retention_bytes.is_none() && self.config.retention_ms.is_none() {
             return Ok(RetentionReport::default());
@@ -647,7 +659,9 @@ impl Log {
             }
         }
         let segments: Vec<_> = self.segments.read().values().cloned().collect();
-        let sealed = &segments[..segments.len() - 1];
+        let protected = self.checkpoint_segment.load(Ordering::Acquire);
+        let deletable = segments[..segments.len() - 1].iter().take_while(|s| s.base_offset < protected).count();
+        let sealed = &segments[..deletable];
         let mut total = 0;
         for s in &segments {
             total += s.size_bytes()?;

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use bytes::Bytes;
 use strata_proto::batch::BatchHeader;
 
 use super::config::LogConfig;
@@ -68,7 +69,7 @@ pub(crate) fn recover_tail(
     config: &LogConfig,
     bases: &[u64],
     start: TailStart,
-    visit: &mut dyn FnMut(&BatchHeader),
+    visit: &mut dyn FnMut(&BatchHeader, &Bytes),
 ) -> Result<(Vec<Segment>, Active, TailReport)> {
     debug_assert_eq!(bases.first(), Some(&start.segment_base));
     let capacity = config.max_index_entries() as usize;
@@ -134,9 +135,10 @@ pub(crate) fn recover_tail(
                 Ok(None) => break None,
                 Err(stop) => break Some(stop),
             };
-            if let Err(stop) = cursor.batch(&header) {
-                break Some(stop);
-            }
+            let bytes = match cursor.batch(&header) {
+                Ok(bytes) => bytes,
+                Err(stop) => break Some(stop),
+            };
             if header.base_offset != next_offset {
                 break Some(Stop::Invalid {
                     position: cursor.position(),
@@ -152,7 +154,7 @@ pub(crate) fn recover_tail(
                 &header,
                 config.index_interval_bytes,
             );
-            visit(&header);
+            visit(&header, &bytes);
             next_offset = header.next_offset();
             cursor.advance(&header);
         };

@@ -86,6 +86,21 @@ pub fn read_exact_at(file: &dyn StorageFile, buf: &mut [u8], pos: u64) -> io::Re
     Ok(())
 }
 
+/// Atomically replaces `dir/name` with `bytes`: write a temp file, fsync it,
+/// rename it over the old one, fsync the directory. A crash leaves either the
+/// old or the new content, never a mix.
+pub fn replace_file(storage: &dyn Storage, dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let path = dir.join(name);
+    let file = storage.open(&tmp, OpenMode::Create)?;
+    file.set_len(0)?;
+    file.write_at(bytes, 0)?;
+    file.sync()?;
+    drop(file);
+    storage.rename(&tmp, &path)?;
+    storage.sync_dir(dir)
+}
+
 /// Files on the local file system.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FileStorage;

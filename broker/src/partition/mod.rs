@@ -63,7 +63,7 @@ impl Replay for ProducerReplay {
         }
     }
 
-    fn replay(&mut self, header: &BatchHeader) {
+    fn replay(&mut self, header: &BatchHeader, _batch: &Bytes) {
         self.states.record(header, crate::log::now_ms());
     }
 }

@@ -92,7 +92,7 @@ impl Replay for Recorded {
     fn restore(&mut self, state: &[u8]) {
         self.state = state.to_vec();
     }
-    fn replay(&mut self, header: &BatchHeader) {
+    fn replay(&mut self, header: &BatchHeader, _batch: &Bytes) {
         self.replayed.push(header.base_offset);
     }
 }
