@@ -63,7 +63,11 @@ impl ListenAddrs {
     /// Ephemeral ports on loopback, for tests and embedded use.
     pub fn ephemeral() -> Self {
         let any: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
-        ListenAddrs { data: any, control: any, peer: any }
+        ListenAddrs {
+            data: any,
+            control: any,
+            peer: any,
+        }
     }
 }
 
@@ -102,6 +106,9 @@ impl Default for BrokerConfig {
 
 impl BrokerConfig {
     pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
-        BrokerConfig { data_dir: data_dir.into(), ..Default::default() }
+        BrokerConfig {
+            data_dir: data_dir.into(),
+            ..Default::default()
+        }
     }
 }

@@ -86,6 +86,13 @@ pub enum Error {
     #[error("the broker is shutting down")]
     ShuttingDown,
 
+    /// Another broker (process or handle) owns the data directory.
+    #[error("data directory {} is in use by another broker (pid {owner})", dir.display())]
+    DataDirInUse {
+        dir: std::path::PathBuf,
+        owner: String,
+    },
+
     #[error("deadline exceeded")]
     DeadlineExceeded,
 

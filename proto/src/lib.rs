@@ -4,9 +4,11 @@
 //!   through the log to the consumer; the broker verifies and stamps, never re-encodes.
 //! - [`v1`]: gRPC messages and services generated from `proto/strata.proto`.
 //! - [`limits`]: size limits both sides enforce (DESIGN.md §7).
+//! - [`target`]: where a client connects, over the network or in-process.
 
 pub mod batch;
 pub mod limits;
+pub mod target;
 pub mod varint;
 
 /// Generated gRPC code for `strata.v1`.

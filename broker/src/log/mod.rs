@@ -115,6 +115,9 @@ pub struct Log {
     writer: Mutex<Writer>,
     end_offset: AtomicU64,
     flushed_offset: AtomicU64,
+    /// Total bytes of the log files as last computed, `SIZE_UNKNOWN` until the
+    /// first retention pass stats the sealed segments (opening never does).
+    size_cache: AtomicU64,
     /// Base of the segment the latest checkpoint points into; retention never
     /// deletes it or anything after, so recovery always finds its start.
     checkpoint_segment: AtomicU64,
@@ -129,6 +132,8 @@ impl std::fmt::Debug for Log {
             .finish_non_exhaustive()
     }
 }
+
+const SIZE_UNKNOWN: u64 = u64::MAX;
 
 /// Wall-clock milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -251,7 +256,10 @@ impl Log {
         report.segments = map.len();
         let checkpoint_segment = match &ckpt {
             Some(c) if map.contains_key(&c.segment_base) => c.segment_base,
-            _ => *map.keys().next().expect("a log always has its active segment"),
+            _ => *map
+                .keys()
+                .next()
+                .expect("a log always has its active segment"),
         };
 
         let log = Log {
@@ -274,6 +282,7 @@ impl Log {
             }),
             end_offset: AtomicU64::new(next_offset),
             flushed_offset: AtomicU64::new(next_offset),
+            size_cache: AtomicU64::new(SIZE_UNKNOWN),
             checkpoint_segment: AtomicU64::new(checkpoint_segment),
             poisoned: OnceLock::new(),
             config,
@@ -344,6 +353,15 @@ impl Log {
 
     pub fn segment_count(&self) -> usize {
         self.segments.read().len()
+    }
+
+    /// Total bytes of the log as of the last retention pass plus appends since;
+    /// 0 until the first pass. Reads no files.
+    pub fn cached_size_bytes(&self) -> u64 {
+        match self.size_cache.load(Ordering::Relaxed) {
+            SIZE_UNKNOWN => 0,
+            size => size,
+        }
     }
 
     /// Total bytes of all segments' log files.
@@ -425,6 +443,11 @@ impl Log {
         );
         w.size += batch.len() as u64;
         w.bytes_since_checkpoint += batch.len() as u64;
+        let _ = self
+            .size_cache
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |size| {
+                (size != SIZE_UNKNOWN).then(|| size + batch.len() as u64)
+            });
         w.next_offset = header.next_offset();
         w.parts.size.store(w.size, Ordering::Release);
         self.end_offset.store(w.next_offset, Ordering::Release);
@@ -547,7 +570,8 @@ impl Log {
             state: state.to_vec(),
         };
         ckpt.write(self.storage.as_ref(), &self.dir)?;
-        self.checkpoint_segment.store(ckpt.segment_base, Ordering::Release);
+        self.checkpoint_segment
+            .store(ckpt.segment_base, Ordering::Release);
         w.bytes_since_checkpoint = 0;
         w.last_checkpoint = Instant::now();
         w.checkpoint_forced = false;
@@ -645,6 +669,7 @@ impl Log {
     /// the latest checkpoint's on are kept until a newer checkpoint covers them.
     pub fn enforce_retention(&self, now: i64) -> Result<RetentionReport> {
         if self.config.retention_bytes.is_none() && self.config.retention_ms.is_none() {
+            self.size_cache.store(self.size_bytes()?, Ordering::Relaxed);
             return Ok(RetentionReport::default());
         }
         {
@@ -660,7 +685,10 @@ impl Log {
         }
         let segments: Vec<_> = self.segments.read().values().cloned().collect();
         let protected = self.checkpoint_segment.load(Ordering::Acquire);
-        let deletable = segments[..segments.len() - 1].iter().take_while(|s| s.base_offset < protected).count();
+        let deletable = segments[..segments.len() - 1]
+            .iter()
+            .take_while(|s| s.base_offset < protected)
+            .count();
         let sealed = &segments[..deletable];
         let mut total = 0;
         for s in &segments {
@@ -680,6 +708,7 @@ impl Log {
             },
         )?;
         let mut report = RetentionReport::default();
+        self.size_cache.store(total, Ordering::Relaxed);
         if count == 0 {
             return Ok(report);
         }
@@ -697,6 +726,8 @@ impl Log {
         self.storage
             .sync_dir(&self.dir)
             .map_err(LogError::io("fsync dir", &self.dir))?;
+        self.size_cache
+            .fetch_sub(report.bytes_deleted.min(total), Ordering::Relaxed);
         // The checkpoint may name a deleted segment; write a fresh one soon.
         self.writer.lock().checkpoint_forced = true;
         tracing::info!(dir = %self.dir.display(), segments = report.segments_deleted,

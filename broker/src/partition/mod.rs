@@ -233,6 +233,25 @@ impl Partition {
             .map_err(Error::from)
     }
 
+    /// The timestamp of the record at `offset`, if it is below the high
+    /// watermark (reads and decodes the batch holding it).
+    pub async fn timestamp_at(&self, offset: u64) -> Result<Option<i64>> {
+        if offset >= self.high_watermark() || offset < self.start_offset() {
+            return Ok(None);
+        }
+        let chunk = self.read(offset, 1).await?;
+        for item in strata_proto::batch::Batches::new(chunk.bytes) {
+            let (_, batch) = item?;
+            for record in strata_proto::batch::Records::new(batch)? {
+                let (o, r) = record?;
+                if o >= offset {
+                    return Ok(Some(r.timestamp));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// Applies retention, and asks the writer for a checkpoint if one is due.
     pub async fn maintain(&self, now_ms: i64) -> Result<RetentionReport> {
         let log = self.log.clone();

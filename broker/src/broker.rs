@@ -1,0 +1,468 @@
+//! One node: its data directory, topics and partitions, consumer groups,
+//! producer ids, byte budgets and background maintenance.
+//!
+//! `Broker` is the embedding API (open a directory, then serve it or use it
+//! in-process) and what the gRPC services call. It enforces the byte budgets
+//! itself, so no path into the broker can bypass them.
+//!
+//! Dropping a `Broker` without `shutdown` is a crash as far as the disk is
+//! concerned; recovery handles it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::budget::ByteBudget;
+use crate::cluster::producer_ids::ProducerIds;
+use crate::cluster::topics::{TopicSettings, TopicSpec, TopicStore};
+use crate::config::BrokerConfig;
+use crate::error::{Error, Result};
+use crate::groups::coordinator::GroupCoordinator;
+use crate::groups::offsets::OffsetStore;
+use crate::lock::DirLock;
+use crate::log::now_ms;
+use crate::log::storage::{FileStorage, Storage};
+use crate::metrics::Metrics;
+use crate::partition::{Acks, Appended, Partition};
+
+/// A topic and its open partitions.
+#[derive(Debug)]
+pub struct Topic {
+    pub spec: TopicSpec,
+    pub partitions: Vec<Arc<Partition>>,
+}
+
+impl Topic {
+    pub fn partition(&self, index: u32) -> Result<&Arc<Partition>> {
+        self.partitions
+            .get(index as usize)
+            .ok_or_else(|| Error::PartitionNotFound {
+                topic: self.spec.name.clone(),
+                partition: index,
+                count: self.spec.partitions,
+            })
+    }
+}
+
+struct Inner {
+    config: BrokerConfig,
+    storage: Arc<dyn Storage>,
+    topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    topic_store: Arc<Mutex<TopicStore>>,
+    producer_ids: Arc<ProducerIds>,
+    offsets: Arc<OffsetStore>,
+    groups: GroupCoordinator,
+    produce_budget: ByteBudget,
+    fetch_budget: ByteBudget,
+    metrics: Metrics,
+    started: Instant,
+    ready: AtomicBool,
+    shutting_down: AtomicBool,
+    shutdown_signal: watch::Sender<bool>,
+    maintenance: Mutex<Option<JoinHandle<()>>>,
+    _lock: DirLock,
+}
+
+/// A handle to a running node; cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("data_dir", &self.inner.config.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))?
+}
+
+impl Broker {
+    /// Opens the node's data directory: takes its lock, loads topics, opens
+    /// every partition (recovering crashed ones) and starts maintenance.
+    pub async fn open(config: BrokerConfig) -> Result<Broker> {
+        Self::open_with_storage(config, Arc::new(FileStorage)).await
+    }
+
+    /// As [`Broker::open`], with the disk reached through `storage` (tests
+    /// inject faults this way).
+    pub async fn open_with_storage(
+        config: BrokerConfig,
+        storage: Arc<dyn Storage>,
+    ) -> Result<Broker> {
+        let started = Instant::now();
+        let dir = config.data_dir.clone();
+        let lock = DirLock::acquire(&dir)?;
+        let meta = dir.join("meta");
+        let (store, producer_ids, offsets) = {
+            let storage = storage.clone();
+            let dir = dir.clone();
+            blocking(move || {
+                let store = TopicStore::load(storage.clone(), &meta)?;
+                let ids = ProducerIds::load(storage.clone(), &meta)?;
+                let offsets = OffsetStore::open(&dir.join("groups").join("offsets"), storage)?;
+                Ok((store, ids, offsets))
+            })
+            .await?
+        };
+        let specs: Vec<TopicSpec> = store.topics().cloned().collect();
+        let mut topics = BTreeMap::new();
+        for spec in specs {
+            let topic = open_topic(&dir, spec, storage.clone()).await?;
+            topics.insert(topic.spec.name.clone(), Arc::new(topic));
+        }
+        let broker = Broker {
+            inner: Arc::new(Inner {
+                produce_budget: ByteBudget::new(
+                    "produce",
+                    config.produce_budget_bytes,
+                    config.overload_retry_after,
+                ),
+                fetch_budget: ByteBudget::new(
+                    "fetch",
+                    config.fetch_budget_bytes,
+                    config.overload_retry_after,
+                ),
+                groups: GroupCoordinator::new(config.group_session_timeout),
+                metrics: Metrics::default(),
+                topics: RwLock::new(topics),
+                topic_store: Arc::new(Mutex::new(store)),
+                producer_ids: Arc::new(producer_ids),
+                offsets: Arc::new(offsets),
+                storage,
+                started,
+                ready: AtomicBool::new(false),
+                shutting_down: AtomicBool::new(false),
+                shutdown_signal: watch::Sender::new(false),
+                maintenance: Mutex::new(None),
+                _lock: lock,
+                config,
+            }),
+        };
+        broker.remove_deleted_topics();
+        let maintenance = tokio::spawn(maintain(Arc::downgrade(&broker.inner)));
+        *broker.inner.maintenance.lock() = Some(maintenance);
+        broker
+            .inner
+            .metrics
+            .recovery_seconds
+            .set_f64(started.elapsed().as_secs_f64());
+        broker.inner.ready.store(true, Ordering::Release);
+        tracing::info!(dir = %dir.display(), topics = broker.topics().len(),
+            ms = started.elapsed().as_secs_f64() * 1e3, "broker open");
+        Ok(broker)
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.inner.config
+    }
+
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.inner.config.data_dir
+    }
+
+    pub fn node_id(&self) -> u32 {
+        self.inner.config.node_id
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.inner.started.elapsed()
+    }
+
+    /// Recovery is finished and the node serves its partitions.
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Acquire) && !self.is_shutting_down()
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Flips to `true` when shutdown begins; long-running streams watch it.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.inner.shutdown_signal.subscribe()
+    }
+
+    /// Starts serving this broker on the data, control and peer ports.
+    pub fn serve(&self, addrs: &crate::config::ListenAddrs) -> Result<crate::server::ServerHandle> {
+        crate::server::serve(self, addrs)
+    }
+
+    pub fn produce_budget(&self) -> &ByteBudget {
+        &self.inner.produce_budget
+    }
+
+    pub fn fetch_budget(&self) -> &ByteBudget {
+        &self.inner.fetch_budget
+    }
+
+    pub fn groups(&self) -> &GroupCoordinator {
+        &self.inner.groups
+    }
+
+    pub fn offsets(&self) -> &Arc<OffsetStore> {
+        &self.inner.offsets
+    }
+
+    pub fn topics(&self) -> Vec<Arc<Topic>> {
+        self.inner.topics.read().values().cloned().collect()
+    }
+
+    pub fn topic(&self, name: &str) -> Result<Arc<Topic>> {
+        if let Some(why) = strata_proto::limits::topic_name_error(name) {
+            return Err(Error::InvalidArgument(why));
+        }
+        self.inner
+            .topics
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::TopicNotFound(name.to_owned()))
+    }
+
+    pub fn partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>> {
+        Ok(self.topic(topic)?.partition(partition)?.clone())
+    }
+
+    /// Partition counts of all topics (for group assignment).
+    pub fn partition_counts(&self) -> BTreeMap<String, u32> {
+        self.inner
+            .topics
+            .read()
+            .iter()
+            .map(|(n, t)| (n.clone(), t.spec.partitions))
+            .collect()
+    }
+
+    /// Creates a topic and opens its partitions.
+    pub async fn create_topic(&self, name: &str, settings: TopicSettings) -> Result<Arc<Topic>> {
+        self.check_open()?;
+        let live_nodes = 1;
+        if settings.replication_factor > live_nodes {
+            return Err(Error::InvalidArgument(format!(
+                "replication factor {} is more than the {live_nodes} live node(s) of this cluster",
+                settings.replication_factor
+            )));
+        }
+        let store = self.inner.topic_store.clone();
+        let default_segment = self.inner.config.default_segment_bytes;
+        let owned_name = name.to_owned();
+        let spec =
+            blocking(move || store.lock().create(&owned_name, &settings, default_segment)).await?;
+        let topic = Arc::new(open_topic(self.data_dir(), spec, self.inner.storage.clone()).await?);
+        self.inner
+            .topics
+            .write()
+            .insert(name.to_owned(), topic.clone());
+        tracing::info!(
+            topic = name,
+            partitions = topic.spec.partitions,
+            "topic created"
+        );
+        Ok(topic)
+    }
+
+    /// Deletes a topic: it disappears at once for new requests, its partitions
+    /// are closed, and its data is removed in the background.
+    pub async fn delete_topic(&self, name: &str) -> Result<()> {
+        self.check_open()?;
+        let store = self.inner.topic_store.clone();
+        let owned_name = name.to_owned();
+        blocking(move || store.lock().delete(&owned_name).map(|_| ())).await?;
+        let Some(topic) = self.inner.topics.write().remove(name) else {
+            return Ok(());
+        };
+        for p in &topic.partitions {
+            if let Err(e) = p.close().await {
+                tracing::warn!(topic = name, partition = p.index(), error = %e, "closing a deleted partition");
+            }
+        }
+        let offsets = self.inner.offsets.clone();
+        let owned_name = name.to_owned();
+        blocking(move || offsets.delete_topic(&owned_name)).await?;
+        let from = self.data_dir().join("topics").join(name);
+        let to = self
+            .data_dir()
+            .join("deleted")
+            .join(format!("{name}-{}", topic.spec.id));
+        blocking(move || {
+            std::fs::create_dir_all(to.parent().expect("has parent"))
+                .and_then(|_| std::fs::rename(&from, &to))
+                .and_then(|_| std::fs::remove_dir_all(&to))
+                .map_err(|e| Error::Internal(format!("removing data of deleted topic: {e}")))
+        })
+        .await?;
+        tracing::info!(topic = name, "topic deleted");
+        Ok(())
+    }
+
+    fn remove_deleted_topics(&self) {
+        let dir = self.data_dir().join("deleted");
+        tokio::task::spawn_blocking(move || {
+            if dir.exists()
+                && let Err(e) = std::fs::remove_dir_all(&dir)
+            {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not remove data of deleted topics");
+            }
+        });
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.is_shutting_down() {
+            Err(Error::ShuttingDown)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Appends one batch to a partition under the produce byte budget. With
+    /// `Acks::None` it returns once the batch is queued (offset unknown), but
+    /// the batch's bytes stay charged to the budget until it is written.
+    pub async fn produce(
+        &self,
+        topic: &str,
+        partition: u32,
+        batch: Bytes,
+        acks: Acks,
+    ) -> Result<Appended> {
+        self.check_open()?;
+        let p = self.partition(topic, partition)?;
+        let permit = self.inner.produce_budget.try_acquire(batch.len())?;
+        if acks == Acks::None {
+            strata_proto::batch::verify(&batch)?;
+            tokio::spawn(async move {
+                let _permit = permit;
+                if let Err(e) = p.append(batch, Acks::Leader).await {
+                    tracing::debug!(error = %e, "fire-and-forget produce failed");
+                }
+            });
+            return Ok(Appended {
+                base_offset: u64::MAX,
+                duplicate: false,
+            });
+        }
+        let result = p.append(batch, acks).await;
+        drop(permit);
+        result
+    }
+
+    /// A fresh idempotent producer id (epoch 0).
+    pub async fn init_producer(&self) -> Result<(u64, u16)> {
+        self.check_open()?;
+        let ids = self.inner.producer_ids.clone();
+        Ok((blocking(move || ids.allocate()).await?, 0))
+    }
+
+    /// Stops accepting work, finishes in-flight appends, flushes every
+    /// partition and marks each cleanly closed. Idempotent.
+    pub async fn shutdown(&self) -> Result<()> {
+        if self.inner.shutting_down.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.inner.shutdown_signal.send_replace(true);
+        if let Some(task) = self.inner.maintenance.lock().take() {
+            task.abort();
+        }
+        let mut first_error = None;
+        for topic in self.topics() {
+            for p in &topic.partitions {
+                if let Err(e) = p.close().await {
+                    tracing::error!(topic = %topic.spec.name, partition = p.index(), error = %e, "close failed");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        let offsets = self.inner.offsets.clone();
+        if let Err(e) = blocking(move || offsets.close()).await {
+            first_error.get_or_insert(e);
+        }
+        tracing::info!(dir = %self.data_dir().display(), "broker shut down");
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+fn partition_dir(data_dir: &std::path::Path, topic: &str, partition: u32) -> PathBuf {
+    data_dir
+        .join("topics")
+        .join(topic)
+        .join(partition.to_string())
+}
+
+/// Opens all partitions of a topic, in parallel on blocking threads.
+async fn open_topic(
+    data_dir: &std::path::Path,
+    spec: TopicSpec,
+    storage: Arc<dyn Storage>,
+) -> Result<Topic> {
+    let opens = (0..spec.partitions).map(|index| {
+        let dir = partition_dir(data_dir, &spec.name, index);
+        let name = spec.name.clone();
+        let config = spec.log_config();
+        let storage = storage.clone();
+        blocking(move || {
+            let (p, report) = Partition::open(&dir, &name, index, config, storage)?;
+            if !report.clean_shutdown {
+                tracing::warn!(topic = %name, partition = index, scanned = report.scanned_bytes,
+                    truncated = report.truncated_bytes, "partition recovered after an unclean shutdown");
+            }
+            Ok(Arc::new(p))
+        })
+    });
+    let partitions = futures::future::try_join_all(opens).await?;
+    Ok(Topic { spec, partitions })
+}
+
+/// Background upkeep: retention, checkpoints, expiry of group members and
+/// producers. Holds only a weak reference, so it ends with the broker.
+async fn maintain(inner: std::sync::Weak<Inner>) {
+    let interval = match inner.upgrade() {
+        Some(i) => i.config.maintenance_interval,
+        None => return,
+    };
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let broker = Broker { inner };
+        if broker.is_shutting_down() {
+            return;
+        }
+        let now = now_ms();
+        for topic in broker.topics() {
+            for p in &topic.partitions {
+                match p.maintain(now).await {
+                    Ok(r) if r.segments_deleted > 0 => {
+                        broker
+                            .metrics()
+                            .retention_deleted_bytes
+                            .add(r.bytes_deleted);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(topic = %topic.spec.name, partition = p.index(), error = %e, "maintenance failed")
+                    }
+                }
+            }
+        }
+        broker.groups().expire(&broker.partition_counts());
+    }
+}

@@ -1,0 +1,80 @@
+//! Exclusive ownership of a data directory: one broker per directory, across
+//! processes and within one. An advisory `flock` on `<data-dir>/LOCK` is held
+//! for the broker's life; the kernel releases it when the process dies, so a
+//! crash never leaves a stale lock. The owner's pid is written into the file
+//! so the error names who holds it.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+pub const LOCK_FILE: &str = "LOCK";
+
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl DirLock {
+    pub fn acquire(dir: &Path) -> Result<DirLock> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::Internal(format!(
+                "cannot create data directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let path = dir.join(LOCK_FILE);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::Internal(format!("cannot open {}: {e}", path.display())))?;
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if locked != 0 {
+            let mut owner = String::new();
+            let _ = file.read_to_string(&mut owner);
+            return Err(Error::DataDirInUse {
+                dir: dir.to_path_buf(),
+                owner: owner.trim().to_owned(),
+            });
+        }
+        let pid = std::process::id().to_string();
+        let written = file
+            .set_len(0)
+            .and_then(|_| file.seek(SeekFrom::Start(0)))
+            .and_then(|_| file.write_all(pid.as_bytes()))
+            .and_then(|_| file.sync_data());
+        written.map_err(|e| Error::Internal(format!("cannot write {}: {e}", path.display())))?;
+        Ok(DirLock { _file: file, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_lock_on_the_same_directory_fails_and_names_the_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = DirLock::acquire(dir.path()).unwrap();
+        match DirLock::acquire(dir.path()) {
+            Err(Error::DataDirInUse { owner, .. }) => {
+                assert_eq!(owner, std::process::id().to_string())
+            }
+            other => panic!("expected DataDirInUse, got {other:?}"),
+        }
+        drop(first);
+        DirLock::acquire(dir.path()).unwrap();
+    }
+}

@@ -1,0 +1,326 @@
+//! Counters, gauges and histograms kept in atomics, rendered in the Prometheus
+//! text exposition format (version 0.0.4).
+//!
+//! Recording is a relaxed atomic add: cheap enough for every request. Labels
+//! are bounded by construction: gRPC codes (17 values), and per-partition or
+//! per-group series whose count the operator controls; never per-producer or
+//! per-connection. Rendering reads only memory (never the disk).
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A gauge holding an f64.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    pub fn set_f64(&self, v: f64) {
+        self.0.store(v.to_bits(), Ordering::Relaxed);
+    }
+    pub fn get(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::Relaxed))
+    }
+}
+
+/// Upper bounds (seconds) of latency histogram buckets.
+pub const LATENCY_BUCKETS_SECONDS: [f64; 14] = [
+    0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// Upper bounds of group-commit size buckets (batches per fsync).
+pub const GROUP_SIZE_BUCKETS: [f64; 10] =
+    [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0];
+
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<AtomicU64>,
+    sum_micro: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_micro: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, value: f64) {
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| value <= *b)
+            .unwrap_or(self.bounds.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_micro
+            .fetch_add((value * 1e6) as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn observe_duration(&self, d: Duration) {
+        self.observe(d.as_secs_f64());
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        header(out, name, help, "histogram");
+        let mut cumulative = 0;
+        for (i, bound) in self.bounds.iter().enumerate() {
+            cumulative += self.counts[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        cumulative += self.counts[self.bounds.len()].load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum_micro.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count {cumulative}");
+    }
+}
+
+/// gRPC status code names, indexed by code number.
+pub const GRPC_CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// One counter per gRPC code.
+#[derive(Debug, Default)]
+pub struct CodeCounters([Counter; 17]);
+
+impl CodeCounters {
+    pub fn inc(&self, code: i32) {
+        if let Some(c) = self.0.get(code as usize) {
+            c.inc();
+        }
+    }
+    pub fn get(&self, code: i32) -> u64 {
+        self.0.get(code as usize).map_or(0, Counter::get)
+    }
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        header(out, name, help, "counter");
+        for (i, c) in self.0.iter().enumerate() {
+            let v = c.get();
+            if v > 0 {
+                let _ = writeln!(out, "{name}{{code=\"{}\"}} {v}", GRPC_CODES[i]);
+            }
+        }
+    }
+}
+
+pub fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Writes one sample with labels; label values are escaped.
+pub fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: f64) {
+    out.push_str(name);
+    if !labels.is_empty() {
+        out.push('{');
+        for (i, (k, v)) in labels.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let escaped = v
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            let _ = write!(out, "{k}=\"{escaped}\"");
+        }
+        out.push('}');
+    }
+    let _ = writeln!(out, " {value}");
+}
+
+/// The node-wide metrics. Per-partition and per-group series are computed
+/// from broker state at scrape time (see `server::http`).
+#[derive(Debug)]
+pub struct Metrics {
+    pub produce_requests: Counter,
+    pub produce_bytes: Counter,
+    pub produce_errors: CodeCounters,
+    pub produce_duplicates: Counter,
+    pub produce_latency: Histogram,
+    pub fetch_streams: Counter,
+    pub fetch_responses: Counter,
+    pub fetch_bytes: Counter,
+    pub fetch_errors: CodeCounters,
+    pub backpressure_rejections: Counter,
+    pub retention_deleted_bytes: Counter,
+    pub recovery_seconds: Gauge,
+    pub control_requests: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            produce_requests: Counter::default(),
+            produce_bytes: Counter::default(),
+            produce_errors: CodeCounters::default(),
+            produce_duplicates: Counter::default(),
+            produce_latency: Histogram::new(&LATENCY_BUCKETS_SECONDS),
+            fetch_streams: Counter::default(),
+            fetch_responses: Counter::default(),
+            fetch_bytes: Counter::default(),
+            fetch_errors: CodeCounters::default(),
+            backpressure_rejections: Counter::default(),
+            retention_deleted_bytes: Counter::default(),
+            recovery_seconds: Gauge::default(),
+            control_requests: Counter::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Renders the node-wide series.
+    pub fn render(&self, out: &mut String) {
+        let counter = |out: &mut String, name: &str, help: &str, c: &Counter| {
+            header(out, name, help, "counter");
+            sample(out, name, &[], c.get() as f64);
+        };
+        counter(
+            out,
+            "strata_produce_requests_total",
+            "Produce requests received.",
+            &self.produce_requests,
+        );
+        counter(
+            out,
+            "strata_produce_bytes_total",
+            "Record batch bytes accepted by produce.",
+            &self.produce_bytes,
+        );
+        self.produce_errors.render(
+            out,
+            "strata_produce_errors_total",
+            "Produce requests answered with an error, by gRPC code.",
+        );
+        counter(
+            out,
+            "strata_produce_duplicates_total",
+            "Retried batches answered with their original offset.",
+            &self.produce_duplicates,
+        );
+        self.produce_latency.render(
+            out,
+            "strata_produce_latency_seconds",
+            "Time from receiving a produce request to answering it.",
+        );
+        counter(
+            out,
+            "strata_fetch_streams_total",
+            "Fetch streams opened.",
+            &self.fetch_streams,
+        );
+        counter(
+            out,
+            "strata_fetch_responses_total",
+            "Fetch response messages sent.",
+            &self.fetch_responses,
+        );
+        counter(
+            out,
+            "strata_fetch_bytes_total",
+            "Record batch bytes sent to consumers.",
+            &self.fetch_bytes,
+        );
+        self.fetch_errors.render(
+            out,
+            "strata_fetch_errors_total",
+            "Fetch streams or partitions ended with an error, by gRPC code.",
+        );
+        counter(
+            out,
+            "strata_backpressure_rejections_total",
+            "Requests refused with RESOURCE_EXHAUSTED because a byte budget was full.",
+            &self.backpressure_rejections,
+        );
+        counter(
+            out,
+            "strata_retention_deleted_bytes_total",
+            "Bytes of segments deleted by retention.",
+            &self.retention_deleted_bytes,
+        );
+        counter(
+            out,
+            "strata_control_requests_total",
+            "Requests served on the control port.",
+            &self.control_requests,
+        );
+        header(
+            out,
+            "strata_recovery_seconds",
+            "Time the node took to open its data directory at start-up.",
+            "gauge",
+        );
+        sample(
+            out,
+            "strata_recovery_seconds",
+            &[],
+            self.recovery_seconds.get(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_are_cumulative_and_labels_escaped() {
+        let h = Histogram::new(&LATENCY_BUCKETS_SECONDS);
+        h.observe(0.0002);
+        h.observe(0.003);
+        h.observe(100.0);
+        let mut out = String::new();
+        h.render(&mut out, "x_seconds", "help");
+        assert!(out.contains("x_seconds_bucket{le=\"0.0005\"} 1\n"));
+        assert!(out.contains("x_seconds_bucket{le=\"0.005\"} 2\n"));
+        assert!(out.contains("x_seconds_bucket{le=\"+Inf\"} 3\n"));
+        assert!(out.contains("x_seconds_count 3\n"));
+        let mut out = String::new();
+        sample(&mut out, "m", &[("topic", "a\"b")], 1.0);
+        assert_eq!(out, "m{topic=\"a\\\"b\"} 1\n");
+    }
+}

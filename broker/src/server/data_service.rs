@@ -1,0 +1,294 @@
+//! The data-plane gRPC service: produce, fetch, offsets and group heartbeats.
+//! A thin adapter: it validates request shapes, calls the broker, and maps
+//! errors through `status`. No storage or partition logic lives here.
+
+use std::time::{Duration, Instant};
+
+use strata_proto::limits::group_id_error;
+use strata_proto::v1::data_server::Data;
+use strata_proto::v1::*;
+use tonic::{Request, Response, Status};
+
+use super::fetch::{self, FetchStream};
+use super::status::to_status;
+use crate::broker::Broker;
+use crate::error::Error;
+use crate::groups::assignment::Assignor;
+use crate::groups::coordinator::Heartbeat;
+use crate::groups::offsets::OffsetCommit;
+use crate::partition::Acks as PartitionAcks;
+
+#[derive(Debug, Clone)]
+pub struct DataService {
+    broker: Broker,
+}
+
+impl DataService {
+    pub fn new(broker: Broker) -> Self {
+        DataService { broker }
+    }
+}
+
+fn check_group(group: &str) -> Result<(), Status> {
+    match group_id_error(group) {
+        Some(why) => Err(to_status(&Error::InvalidArgument(why))),
+        None => Ok(()),
+    }
+}
+
+fn tp_pairs(tps: &[TopicPartition]) -> Vec<(String, u32)> {
+    tps.iter()
+        .map(|tp| (tp.topic.clone(), tp.partition))
+        .collect()
+}
+
+fn to_tps(pairs: Vec<(String, u32)>) -> Vec<TopicPartition> {
+    pairs
+        .into_iter()
+        .map(|(topic, partition)| TopicPartition { topic, partition })
+        .collect()
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> crate::Result<T> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("blocking task failed: {e}")))?
+        .map_err(|e| to_status(&e))
+}
+
+#[tonic::async_trait]
+impl Data for DataService {
+    async fn produce(
+        &self,
+        request: Request<ProduceRequest>,
+    ) -> Result<Response<ProduceResponse>, Status> {
+        let started = Instant::now();
+        let metrics = self.broker.metrics();
+        metrics.produce_requests.inc();
+        let r = request.into_inner();
+        let acks = match Acks::try_from(r.acks) {
+            Ok(Acks::All) => PartitionAcks::All,
+            Ok(Acks::Leader) => PartitionAcks::Leader,
+            Ok(Acks::None) => PartitionAcks::None,
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown acks value {}",
+                    r.acks
+                )));
+            }
+        };
+        let bytes = r.batch.len() as u64;
+        match self
+            .broker
+            .produce(&r.topic, r.partition, r.batch, acks)
+            .await
+        {
+            Ok(done) => {
+                metrics.produce_bytes.add(bytes);
+                if done.duplicate {
+                    metrics.produce_duplicates.inc();
+                }
+                metrics.produce_latency.observe_duration(started.elapsed());
+                let high_watermark = self
+                    .broker
+                    .partition(&r.topic, r.partition)
+                    .map_or(0, |p| p.high_watermark());
+                Ok(Response::new(ProduceResponse {
+                    base_offset: done.base_offset,
+                    duplicate: done.duplicate,
+                    high_watermark,
+                }))
+            }
+            Err(e) => {
+                let status = to_status(&e);
+                metrics.produce_errors.inc(status.code() as i32);
+                if matches!(e, Error::Overloaded { .. }) {
+                    metrics.backpressure_rejections.inc();
+                }
+                Err(status)
+            }
+        }
+    }
+
+    type FetchStream = FetchStream;
+
+    async fn fetch(
+        &self,
+        request: Request<FetchRequest>,
+    ) -> Result<Response<Self::FetchStream>, Status> {
+        let r = request.into_inner();
+        fetch::open(&self.broker, r.positions, r.max_bytes, r.max_wait_ms)
+            .map(Response::new)
+            .map_err(|e| {
+                let status = to_status(&e);
+                self.broker.metrics().fetch_errors.inc(status.code() as i32);
+                status
+            })
+    }
+
+    async fn list_offsets(
+        &self,
+        request: Request<ListOffsetsRequest>,
+    ) -> Result<Response<ListOffsetsResponse>, Status> {
+        let r = request.into_inner();
+        let spec = OffsetSpec::try_from(r.spec)
+            .map_err(|_| Status::invalid_argument("unknown offset spec"))?;
+        let mut out = Vec::with_capacity(r.partitions.len());
+        for tp in r.partitions {
+            let p = self
+                .broker
+                .partition(&tp.topic, tp.partition)
+                .map_err(|e| to_status(&e))?;
+            let (start, hw) = (p.start_offset(), p.high_watermark());
+            let offset = match spec {
+                OffsetSpec::Earliest => start,
+                OffsetSpec::Latest => hw,
+                OffsetSpec::Timestamp => p
+                    .offset_for_timestamp(r.timestamp_ms)
+                    .await
+                    .map_err(|e| to_status(&e))?
+                    .unwrap_or(hw),
+            };
+            out.push(PartitionOffsets {
+                topic: tp.topic,
+                partition: tp.partition,
+                offset,
+                log_start_offset: start,
+                high_watermark: hw,
+            });
+        }
+        Ok(Response::new(ListOffsetsResponse { partitions: out }))
+    }
+
+    async fn init_producer(
+        &self,
+        _: Request<InitProducerRequest>,
+    ) -> Result<Response<InitProducerResponse>, Status> {
+        let (producer_id, epoch) = self
+            .broker
+            .init_producer()
+            .await
+            .map_err(|e| to_status(&e))?;
+        Ok(Response::new(InitProducerResponse {
+            producer_id,
+            producer_epoch: u32::from(epoch),
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        let r = request.into_inner();
+        check_group(&r.group)?;
+        let assignor = Assignor::parse(&r.assignor).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "unknown assignor {:?}; use range or roundrobin",
+                r.assignor
+            ))
+        })?;
+        let hb = Heartbeat {
+            group: r.group,
+            member_id: r.member_id,
+            client_id: r.client_id,
+            topics: r.topics,
+            owned: tp_pairs(&r.owned),
+            session_timeout: (r.session_timeout_ms > 0)
+                .then(|| Duration::from_millis(u64::from(r.session_timeout_ms))),
+            assignor,
+        };
+        let reply = self
+            .broker
+            .groups()
+            .heartbeat(hb, &self.broker.partition_counts())
+            .map_err(|e| to_status(&e))?;
+        Ok(Response::new(HeartbeatResponse {
+            member_id: reply.member_id,
+            generation: reply.generation,
+            assigned: to_tps(reply.assigned),
+            heartbeat_interval_ms: reply.heartbeat_interval.as_millis() as u32,
+        }))
+    }
+
+    async fn leave_group(
+        &self,
+        request: Request<LeaveGroupRequest>,
+    ) -> Result<Response<LeaveGroupResponse>, Status> {
+        let r = request.into_inner();
+        check_group(&r.group)?;
+        self.broker
+            .groups()
+            .leave(&r.group, &r.member_id, &self.broker.partition_counts())
+            .map_err(|e| to_status(&e))?;
+        Ok(Response::new(LeaveGroupResponse {}))
+    }
+
+    async fn commit_offsets(
+        &self,
+        request: Request<CommitOffsetsRequest>,
+    ) -> Result<Response<CommitOffsetsResponse>, Status> {
+        let r = request.into_inner();
+        check_group(&r.group)?;
+        if r.offsets.is_empty() {
+            return Ok(Response::new(CommitOffsetsResponse {}));
+        }
+        let mut commits = Vec::with_capacity(r.offsets.len());
+        for o in r.offsets {
+            let p = self
+                .broker
+                .partition(&o.topic, o.partition)
+                .map_err(|e| to_status(&e))?;
+            if o.offset > p.high_watermark() {
+                return Err(to_status(&Error::OffsetOutOfRange {
+                    topic: o.topic,
+                    partition: o.partition,
+                    requested: o.offset,
+                    start: p.start_offset(),
+                    end: p.high_watermark(),
+                }));
+            }
+            commits.push(OffsetCommit {
+                topic: o.topic,
+                partition: o.partition,
+                offset: o.offset,
+                metadata: o.metadata,
+            });
+        }
+        let tps: Vec<(String, u32)> = commits
+            .iter()
+            .map(|c| (c.topic.clone(), c.partition))
+            .collect();
+        self.broker
+            .groups()
+            .check_commit(&r.group, &r.member_id, &tps)
+            .map_err(|e| to_status(&e))?;
+        let offsets = self.broker.offsets().clone();
+        blocking(move || offsets.commit(&r.group, &commits)).await?;
+        Ok(Response::new(CommitOffsetsResponse {}))
+    }
+
+    async fn fetch_offsets(
+        &self,
+        request: Request<FetchOffsetsRequest>,
+    ) -> Result<Response<FetchOffsetsResponse>, Status> {
+        let r = request.into_inner();
+        check_group(&r.group)?;
+        let wanted = tp_pairs(&r.partitions);
+        let filter = (!wanted.is_empty()).then_some(wanted.as_slice());
+        let offsets = self
+            .broker
+            .offsets()
+            .fetch(&r.group, filter)
+            .into_iter()
+            .map(|(topic, partition, c)| PartitionOffset {
+                topic,
+                partition,
+                offset: c.offset,
+                metadata: c.metadata,
+            })
+            .collect();
+        Ok(Response::new(FetchOffsetsResponse { offsets }))
+    }
+}

@@ -1,0 +1,185 @@
+//! One fetch stream: whole stored batches of a set of partitions, streamed from
+//! given offsets, long-polling at the high watermark.
+//!
+//! Memory is bounded per stream and in total: a stream reads only after taking
+//! `max_bytes` from the broker's fetch budget, and hands the response to a
+//! channel of capacity one; the budget is released when gRPC takes the message
+//! for sending. A slow consumer therefore pins at most about two responses,
+//! and HTTP/2 flow control does the rest. The stream's task ends as soon as the
+//! client goes away, its deadline passes, or the broker shuts down.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use futures::future::select_all;
+use strata_proto::limits::FETCH_MAX_BYTES;
+use strata_proto::v1::{FetchPosition, FetchResponse, PartitionError};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use super::status::{classify, to_status};
+use crate::broker::Broker;
+use crate::budget::BudgetPermit;
+use crate::error::Error;
+use crate::partition::Partition;
+
+/// Longest long-poll a client may ask for.
+pub const FETCH_MAX_WAIT_LIMIT_MS: u64 = 30_000;
+
+pub type FetchStream = Pin<Box<dyn Stream<Item = Result<FetchResponse, Status>> + Send>>;
+
+struct Cursor {
+    partition: Arc<Partition>,
+    offset: u64,
+    done: bool,
+}
+
+/// Validates the request and starts the stream. Unknown partitions and
+/// offsets outside the log are refused before anything is streamed.
+pub fn open(
+    broker: &Broker,
+    positions: Vec<FetchPosition>,
+    max_bytes: u32,
+    max_wait_ms: u32,
+) -> Result<FetchStream, Error> {
+    if positions.is_empty() {
+        return Err(Error::InvalidArgument(
+            "a fetch needs at least one partition".into(),
+        ));
+    }
+    let mut cursors: Vec<Cursor> = Vec::with_capacity(positions.len());
+    for pos in positions {
+        let partition = broker.partition(&pos.topic, pos.partition)?;
+        if cursors
+            .iter()
+            .any(|c| Arc::ptr_eq(&c.partition, &partition))
+        {
+            return Err(Error::InvalidArgument(format!(
+                "partition {}/{} is listed twice",
+                pos.topic, pos.partition
+            )));
+        }
+        let (start, hw) = (partition.start_offset(), partition.high_watermark());
+        if pos.offset < start || pos.offset > hw {
+            return Err(Error::OffsetOutOfRange {
+                topic: pos.topic,
+                partition: pos.partition,
+                requested: pos.offset,
+                start,
+                end: hw,
+            });
+        }
+        cursors.push(Cursor {
+            partition,
+            offset: pos.offset,
+            done: false,
+        });
+    }
+    let max_bytes = if max_bytes == 0 {
+        FETCH_MAX_BYTES
+    } else {
+        (max_bytes as usize).min(FETCH_MAX_BYTES)
+    };
+    let max_wait = match max_wait_ms {
+        0 => broker.config().fetch_max_wait,
+        ms => Duration::from_millis(u64::from(ms).min(FETCH_MAX_WAIT_LIMIT_MS)),
+    };
+    broker.metrics().fetch_streams.inc();
+    let (tx, rx) = mpsc::channel::<(FetchResponse, Option<BudgetPermit>)>(1);
+    tokio::spawn(run(broker.clone(), cursors, max_bytes, max_wait, tx));
+    // Dropping the permit as gRPC takes the message returns its bytes to the budget.
+    Ok(Box::pin(
+        ReceiverStream::new(rx).map(|(response, _permit)| Ok(response)),
+    ))
+}
+
+fn response(c: &Cursor, records: bytes::Bytes, error: Option<PartitionError>) -> FetchResponse {
+    FetchResponse {
+        topic: c.partition.topic().to_owned(),
+        partition: c.partition.index(),
+        records,
+        next_offset: c.offset,
+        high_watermark: c.partition.high_watermark(),
+        log_start_offset: c.partition.start_offset(),
+        error,
+    }
+}
+
+async fn run(
+    broker: Broker,
+    mut cursors: Vec<Cursor>,
+    max_bytes: usize,
+    max_wait: Duration,
+    tx: mpsc::Sender<(FetchResponse, Option<BudgetPermit>)>,
+) {
+    let mut shutdown = broker.shutdown_signal();
+    loop {
+        if tx.is_closed() || broker.is_shutting_down() {
+            return;
+        }
+        let mut sent = false;
+        for c in cursors.iter_mut().filter(|c| !c.done) {
+            if c.offset >= c.partition.high_watermark() {
+                continue;
+            }
+            let permit = tokio::select! {
+                permit = broker.fetch_budget().acquire(max_bytes) => permit,
+                _ = tx.closed() => return,
+            };
+            match c.partition.read(c.offset, max_bytes).await {
+                Ok(chunk) if chunk.bytes.is_empty() => {}
+                Ok(chunk) => {
+                    c.offset = chunk.next_offset;
+                    broker.metrics().fetch_bytes.add(chunk.bytes.len() as u64);
+                    broker.metrics().fetch_responses.inc();
+                    if tx
+                        .send((response(c, chunk.bytes, None), Some(permit)))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    sent = true;
+                }
+                Err(e) => {
+                    let (code, kind) = classify(&e);
+                    broker.metrics().fetch_errors.inc(code as i32);
+                    tracing::warn!(topic = c.partition.topic(), partition = c.partition.index(),
+                        offset = c.offset, error = %e, "fetch of partition stopped");
+                    let error = PartitionError {
+                        code: code as i32,
+                        kind: kind.into(),
+                        message: to_status(&e).message().into(),
+                    };
+                    c.done = true;
+                    if tx
+                        .send((response(c, bytes::Bytes::new(), Some(error)), None))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+        let waiting: Vec<_> = cursors
+            .iter()
+            .filter(|c| !c.done)
+            .map(|c| Box::pin(c.partition.wait_for(c.offset, max_wait)))
+            .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        if !sent {
+            tokio::select! {
+                _ = select_all(waiting) => {}
+                _ = tx.closed() => return,
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! The gRPC services of a node, on three listeners with three runtimes:
+//!
+//! - data (`Data`): a multi-threaded runtime sized to the machine;
+//! - control (`Control`, `grpc.health.v1`, HTTP `/metrics` `/healthz`
+//!   `/readyz`): its own single-threaded runtime, so a flood of data cannot
+//!   queue control requests behind it;
+//! - peer (`Peer`): its own single-threaded runtime.
+//!
+//! The services are thin: they translate requests, call the `Broker`, and map
+//! errors through `status`. The server knows nothing of files or offsets
+//! within segments.
+
+pub mod control_service;
+pub mod data_service;
+mod fetch;
+pub mod http;
+pub mod peer_service;
+pub mod status;
+
+use std::net::{SocketAddr, TcpListener};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use strata_proto::limits::{FETCH_MAX_BYTES, MAX_BATCH_BYTES};
+use strata_proto::v1::NodeInfo;
+use strata_proto::v1::control_server::ControlServer;
+use strata_proto::v1::data_server::DataServer;
+use strata_proto::v1::peer_server::PeerServer;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::{Routes, RoutesBuilder};
+use tonic::transport::Server;
+
+use crate::broker::Broker;
+use crate::config::{DATA_MAX_CONCURRENT_STREAMS, ListenAddrs};
+use crate::error::{Error, Result};
+use control_service::ControlService;
+use data_service::DataService;
+use peer_service::PeerService;
+
+/// How long a stopping server lets open connections finish before it closes them.
+pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
+
+/// Request bytes the data port decodes per message: a full batch plus framing.
+const DATA_MAX_DECODING_BYTES: usize = MAX_BATCH_BYTES + 64 * 1024;
+
+/// Response bytes the data port encodes per message: a full fetch response
+/// (which may exceed its byte target by one batch) plus framing.
+const DATA_MAX_ENCODING_BYTES: usize = FETCH_MAX_BYTES + MAX_BATCH_BYTES + 64 * 1024;
+
+/// HTTP/2 keepalive, so dead peers of long fetch streams are noticed.
+const KEEPALIVE_INTERVAL_MS: u64 = 10_000;
+const KEEPALIVE_TIMEOUT_MS: u64 = 20_000;
+
+/// The addresses a running server listens on (ports resolved if 0 was asked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BoundAddrs {
+    pub data: SocketAddr,
+    pub control: SocketAddr,
+    pub peer: SocketAddr,
+}
+
+/// A running server; `shutdown` stops it.
+#[derive(Debug)]
+pub struct ServerHandle {
+    addrs: BoundAddrs,
+    stop: watch::Sender<bool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
+    let listener = TcpListener::bind(addr)
+        .map_err(|e| Error::Internal(format!("cannot listen on {what} address {addr}: {e}")))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    Ok(listener)
+}
+
+fn local(listener: &TcpListener) -> Result<SocketAddr> {
+    listener
+        .local_addr()
+        .map_err(|e| Error::Internal(e.to_string()))
+}
+
+/// Starts the three listeners for `broker`. Binding happens before this
+/// returns, so a port conflict is reported here.
+pub fn serve(broker: &Broker, addrs: &ListenAddrs) -> Result<ServerHandle> {
+    let data = bind(addrs.data, "data")?;
+    let control = bind(addrs.control, "control")?;
+    let peer = bind(addrs.peer, "peer")?;
+    let bound = BoundAddrs {
+        data: local(&data)?,
+        control: local(&control)?,
+        peer: local(&peer)?,
+    };
+    let node = NodeInfo {
+        node_id: broker.node_id(),
+        data_addr: bound.data.to_string(),
+        control_addr: bound.control.to_string(),
+        peer_addr: bound.peer.to_string(),
+    };
+    let (stop, stopped) = watch::channel(false);
+    let workers = match broker.config().data_worker_threads {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+
+    let data_service = DataServer::new(DataService::new(broker.clone()))
+        .max_decoding_message_size(DATA_MAX_DECODING_BYTES)
+        .max_encoding_message_size(DATA_MAX_ENCODING_BYTES);
+    let data_routes = Routes::new(data_service);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let mut control_routes = RoutesBuilder::default();
+    control_routes
+        .add_service(ControlServer::new(ControlService::new(
+            broker.clone(),
+            node,
+        )))
+        .add_service(health_service);
+    let control_router = control_routes
+        .routes()
+        .into_axum_router()
+        .merge(http::routes(broker.clone()));
+    let control_routes = Routes::from(control_router);
+    let peer_routes = Routes::new(PeerServer::new(PeerService::new(broker.node_id())));
+
+    let mut threads = Vec::new();
+    threads.push(spawn_listener(
+        "strata-data",
+        Some(workers),
+        data,
+        data_routes,
+        false,
+        stopped.clone(),
+    )?);
+    threads.push(spawn_listener(
+        "strata-control",
+        None,
+        control,
+        control_routes,
+        true,
+        stopped.clone(),
+    )?);
+    threads.push(spawn_listener(
+        "strata-peer",
+        None,
+        peer,
+        peer_routes,
+        false,
+        stopped.clone(),
+    )?);
+
+    // Health reflects the broker's state as it changes: from memory, never cached.
+    let mut shutdown = broker.shutdown_signal();
+    let ready = broker.clone();
+    tokio::spawn(async move {
+        use tonic_health::ServingStatus;
+        let status = if ready.is_ready() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for service in ["", "strata.v1.Data", "strata.v1.Control"] {
+            health.set_service_status(service, status).await;
+        }
+        let _ = shutdown.changed().await;
+        for service in ["", "strata.v1.Data", "strata.v1.Control"] {
+            health
+                .set_service_status(service, ServingStatus::NotServing)
+                .await;
+        }
+    });
+    tracing::info!(data = %bound.data, control = %bound.control, peer = %bound.peer, "listening");
+    Ok(ServerHandle {
+        addrs: bound,
+        stop,
+        threads,
+    })
+}
+
+/// Runs one tonic server on its own runtime in its own thread.
+fn spawn_listener(
+    name: &'static str,
+    workers: Option<usize>,
+    listener: TcpListener,
+    routes: Routes,
+    accept_http1: bool,
+    mut stopped: watch::Receiver<bool>,
+) -> Result<JoinHandle<()>> {
+    let runtime = match workers {
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .thread_name(name)
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+    }
+    .map_err(|e| Error::Internal(format!("cannot start the {name} runtime: {e}")))?;
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => return tracing::error!(name, error = %e, "listener failed"),
+                };
+                let incoming = TcpListenerStream::new(listener);
+                let mut grace = stopped.clone();
+                let server = Server::builder()
+                    .accept_http1(accept_http1)
+                    .max_concurrent_streams(DATA_MAX_CONCURRENT_STREAMS)
+                    .tcp_nodelay(true)
+                    .http2_keepalive_interval(Some(Duration::from_millis(KEEPALIVE_INTERVAL_MS)))
+                    .http2_keepalive_timeout(Some(Duration::from_millis(KEEPALIVE_TIMEOUT_MS)))
+                    .add_routes(routes)
+                    .serve_with_incoming_shutdown(incoming, async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    });
+                let deadline = async move {
+                    let _ = grace.wait_for(|s| *s).await;
+                    tokio::time::sleep(Duration::from_millis(SHUTDOWN_GRACE_MS)).await;
+                };
+                tokio::select! {
+                    result = server => if let Err(e) = result {
+                        tracing::error!(name, error = %e, "server failed");
+                    },
+                    () = deadline => tracing::warn!(name, "closing connections still open after the grace period"),
+                }
+            });
+        })
+        .map_err(|e| Error::Internal(format!("cannot start the {name} thread: {e}")))
+}
+
+impl ServerHandle {
+    pub fn addrs(&self) -> BoundAddrs {
+        self.addrs
+    }
+
+    /// Stops accepting connections, lets open ones finish (up to
+    /// `SHUTDOWN_GRACE_MS`), and waits for the listener threads to end.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let threads = self.threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+    }
+}
