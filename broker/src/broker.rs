@@ -418,7 +418,7 @@ async fn open_topic(
         let storage = storage.clone();
         blocking(move || {
             let (p, report) = Partition::open(&dir, &name, index, config, storage)?;
-            if !report.clean_shutdown {
+            if !report.clean_shutdown && !report.created {
                 tracing::warn!(topic = %name, partition = index, scanned = report.scanned_bytes,
                     truncated = report.truncated_bytes, "partition recovered after an unclean shutdown");
             }

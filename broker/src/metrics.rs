@@ -25,6 +25,22 @@ impl Counter {
     }
 }
 
+/// A gauge counting things that come and go.
+#[derive(Debug, Default)]
+pub struct IntGauge(std::sync::atomic::AtomicI64);
+
+impl IntGauge {
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn dec(&self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// A gauge holding an f64.
 #[derive(Debug, Default)]
 pub struct Gauge(AtomicU64);
@@ -183,6 +199,7 @@ pub struct Metrics {
     pub produce_duplicates: Counter,
     pub produce_latency: Histogram,
     pub fetch_streams: Counter,
+    pub fetch_streams_active: IntGauge,
     pub fetch_responses: Counter,
     pub fetch_bytes: Counter,
     pub fetch_errors: CodeCounters,
@@ -201,6 +218,7 @@ impl Default for Metrics {
             produce_duplicates: Counter::default(),
             produce_latency: Histogram::new(&LATENCY_BUCKETS_SECONDS),
             fetch_streams: Counter::default(),
+            fetch_streams_active: IntGauge::default(),
             fetch_responses: Counter::default(),
             fetch_bytes: Counter::default(),
             fetch_errors: CodeCounters::default(),

@@ -249,6 +249,22 @@ pub fn stamp_base_offset(batch: &mut [u8], base_offset: u64) {
     batch[field::BASE_OFFSET..field::BASE_OFFSET + 8].copy_from_slice(&base_offset.to_le_bytes());
 }
 
+/// Rewrites the producer epoch and base sequence of an encoded batch (a
+/// producer resetting its sequences after a failed batch) and reseals its CRC.
+pub fn restamp_producer(batch: &mut [u8], producer_epoch: u16, base_sequence: u32) {
+    assert!(
+        batch.len() >= HEADER_BYTES,
+        "restamping a buffer shorter than a header"
+    );
+    batch[field::PRODUCER_EPOCH..field::PRODUCER_EPOCH + 2]
+        .copy_from_slice(&producer_epoch.to_le_bytes());
+    batch[field::BASE_SEQUENCE..field::BASE_SEQUENCE + 4]
+        .copy_from_slice(&base_sequence.to_le_bytes());
+    let term = u64_at(batch, field::RAFT_TERM);
+    let crc = CrcParts::new(batch).with_term(term);
+    batch[field::CRC..field::CRC + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
 /// The CRC of a batch split around the Raft term, so that the term can be
 /// restamped without hashing the records twice (CRC32 states combine).
 struct CrcParts {
@@ -380,6 +396,11 @@ impl BatchBuilder {
             producer,
             attributes: 0,
         }
+    }
+
+    /// Sets the producer identity and first sequence written at `finish`.
+    pub fn set_producer(&mut self, producer: ProducerStamp) {
+        self.producer = producer;
     }
 
     /// A control batch: broker metadata rather than user records. It may be empty.
@@ -823,6 +844,17 @@ mod tests {
             verify(&oversize),
             Err(BatchError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn restamped_producer_fields_keep_the_batch_valid() {
+        let mut bytes = build(&[record(1, None, Some(b"v"), &[])]).to_vec();
+        restamp_producer(&mut bytes, 9, 1234);
+        let h = verify(&bytes).unwrap();
+        assert_eq!(
+            (h.producer_id, h.producer_epoch, h.base_sequence),
+            (7, 9, 1234)
+        );
     }
 
     #[test]

@@ -77,6 +77,8 @@ pub struct OpenReport {
     pub clean_shutdown: bool,
     /// A valid recovery checkpoint was found.
     pub checkpoint_found: bool,
+    /// The directory held no segments: a new log.
+    pub created: bool,
     /// Segments in the log after opening.
     pub segments: usize,
     /// Bytes of tail read and checked.

@@ -109,6 +109,15 @@ fn response(c: &Cursor, records: bytes::Bytes, error: Option<PartitionError>) ->
     }
 }
 
+/// Counts a fetch stream as active for as long as its task runs.
+struct ActiveStream(Broker);
+
+impl Drop for ActiveStream {
+    fn drop(&mut self) {
+        self.0.metrics().fetch_streams_active.dec();
+    }
+}
+
 async fn run(
     broker: Broker,
     mut cursors: Vec<Cursor>,
@@ -116,6 +125,8 @@ async fn run(
     max_wait: Duration,
     tx: mpsc::Sender<(FetchResponse, Option<BudgetPermit>)>,
 ) {
+    broker.metrics().fetch_streams_active.inc();
+    let _active = ActiveStream(broker.clone());
     let mut shutdown = broker.shutdown_signal();
     loop {
         if tx.is_closed() || broker.is_shutting_down() {

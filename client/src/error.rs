@@ -1,0 +1,197 @@
+//! The client's error type. Every failure a caller can see is one of these
+//! variants, and [`Error::is_retriable`] says whether trying again may help.
+//! Broker errors are recognised by the `strata-error` kind the broker attaches
+//! to every status, not by parsing messages.
+
+use std::time::Duration;
+
+use tonic::{Code, Status};
+
+/// Consumer-group failures; the consumer handles them by rejoining.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GroupError {
+    UnknownMember,
+    IllegalGeneration,
+    RebalanceInProgress,
+    NotFound,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("{0}")]
+    TopicNotFound(String),
+
+    #[error("{0}")]
+    PartitionNotFound(String),
+
+    #[error("{0}")]
+    TopicExists(String),
+
+    #[error("{0}")]
+    InvalidArgument(String),
+
+    /// A record that cannot be sent as is (too large, malformed).
+    #[error("{0}")]
+    InvalidRecord(String),
+
+    #[error("{0}")]
+    OffsetOutOfRange(String),
+
+    /// The broker's byte budget is full; retry after the hint.
+    #[error("{message}")]
+    Overloaded {
+        retry_after: Duration,
+        message: String,
+    },
+
+    #[error("{message}")]
+    NotLeader {
+        leader: Option<String>,
+        message: String,
+    },
+
+    /// The producer's buffer had no room for a record within `max_block`.
+    #[error("producer buffer full: no room for a {bytes}-byte record within {} ms", waited.as_millis())]
+    BufferFull { bytes: usize, waited: Duration },
+
+    /// A record was not acknowledged within the delivery timeout. If
+    /// `maybe_written`, a send reached the broker and its outcome is unknown.
+    #[error("delivery timed out after {} ms (maybe written: {maybe_written}): {last_error}", elapsed.as_millis())]
+    Timeout {
+        elapsed: Duration,
+        last_error: String,
+        maybe_written: bool,
+    },
+
+    #[error("{0}")]
+    ProducerFenced(String),
+
+    #[error("{0}")]
+    OutOfOrderSequence(String),
+
+    #[error("{message}")]
+    Group { kind: GroupError, message: String },
+
+    /// The broker found stored data damaged (DATA_LOSS).
+    #[error("{0}")]
+    Corrupt(String),
+
+    #[error("cannot connect to {addr}: {message}")]
+    Connect { addr: String, message: String },
+
+    #[error("{0}")]
+    Unavailable(String),
+
+    #[error("{0}")]
+    DeadlineExceeded(String),
+
+    /// The producer or consumer was closed.
+    #[error("closed")]
+    Closed,
+
+    /// Any other broker status.
+    #[error("{message} ({code:?})")]
+    Broker {
+        code: Code,
+        kind: String,
+        message: String,
+    },
+}
+
+impl Error {
+    /// Whether the same request may succeed if sent again later.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Error::Overloaded { .. }
+            | Error::NotLeader { .. }
+            | Error::Connect { .. }
+            | Error::Unavailable(_)
+            | Error::DeadlineExceeded(_)
+            | Error::OutOfOrderSequence(_) => true,
+            Error::Broker { code, .. } => {
+                matches!(code, Code::Unavailable | Code::Unknown | Code::Cancelled)
+            }
+            _ => false,
+        }
+    }
+
+    /// The broker's retry hint, if it gave one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Overloaded { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn from_status(status: &Status) -> Error {
+        let md = status.metadata();
+        let kind = md
+            .get("strata-error")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let message = status.message().to_owned();
+        let group = |kind| Error::Group {
+            kind,
+            message: message.clone(),
+        };
+        match (kind, status.code()) {
+            ("topic-not-found", _) => Error::TopicNotFound(message),
+            ("partition-not-found", _) => Error::PartitionNotFound(message),
+            ("topic-exists", _) => Error::TopicExists(message),
+            ("invalid-argument", _) => Error::InvalidArgument(message),
+            ("invalid-batch", _) => Error::InvalidRecord(message),
+            ("offset-out-of-range", _) => Error::OffsetOutOfRange(message),
+            ("overloaded", _) => {
+                let retry_after = md
+                    .get("retry-after-ms")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .map_or(Duration::from_millis(100), Duration::from_millis);
+                Error::Overloaded {
+                    retry_after,
+                    message,
+                }
+            }
+            ("not-leader", _) => Error::NotLeader {
+                leader: md
+                    .get("strata-leader")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
+                message,
+            },
+            ("producer-fenced", _) => Error::ProducerFenced(message),
+            ("out-of-order-sequence", _) => Error::OutOfOrderSequence(message),
+            ("unknown-member", _) => group(GroupError::UnknownMember),
+            ("illegal-generation", _) => group(GroupError::IllegalGeneration),
+            ("rebalance-in-progress", _) => group(GroupError::RebalanceInProgress),
+            ("group-not-found", _) => group(GroupError::NotFound),
+            ("corrupt", _) | (_, Code::DataLoss) => Error::Corrupt(message),
+            (_, Code::Unavailable) => Error::Unavailable(message),
+            (_, Code::DeadlineExceeded) => Error::DeadlineExceeded(message),
+            (_, Code::NotFound) => Error::TopicNotFound(message),
+            (_, Code::InvalidArgument) => Error::InvalidArgument(message),
+            (_, Code::OutOfRange) => Error::OffsetOutOfRange(message),
+            (kind, code) => Error::Broker {
+                code,
+                kind: kind.to_owned(),
+                message,
+            },
+        }
+    }
+}
+
+impl From<Status> for Error {
+    fn from(status: Status) -> Self {
+        Error::from_status(&status)
+    }
+}
+
+impl From<strata_proto::batch::BatchError> for Error {
+    fn from(e: strata_proto::batch::BatchError) -> Self {
+        Error::InvalidRecord(e.to_string())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,394 @@
+//! The producer: batches records per partition, sends them idempotently, and
+//! resolves every record to its offset or to an error — never to nothing.
+//!
+//! ```no_run
+//! # async fn demo() -> strata_client::Result<()> {
+//! use strata_client::{Producer, ProducerRecord};
+//! let producer = Producer::builder("127.0.0.1:7401").build().await?;
+//! // Wait for each record...
+//! let meta = producer.send(ProducerRecord::new("events", "hello").key("user-1")).await?;
+//! println!("written at {}/{}", meta.partition, meta.offset.unwrap());
+//! // ...or enqueue many and collect the results later.
+//! let mut pending = Vec::new();
+//! for i in 0..1000 {
+//!     pending.push(producer.enqueue(ProducerRecord::new("events", format!("event {i}"))).await?);
+//! }
+//! for delivery in pending {
+//!     delivery.await?;
+//! }
+//! producer.close().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Memory is bounded by `buffer_memory`: a record that does not fit waits up
+//! to `max_block` for room, then fails with [`Error::BufferFull`].
+
+mod partition_queue;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rand::Rng;
+use strata_proto::batch::Record;
+use strata_proto::limits::MAX_MESSAGE_BYTES;
+use strata_proto::target::Target;
+use strata_proto::v1::InitProducerRequest;
+use tokio::sync::{Semaphore, oneshot};
+
+use crate::connection::{CONNECT_TIMEOUT_MS, Connection};
+use crate::error::{Error, Result};
+use crate::partitioner::partition_for_key;
+use crate::record::{ProducerRecord, RecordMetadata, now_ms};
+use partition_queue::PartitionQueue;
+
+/// How long a batch waits for more records before it is sent.
+pub const LINGER_MS: u64 = 5;
+
+/// A batch is sent once it holds this many bytes.
+pub const BATCH_SIZE_BYTES: usize = 1024 * 1024;
+
+/// Bytes of records the producer buffers before `enqueue` blocks.
+pub const BUFFER_MEMORY_BYTES: usize = 64 * 1024 * 1024;
+
+/// How long `enqueue` waits for buffer room before failing with `BufferFull`.
+pub const MAX_BLOCK_MS: u64 = 60_000;
+
+/// How long a record may take from `enqueue` to acknowledgement, retries
+/// included, before it fails with `Timeout`.
+pub const DELIVERY_TIMEOUT_MS: u64 = 120_000;
+
+/// Deadline of one produce request.
+pub const REQUEST_TIMEOUT_MS: u64 = 30_000;
+
+/// Fixed cost counted per record on top of its key, value and headers.
+const RECORD_OVERHEAD_BYTES: usize = 32;
+
+/// When the broker acknowledges a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Acks {
+    /// Once durable: fsynced (on a quorum when replicated). The default.
+    #[default]
+    All,
+    /// Once written by the leader, before fsync.
+    Leader,
+    /// Not at all: offsets are unknown and failures after sending are unseen.
+    None,
+}
+
+impl Acks {
+    fn wire(self) -> strata_proto::v1::Acks {
+        match self {
+            Acks::All => strata_proto::v1::Acks::All,
+            Acks::Leader => strata_proto::v1::Acks::Leader,
+            Acks::None => strata_proto::v1::Acks::None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct ProducerConfig {
+    linger: Duration,
+    batch_size: usize,
+    buffer_memory: usize,
+    max_block: Duration,
+    delivery_timeout: Duration,
+    request_timeout: Duration,
+    acks: Acks,
+    idempotent: bool,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            linger: Duration::from_millis(LINGER_MS),
+            batch_size: BATCH_SIZE_BYTES,
+            buffer_memory: BUFFER_MEMORY_BYTES,
+            max_block: Duration::from_millis(MAX_BLOCK_MS),
+            delivery_timeout: Duration::from_millis(DELIVERY_TIMEOUT_MS),
+            request_timeout: Duration::from_millis(REQUEST_TIMEOUT_MS),
+            acks: Acks::All,
+            idempotent: true,
+        }
+    }
+}
+
+/// Builds a [`Producer`]; every setting has a documented default.
+#[derive(Debug)]
+pub struct ProducerBuilder {
+    target: Target,
+    config: ProducerConfig,
+}
+
+impl ProducerBuilder {
+    /// How long a batch waits for more records (default 5 ms).
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.config.linger = linger;
+        self
+    }
+    /// Bytes at which a batch is sent without waiting (default 1 MiB, at most 4 MiB).
+    pub fn batch_size(mut self, bytes: usize) -> Self {
+        self.config.batch_size = bytes;
+        self
+    }
+    /// Bytes of records buffered before `enqueue` blocks (default 64 MiB).
+    pub fn buffer_memory(mut self, bytes: usize) -> Self {
+        self.config.buffer_memory = bytes;
+        self
+    }
+    /// How long `enqueue` waits for buffer room (default 60 s).
+    pub fn max_block(mut self, wait: Duration) -> Self {
+        self.config.max_block = wait;
+        self
+    }
+    /// Upper bound from enqueue to acknowledgement, retries included (default 120 s).
+    pub fn delivery_timeout(mut self, timeout: Duration) -> Self {
+        self.config.delivery_timeout = timeout;
+        self
+    }
+    /// Deadline of each produce request (default 30 s).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.config.request_timeout = timeout;
+        self
+    }
+    /// When batches are acknowledged (default `Acks::All`).
+    pub fn acks(mut self, acks: Acks) -> Self {
+        self.config.acks = acks;
+        self
+    }
+    /// Whether retries are deduplicated by the broker (default on).
+    pub fn idempotent(mut self, idempotent: bool) -> Self {
+        self.config.idempotent = idempotent;
+        self
+    }
+
+    /// Connects, obtains a producer id, and returns the producer.
+    pub async fn build(self) -> Result<Producer> {
+        let c = &self.config;
+        if c.batch_size == 0 || c.batch_size > strata_proto::limits::MAX_BATCH_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "batch size must be between 1 and {} bytes",
+                strata_proto::limits::MAX_BATCH_BYTES
+            )));
+        }
+        if c.buffer_memory < c.batch_size {
+            return Err(Error::InvalidArgument(
+                "buffer memory must be at least the batch size".into(),
+            ));
+        }
+        let conn =
+            Connection::connect(self.target, Duration::from_millis(CONNECT_TIMEOUT_MS)).await?;
+        let (producer_id, epoch) = if c.idempotent {
+            let r = conn
+                .any_data_client()?
+                .init_producer(InitProducerRequest {})
+                .await?
+                .into_inner();
+            (r.producer_id, r.producer_epoch as u16)
+        } else {
+            (0, 0)
+        };
+        Ok(Producer {
+            inner: Arc::new(Inner {
+                buffer: Arc::new(Semaphore::new(self.config.buffer_memory)),
+                conn,
+                config: self.config,
+                producer_id,
+                epoch,
+                queues: Mutex::new(HashMap::new()),
+                sticky: Mutex::new(HashMap::new()),
+                closed: std::sync::atomic::AtomicBool::new(false),
+            }),
+        })
+    }
+}
+
+struct Inner {
+    conn: Arc<Connection>,
+    config: ProducerConfig,
+    producer_id: u64,
+    epoch: u16,
+    buffer: Arc<Semaphore>,
+    queues: Mutex<HashMap<(Arc<str>, u32), Arc<PartitionQueue>>>,
+    sticky: Mutex<HashMap<String, u32>>,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Senders finish what they hold, then stop: nothing queued is dropped.
+        for q in self.queues.lock().values() {
+            q.close();
+        }
+    }
+}
+
+/// A batching, idempotent producer; cheap to clone and share across tasks.
+#[derive(Clone)]
+pub struct Producer {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("producer_id", &self.inner.producer_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The outcome of one enqueued record; resolves once the broker has
+/// acknowledged it (or it failed for good).
+#[derive(Debug)]
+pub struct Delivery {
+    rx: oneshot::Receiver<Result<RecordMetadata>>,
+}
+
+impl Future for Delivery {
+    type Output = Result<RecordMetadata>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(Error::Closed)))
+    }
+}
+
+fn record_cost(r: &ProducerRecord) -> usize {
+    r.key.as_ref().map_or(0, |k| k.len())
+        + r.value.as_ref().map_or(0, |v| v.len())
+        + r.headers
+            .iter()
+            .map(|h| h.key.len() + h.value.as_ref().map_or(0, |v| v.len()) + 8)
+            .sum::<usize>()
+        + RECORD_OVERHEAD_BYTES
+}
+
+impl Producer {
+    /// A builder for a producer connecting to `target`: a control address
+    /// (`host:port`) or an in-process broker.
+    pub fn builder(target: impl Into<Target>) -> ProducerBuilder {
+        ProducerBuilder {
+            target: target.into(),
+            config: ProducerConfig::default(),
+        }
+    }
+
+    /// The producer id the broker assigned (0 if not idempotent).
+    pub fn producer_id(&self) -> u64 {
+        self.inner.producer_id
+    }
+
+    /// Sends one record and waits for its acknowledgement.
+    pub async fn send(&self, record: ProducerRecord) -> Result<RecordMetadata> {
+        self.enqueue(record).await?.await
+    }
+
+    /// Adds a record to its partition's batch and returns at once with a
+    /// [`Delivery`] to await later. Waits only for buffer room (up to
+    /// `max_block`), failing with `BufferFull` if there is none.
+    pub async fn enqueue(&self, mut record: ProducerRecord) -> Result<Delivery> {
+        let inner = &self.inner;
+        if inner.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        let partitions = inner.conn.partition_count(&record.topic).await?;
+        let cost = record_cost(&record);
+        if cost > MAX_MESSAGE_BYTES {
+            return Err(Error::InvalidRecord(format!(
+                "record of about {cost} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit"
+            )));
+        }
+        let permit = match tokio::time::timeout(
+            inner.config.max_block,
+            inner.buffer.clone().acquire_many_owned(cost as u32),
+        )
+        .await
+        {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(Error::Closed),
+            Err(_) => {
+                return Err(Error::BufferFull {
+                    bytes: cost,
+                    waited: inner.config.max_block,
+                });
+            }
+        };
+        let partition = match (record.partition, &record.key) {
+            (Some(p), _) if p >= partitions => {
+                return Err(Error::PartitionNotFound(format!(
+                    "topic {:?} has no partition {p} (it has {partitions})",
+                    record.topic
+                )));
+            }
+            (Some(p), _) => p,
+            (None, Some(key)) => partition_for_key(key, partitions),
+            (None, None) => self.sticky_partition(&record.topic, partitions),
+        };
+        let queue = self.queue(&record.topic, partition);
+        let timestamp = record.timestamp.unwrap_or_else(now_ms);
+        let wire = Record {
+            timestamp,
+            key: record.key.take(),
+            value: record.value.take(),
+            headers: std::mem::take(&mut record.headers),
+        };
+        let (tx, rx) = oneshot::channel();
+        let pushed = queue.push(&wire, tx, permit, inner.config.batch_size)?;
+        if pushed.started_batch && record.partition.is_none() && wire.key.is_none() {
+            // Sticky partitioning: the next new batch goes elsewhere.
+            inner.sticky.lock().remove(&record.topic);
+        }
+        Ok(Delivery { rx })
+    }
+
+    fn sticky_partition(&self, topic: &str, partitions: u32) -> u32 {
+        let mut sticky = self.inner.sticky.lock();
+        *sticky
+            .entry(topic.to_owned())
+            .or_insert_with(|| rand::rng().random_range(0..partitions.max(1)))
+    }
+
+    fn queue(&self, topic: &str, partition: u32) -> Arc<PartitionQueue> {
+        let mut queues = self.inner.queues.lock();
+        if let Some(q) = queues.get(&(Arc::from(topic), partition)) {
+            return q.clone();
+        }
+        let topic: Arc<str> = Arc::from(topic);
+        let q = PartitionQueue::new(
+            topic.clone(),
+            partition,
+            self.inner.producer_id,
+            self.inner.epoch,
+        );
+        tokio::spawn(
+            q.clone()
+                .run(self.inner.conn.clone(), self.inner.config.clone()),
+        );
+        queues.insert((topic, partition), q.clone());
+        q
+    }
+
+    /// Sends everything enqueued so far without waiting for linger, and waits
+    /// until each of those records is resolved.
+    pub async fn flush(&self) {
+        let queues: Vec<_> = self.inner.queues.lock().values().cloned().collect();
+        futures::future::join_all(queues.iter().map(|q| q.flush())).await;
+    }
+
+    /// Flushes, then stops: later `enqueue` calls fail with `Closed`.
+    pub async fn close(&self) -> Result<()> {
+        self.inner
+            .closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.flush().await;
+        for q in self.inner.queues.lock().values() {
+            q.close();
+        }
+        Ok(())
+    }
+}

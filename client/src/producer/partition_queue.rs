@@ -1,0 +1,341 @@
+//! One partition's side of the producer: the open batch records are added to,
+//! the sealed batches waiting to be sent, and the task that sends them.
+//!
+//! A batch is sealed when it reaches the batch size, when its linger time has
+//! passed, or on flush; sealing assigns its producer epoch and first sequence
+//! number. Batches are sent one at a time, in order, and retried with the same
+//! bytes (and so the same sequence) until they succeed, fail for good, or hit
+//! the delivery timeout: the broker recognises a retry of a batch it already
+//! wrote and answers with the original offset, so retries never duplicate.
+//!
+//! When a batch fails for good, its records get the error, and the partition
+//! starts a new producer epoch with sequence 0 so the batches behind it are not
+//! refused as out of order. Every record's delivery resolves exactly once.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use strata_proto::batch::{BatchBuilder, ProducerStamp, Record, restamp_producer};
+use strata_proto::v1::ProduceRequest;
+use tokio::sync::{Notify, OwnedSemaphorePermit, oneshot};
+
+use super::{Acks, ProducerConfig};
+use crate::connection::Connection;
+use crate::error::{Error, Result};
+use crate::record::RecordMetadata;
+use crate::retry::Backoff;
+
+pub(crate) type Reply = oneshot::Sender<Result<RecordMetadata>>;
+
+struct OpenBatch {
+    builder: BatchBuilder,
+    waiters: Vec<(Reply, i64)>,
+    permit: Option<OwnedSemaphorePermit>,
+    created: Instant,
+}
+
+struct SealedBatch {
+    payload: Bytes,
+    waiters: Vec<(Reply, i64)>,
+    _permit: Option<OwnedSemaphorePermit>,
+    created: Instant,
+    records: u32,
+}
+
+#[derive(Default)]
+struct State {
+    open: Option<OpenBatch>,
+    sealed: VecDeque<SealedBatch>,
+    flush_requested: bool,
+    closed: bool,
+    epoch: u16,
+    next_sequence: u32,
+    /// Records enqueued / resolved so far, for `flush`.
+    enqueued: u64,
+    resolved: u64,
+}
+
+pub(crate) struct PartitionQueue {
+    topic: Arc<str>,
+    partition: u32,
+    producer_id: u64,
+    state: Mutex<State>,
+    /// Wakes the sender: new data, flush, close.
+    wake: Notify,
+    /// Wakes flushers: records resolved.
+    progress: Notify,
+}
+
+/// What `PartitionQueue::push` did with the open batch.
+pub(crate) struct Pushed {
+    /// A new batch was started for this record (the sticky partitioner moves on).
+    pub started_batch: bool,
+}
+
+impl PartitionQueue {
+    pub fn new(topic: Arc<str>, partition: u32, producer_id: u64, epoch: u16) -> Arc<Self> {
+        Arc::new(PartitionQueue {
+            topic,
+            partition,
+            producer_id,
+            state: Mutex::new(State {
+                epoch,
+                ..State::default()
+            }),
+            wake: Notify::new(),
+            progress: Notify::new(),
+        })
+    }
+
+    /// Adds a record to the open batch, sealing it first if the record would
+    /// not fit, and after if it is full. `permit` holds the record's buffer bytes.
+    pub fn push(
+        &self,
+        record: &Record,
+        reply: Reply,
+        permit: OwnedSemaphorePermit,
+        batch_size: usize,
+    ) -> Result<Pushed> {
+        let mut st = self.state.lock();
+        if st.closed {
+            return Err(Error::Closed);
+        }
+        if let Some(open) = &st.open
+            && !open.builder.is_empty()
+            && open.builder.encoded_len() + open.builder.record_encoded_len(record) > batch_size
+        {
+            self.seal(&mut st);
+        }
+        let started_batch = st.open.is_none();
+        let open = st.open.get_or_insert_with(|| OpenBatch {
+            builder: BatchBuilder::default(),
+            waiters: Vec::new(),
+            permit: None,
+            created: Instant::now(),
+        });
+        open.builder.push(record)?;
+        open.waiters.push((reply, record.timestamp));
+        match &mut open.permit {
+            Some(p) => p.merge(permit),
+            None => open.permit = Some(permit),
+        }
+        let full = open.builder.encoded_len() >= batch_size;
+        st.enqueued += 1;
+        if full {
+            self.seal(&mut st);
+        }
+        drop(st);
+        self.wake.notify_one();
+        Ok(Pushed { started_batch })
+    }
+
+    /// Seals the open batch: stamps producer epoch and sequences, encodes it.
+    fn seal(&self, st: &mut State) {
+        let Some(mut open) = st.open.take() else {
+            return;
+        };
+        let records = open.builder.len();
+        if self.producer_id != 0 {
+            open.builder.set_producer(ProducerStamp {
+                producer_id: self.producer_id,
+                producer_epoch: st.epoch,
+                base_sequence: st.next_sequence,
+            });
+            st.next_sequence = st.next_sequence.wrapping_add(records);
+        }
+        st.sealed.push_back(SealedBatch {
+            payload: open.builder.finish(),
+            waiters: open.waiters,
+            _permit: open.permit,
+            created: open.created,
+            records,
+        });
+    }
+
+    /// Starts a new producer epoch at sequence 0 and restamps the batches
+    /// still waiting, so they follow on from the reset.
+    fn reset_sequences(&self, st: &mut State) {
+        if self.producer_id == 0 {
+            return;
+        }
+        st.epoch = st.epoch.wrapping_add(1);
+        st.next_sequence = 0;
+        for batch in st.sealed.iter_mut() {
+            let mut bytes = batch.payload.to_vec();
+            restamp_producer(&mut bytes, st.epoch, st.next_sequence);
+            st.next_sequence = st.next_sequence.wrapping_add(batch.records);
+            batch.payload = Bytes::from(bytes);
+        }
+        tracing::info!(topic = %self.topic, partition = self.partition, epoch = st.epoch,
+            "producer sequences reset after a failed batch");
+    }
+
+    /// Seals the open batch at once and waits until every record enqueued
+    /// before this call has been resolved.
+    pub async fn flush(&self) {
+        let target = {
+            let mut st = self.state.lock();
+            st.flush_requested = true;
+            st.enqueued
+        };
+        self.wake.notify_one();
+        loop {
+            let progressed = self.progress.notified();
+            if self.state.lock().resolved >= target {
+                return;
+            }
+            progressed.await;
+        }
+    }
+
+    /// No more records; the sender finishes what it has, then stops.
+    pub fn close(&self) {
+        self.state.lock().closed = true;
+        self.wake.notify_one();
+    }
+
+    /// Takes the next batch to send, waiting for one to be sealed (by size,
+    /// linger, flush or close). `None` once closed and empty.
+    async fn next_batch(&self, linger: Duration) -> Option<SealedBatch> {
+        loop {
+            let wake = self.wake.notified();
+            let deadline = {
+                let mut st = self.state.lock();
+                if let Some(batch) = st.sealed.pop_front() {
+                    return Some(batch);
+                }
+                match &st.open {
+                    Some(open)
+                        if st.flush_requested || st.closed || open.created.elapsed() >= linger =>
+                    {
+                        self.seal(&mut st);
+                        continue;
+                    }
+                    Some(open) => Some(open.created + linger),
+                    None if st.closed => return None,
+                    None => {
+                        st.flush_requested = false;
+                        None
+                    }
+                }
+            };
+            match deadline {
+                Some(at) => {
+                    tokio::select! {
+                        _ = wake => {}
+                        _ = tokio::time::sleep_until(at.into()) => {}
+                    }
+                }
+                None => wake.await,
+            }
+        }
+    }
+
+    fn resolve(&self, batch: SealedBatch, result: Result<Option<u64>>) {
+        let count = batch.waiters.len() as u64;
+        for (i, (reply, timestamp)) in batch.waiters.into_iter().enumerate() {
+            let outcome = match &result {
+                Ok(base) => Ok(RecordMetadata {
+                    topic: self.topic.clone(),
+                    partition: self.partition,
+                    offset: base.map(|b| b + i as u64),
+                    timestamp,
+                }),
+                Err(e) => Err(e.clone()),
+            };
+            // The caller may have dropped its Delivery; that is its choice.
+            let _ = reply.send(outcome);
+        }
+        self.state.lock().resolved += count;
+        self.progress.notify_waiters();
+    }
+
+    /// The partition's sender: sends sealed batches in order until closed.
+    pub async fn run(self: Arc<Self>, conn: Arc<Connection>, config: ProducerConfig) {
+        while let Some(mut batch) = self.next_batch(config.linger).await {
+            let result = self.deliver(&conn, &config, &mut batch).await;
+            if result.is_err() {
+                self.reset_sequences(&mut self.state.lock());
+            }
+            self.resolve(batch, result);
+        }
+    }
+
+    async fn deliver(
+        &self,
+        conn: &Connection,
+        config: &ProducerConfig,
+        batch: &mut SealedBatch,
+    ) -> Result<Option<u64>> {
+        let deadline = batch.created + config.delivery_timeout;
+        let mut backoff = Backoff::default();
+        let mut sent = false;
+        let mut restamped = false;
+        loop {
+            let now = Instant::now();
+            let request_timeout = config
+                .request_timeout
+                .min(deadline.saturating_duration_since(now));
+            let attempt = async {
+                let mut client = conn.data_client(&self.topic, self.partition).await?;
+                let mut request = tonic::Request::new(ProduceRequest {
+                    topic: self.topic.to_string(),
+                    partition: self.partition,
+                    batch: batch.payload.clone(),
+                    acks: config.acks.wire() as i32,
+                });
+                request.set_timeout(request_timeout);
+                client.produce(request).await.map_err(Error::from)
+            };
+            let error = match attempt.await {
+                Ok(response) => {
+                    let base = response.into_inner().base_offset;
+                    return Ok((config.acks != Acks::None).then_some(base));
+                }
+                Err(e) => e,
+            };
+            // Anything but a refusal before the broker read the batch may have
+            // reached it; its outcome is then unknown until a retry answers.
+            sent |= !matches!(error, Error::Overloaded { .. } | Error::Connect { .. });
+            match &error {
+                Error::OutOfOrderSequence(_) if !restamped => {
+                    // The broker does not know our sequence (its producer state
+                    // expired): start a new epoch for this batch and those behind it.
+                    let mut st = self.state.lock();
+                    st.sealed.push_front(SealedBatch {
+                        payload: batch.payload.clone(),
+                        waiters: Vec::new(),
+                        _permit: None,
+                        created: batch.created,
+                        records: batch.records,
+                    });
+                    self.reset_sequences(&mut st);
+                    batch.payload = st.sealed.pop_front().expect("just pushed").payload;
+                    restamped = true;
+                    continue;
+                }
+                Error::NotLeader { .. } => {
+                    let _ = conn.refresh(&[self.topic.to_string()]).await;
+                }
+                _ => {}
+            }
+            if !error.is_retriable() || matches!(error, Error::OutOfOrderSequence(_)) {
+                return Err(error);
+            }
+            let delay = backoff.next(error.retry_after());
+            if Instant::now() + delay >= deadline {
+                return Err(Error::Timeout {
+                    elapsed: batch.created.elapsed(),
+                    last_error: error.to_string(),
+                    maybe_written: sent,
+                });
+            }
+            tracing::debug!(topic = %self.topic, partition = self.partition, error = %error,
+                delay_ms = delay.as_millis() as u64, "retrying produce");
+            tokio::time::sleep(delay).await;
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! `strata serve`: runs one node until SIGTERM or Ctrl-C, then shuts down
+//! cleanly: stops accepting work, finishes in-flight appends, flushes, writes
+//! each partition's clean-shutdown marker, and exits 0.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+use strata_broker::config::{CONTROL_ADDR, DATA_ADDR, DATA_DIR, PEER_ADDR};
+use strata_broker::{Broker, BrokerConfig, ListenAddrs};
+
+use super::{CliError, CliResult};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Directory holding topics, offsets and metadata [default: ./strata-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Address of the data port (produce, fetch) [default: 127.0.0.1:7400].
+    #[arg(long)]
+    data_addr: Option<SocketAddr>,
+    /// Address of the control port (admin, health, metrics) [default: 127.0.0.1:7401].
+    #[arg(long)]
+    control_addr: Option<SocketAddr>,
+    /// Address of the peer port (traffic between nodes) [default: 127.0.0.1:7402].
+    #[arg(long)]
+    peer_addr: Option<SocketAddr>,
+    /// This node's id [default: 1].
+    #[arg(long)]
+    node_id: Option<u32>,
+    /// Cluster members, `1=host:peer,2=host:peer,...`.
+    #[arg(long)]
+    peers: Option<String>,
+    /// A TOML file with any of the settings above (flags win).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Bytes of produce data in flight before producers get RESOURCE_EXHAUSTED [default: 256 MiB].
+    #[arg(long)]
+    produce_budget_bytes: Option<u64>,
+    /// Bytes of fetched data held for all consumers together [default: 256 MiB].
+    #[arg(long)]
+    fetch_budget_bytes: Option<u64>,
+    /// Log line format; filter with RUST_LOG (default `info`).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+/// The `--config` file: the same settings as the flags, snake_case.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    data_addr: Option<SocketAddr>,
+    control_addr: Option<SocketAddr>,
+    peer_addr: Option<SocketAddr>,
+    node_id: Option<u32>,
+    peers: Option<String>,
+    produce_budget_bytes: Option<u64>,
+    fetch_budget_bytes: Option<u64>,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Parses `--peers`; returns the other members.
+fn parse_peers(peers: &str, node_id: u32) -> CliResult<Vec<(u32, String)>> {
+    let mut out = Vec::new();
+    for entry in peers.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (id, addr) = entry.split_once('=').ok_or_else(|| {
+            CliError(format!(
+                "bad --peers entry {entry:?}: expected id=host:port"
+            ))
+        })?;
+        let id: u32 = id
+            .parse()
+            .map_err(|_| CliError(format!("bad node id in --peers entry {entry:?}")))?;
+        if id != node_id {
+            out.push((id, addr.to_owned()));
+        }
+    }
+    Ok(out)
+}
+
+pub async fn run(args: ServeArgs) -> CliResult {
+    init_logging(args.log_format);
+    let file = match &args.config {
+        None => FileConfig::default(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| CliError(format!("cannot read config {}: {e}", path.display())))?;
+            toml::from_str(&text)
+                .map_err(|e| CliError(format!("config {}: {}", path.display(), e.message())))?
+        }
+    };
+    let parse = |a: &str| a.parse::<SocketAddr>().expect("valid default address");
+    let node_id = args.node_id.or(file.node_id).unwrap_or(1);
+    let defaults = BrokerConfig::default();
+    let config = BrokerConfig {
+        data_dir: args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(DATA_DIR)),
+        node_id,
+        produce_budget_bytes: args
+            .produce_budget_bytes
+            .or(file.produce_budget_bytes)
+            .unwrap_or(defaults.produce_budget_bytes),
+        fetch_budget_bytes: args
+            .fetch_budget_bytes
+            .or(file.fetch_budget_bytes)
+            .unwrap_or(defaults.fetch_budget_bytes),
+        ..defaults
+    };
+    let addrs = ListenAddrs {
+        data: args
+            .data_addr
+            .or(file.data_addr)
+            .unwrap_or_else(|| parse(DATA_ADDR)),
+        control: args
+            .control_addr
+            .or(file.control_addr)
+            .unwrap_or_else(|| parse(CONTROL_ADDR)),
+        peer: args
+            .peer_addr
+            .or(file.peer_addr)
+            .unwrap_or_else(|| parse(PEER_ADDR)),
+    };
+    if let Some(peers) = args.peers.or(file.peers) {
+        let others = parse_peers(&peers, node_id)?;
+        if !others.is_empty() {
+            return Err(CliError(format!(
+                "--peers names {} other node(s), but replication is not available in this build yet; run a single node",
+                others.len()
+            )));
+        }
+    }
+    let broker = Broker::open(config).await?;
+    let server = broker.serve(&addrs)?;
+    let bound = server.addrs();
+    // One machine-readable line on stdout, so scripts and tests can use port 0.
+    println!(
+        "strata serving node={node_id} data={} control={} peer={}",
+        bound.data, bound.control, bound.peer
+    );
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    let closed = broker.shutdown().await;
+    server.shutdown().await;
+    closed?;
+    Ok(())
+}
+
+async fn wait_for_signal() -> CliResult {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|e| CliError(format!("cannot watch SIGTERM: {e}")))?;
+    tokio::select! {
+        _ = term.recv() => {}
+        r = tokio::signal::ctrl_c() => r.map_err(|e| CliError(format!("cannot watch Ctrl-C: {e}")))?,
+    }
+    Ok(())
+}

@@ -1,0 +1,208 @@
+//! Starts real `strata` processes for end-to-end tests: each node gets its own
+//! data directory and ephemeral ports, read back from the line the broker
+//! prints on stdout once it serves.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long a node may take to start serving.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub const STRATA: &str = env!("CARGO_BIN_EXE_strata");
+
+pub struct Node {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub data: SocketAddr,
+    pub control: SocketAddr,
+    pub peer: SocketAddr,
+    extra: Vec<String>,
+    log: PathBuf,
+}
+
+fn parse_serving(line: &str) -> Option<(SocketAddr, SocketAddr, SocketAddr)> {
+    let rest = line.strip_prefix("strata serving ")?;
+    let field = |name: &str| {
+        rest.split_whitespace().find_map(|kv| {
+            kv.strip_prefix(&format!("{name}="))
+                .and_then(|v| v.parse().ok())
+        })
+    };
+    Some((field("data")?, field("control")?, field("peer")?))
+}
+
+impl Node {
+    /// Starts a node on ephemeral ports with data in `dir`.
+    pub fn start(dir: &Path) -> Node {
+        Self::start_with(dir, &[])
+    }
+
+    /// Starts a node with extra `serve` flags.
+    pub fn start_with(dir: &Path, extra: &[&str]) -> Node {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let mut node = Node {
+            child: None,
+            dir: dir.to_path_buf(),
+            data: any,
+            control: any,
+            peer: any,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            log: dir.with_extension("log"),
+        };
+        node.spawn();
+        node
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut child = Command::new(STRATA)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(["--data-addr", &self.data.to_string()])
+            .args(["--control-addr", &self.control.to_string()])
+            .args(["--peer-addr", &self.peer.to_string()])
+            .args(&self.extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start strata serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addrs) = parse_serving(&line) {
+                    let _ = tx.send(addrs);
+                }
+            }
+        });
+        match rx.recv_timeout(START_TIMEOUT) {
+            Ok((data, control, peer)) => {
+                self.data = data;
+                self.control = control;
+                self.peer = peer;
+            }
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "strata did not start; log:\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+        }
+        self.child = Some(child);
+    }
+
+    /// The control address clients bootstrap from.
+    pub fn bootstrap(&self) -> String {
+        self.control.to_string()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL: no chance to flush or close anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn sigterm(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "strata did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the node again on the same ports (clients keep their address).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the node first");
+        self.spawn();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Peak resident memory of the process so far (VmHWM), in bytes.
+    pub fn peak_rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        kb * 1024
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs a client command against `bootstrap`, feeding `stdin`.
+pub fn cli(bootstrap: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(STRATA)
+        .args(args)
+        .args(["--bootstrap", bootstrap])
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run strata");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        let input = input.to_owned();
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(input.as_bytes());
+        });
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Like `cli`, asserting success; returns stdout.
+pub fn cli_ok(bootstrap: &str, args: &[&str], stdin: Option<&str>) -> String {
+    let out = cli(bootstrap, args, stdin);
+    assert!(
+        out.status.success(),
+        "strata {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
