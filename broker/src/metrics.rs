@@ -271,6 +271,18 @@ impl Metrics {
             "Fetch streams opened.",
             &self.fetch_streams,
         );
+        header(
+            out,
+            "strata_fetch_streams_active",
+            "Fetch streams open now.",
+            "gauge",
+        );
+        sample(
+            out,
+            "strata_fetch_streams_active",
+            &[],
+            self.fetch_streams_active.get() as f64,
+        );
         counter(
             out,
             "strata_fetch_responses_total",

@@ -174,6 +174,7 @@ impl Log {
         })?;
         let mut report = OpenReport {
             checkpoint_found: ckpt.is_some(),
+            created: bases.is_empty(),
             ..Default::default()
         };
 

@@ -9,6 +9,7 @@ use strata_proto::v1::data_server::Data;
 use strata_proto::v1::*;
 use tonic::{Request, Response, Status};
 
+use super::deadline;
 use super::fetch::{self, FetchStream};
 use super::status::to_status;
 use crate::broker::Broker;
@@ -27,6 +28,10 @@ impl DataService {
     pub fn new(broker: Broker) -> Self {
         DataService { broker }
     }
+}
+
+fn invalid(why: String) -> Status {
+    to_status(&Error::InvalidArgument(why))
 }
 
 fn check_group(group: &str) -> Result<(), Status> {
@@ -54,7 +59,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, Status> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Status::internal(format!("blocking task failed: {e}")))?
+        .map_err(|e| to_status(&Error::Internal(format!("blocking task failed: {e}"))))?
         .map_err(|e| to_status(&e))
 }
 
@@ -73,10 +78,7 @@ impl Data for DataService {
             Ok(Acks::Leader) => PartitionAcks::Leader,
             Ok(Acks::None) => PartitionAcks::None,
             Err(_) => {
-                return Err(Status::invalid_argument(format!(
-                    "unknown acks value {}",
-                    r.acks
-                )));
+                return Err(invalid(format!("unknown acks value {}", r.acks)));
             }
         };
         let bytes = r.batch.len() as u64;
@@ -118,8 +120,9 @@ impl Data for DataService {
         &self,
         request: Request<FetchRequest>,
     ) -> Result<Response<Self::FetchStream>, Status> {
+        let until = deadline::deadline(request.metadata());
         let r = request.into_inner();
-        fetch::open(&self.broker, r.positions, r.max_bytes, r.max_wait_ms)
+        fetch::open(&self.broker, r.positions, r.max_bytes, r.max_wait_ms, until)
             .map(Response::new)
             .map_err(|e| {
                 let status = to_status(&e);
@@ -133,8 +136,8 @@ impl Data for DataService {
         request: Request<ListOffsetsRequest>,
     ) -> Result<Response<ListOffsetsResponse>, Status> {
         let r = request.into_inner();
-        let spec = OffsetSpec::try_from(r.spec)
-            .map_err(|_| Status::invalid_argument("unknown offset spec"))?;
+        let spec =
+            OffsetSpec::try_from(r.spec).map_err(|_| invalid("unknown offset spec".to_owned()))?;
         let mut out = Vec::with_capacity(r.partitions.len());
         for tp in r.partitions {
             let p = self
@@ -184,7 +187,7 @@ impl Data for DataService {
         let r = request.into_inner();
         check_group(&r.group)?;
         let assignor = Assignor::parse(&r.assignor).ok_or_else(|| {
-            Status::invalid_argument(format!(
+            invalid(format!(
                 "unknown assignor {:?}; use range or roundrobin",
                 r.assignor
             ))

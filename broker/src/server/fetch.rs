@@ -8,12 +8,11 @@
 //! and HTTP/2 flow control does the rest. The stream's task ends as soon as the
 //! client goes away, its deadline passes, or the broker shuts down.
 
-use std::pin::Pin;
-use std::sync::Arc;
-use std::time::Duration;
-
 use futures::Stream;
 use futures::future::select_all;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use strata_proto::limits::FETCH_MAX_BYTES;
 use strata_proto::v1::{FetchPosition, FetchResponse, PartitionError};
 use tokio::sync::mpsc;
@@ -45,6 +44,7 @@ pub fn open(
     positions: Vec<FetchPosition>,
     max_bytes: u32,
     max_wait_ms: u32,
+    deadline: Option<Instant>,
 ) -> Result<FetchStream, Error> {
     if positions.is_empty() {
         return Err(Error::InvalidArgument(
@@ -89,11 +89,25 @@ pub fn open(
         ms => Duration::from_millis(u64::from(ms).min(FETCH_MAX_WAIT_LIMIT_MS)),
     };
     broker.metrics().fetch_streams.inc();
-    let (tx, rx) = mpsc::channel::<(FetchResponse, Option<BudgetPermit>)>(1);
-    tokio::spawn(run(broker.clone(), cursors, max_bytes, max_wait, tx));
+    let (tx, rx) = mpsc::channel::<(Result<FetchResponse, Status>, Option<BudgetPermit>)>(1);
+    let broker = broker.clone();
+    tokio::spawn(async move {
+        let deadline_tx = tx.clone();
+        let stream = run(broker, cursors, max_bytes, max_wait, tx);
+        match deadline {
+            None => stream.await,
+            Some(at) => tokio::select! {
+                () = stream => {}
+                () = tokio::time::sleep_until(at.into()) => {
+                    let status = Status::deadline_exceeded("the fetch stream reached its deadline");
+                    let _ = deadline_tx.send((Err(status), None)).await;
+                }
+            },
+        }
+    });
     // Dropping the permit as gRPC takes the message returns its bytes to the budget.
     Ok(Box::pin(
-        ReceiverStream::new(rx).map(|(response, _permit)| Ok(response)),
+        ReceiverStream::new(rx).map(|(response, _permit)| response),
     ))
 }
 
@@ -123,7 +137,7 @@ async fn run(
     mut cursors: Vec<Cursor>,
     max_bytes: usize,
     max_wait: Duration,
-    tx: mpsc::Sender<(FetchResponse, Option<BudgetPermit>)>,
+    tx: mpsc::Sender<(Result<FetchResponse, Status>, Option<BudgetPermit>)>,
 ) {
     broker.metrics().fetch_streams_active.inc();
     let _active = ActiveStream(broker.clone());
@@ -148,7 +162,7 @@ async fn run(
                     broker.metrics().fetch_bytes.add(chunk.bytes.len() as u64);
                     broker.metrics().fetch_responses.inc();
                     if tx
-                        .send((response(c, chunk.bytes, None), Some(permit)))
+                        .send((Ok(response(c, chunk.bytes, None)), Some(permit)))
                         .await
                         .is_err()
                     {
@@ -168,7 +182,7 @@ async fn run(
                     };
                     c.done = true;
                     if tx
-                        .send((response(c, bytes::Bytes::new(), Some(error)), None))
+                        .send((Ok(response(c, bytes::Bytes::new(), Some(error))), None))
                         .await
                         .is_err()
                     {

@@ -12,6 +12,7 @@
 
 pub mod control_service;
 pub mod data_service;
+mod deadline;
 mod fetch;
 pub mod http;
 pub mod peer_service;
@@ -41,8 +42,10 @@ use peer_service::PeerService;
 /// How long a stopping server lets open connections finish before it closes them.
 pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
 
-/// Request bytes the data port decodes per message: a full batch plus framing.
-const DATA_MAX_DECODING_BYTES: usize = MAX_BATCH_BYTES + 64 * 1024;
+/// Request bytes the data port decodes per message: a full batch plus room to
+/// tell a slightly oversized batch why it is refused (INVALID_ARGUMENT) rather
+/// than drop it at the transport.
+const DATA_MAX_DECODING_BYTES: usize = MAX_BATCH_BYTES + 1024 * 1024;
 
 /// Response bytes the data port encodes per message: a full fetch response
 /// (which may exceed its byte target by one batch) plus framing.
