@@ -46,7 +46,7 @@ enum TopicCommand {
 }
 
 pub fn topic_json(t: &TopicInfo) -> serde_json::Value {
-    let c = t.config.clone().unwrap_or_default();
+    let c = t.config.unwrap_or_default();
     json!({
         "name": t.name,
         "partitions": c.partitions,
@@ -68,7 +68,7 @@ pub fn topic_json(t: &TopicInfo) -> serde_json::Value {
 }
 
 fn print_topic(t: &TopicInfo) {
-    let c = t.config.clone().unwrap_or_default();
+    let c = t.config.unwrap_or_default();
     let limit = |v: u64| {
         if v == 0 {
             "unlimited".to_owned()

@@ -132,6 +132,29 @@ impl<E: Entry> IndexFile<E> {
         self.state.read().len
     }
 
+    /// Keeps only the longest prefix of entries that `valid(previous, entry)`
+    /// accepts, zeroing the rest: recovery's check that kept entries agree
+    /// with the log they index, whatever a crash did to the file.
+    pub fn retain_valid_prefix(&self, valid: impl Fn(Option<&E>, &E) -> bool) {
+        let mut s = self.state.write();
+        let mut keep = 0;
+        let mut previous: Option<E> = None;
+        while keep < s.len {
+            let entry = E::decode(&s.map.bytes()[keep * E::BYTES..]);
+            if !valid(previous.as_ref(), &entry) {
+                break;
+            }
+            previous = Some(entry);
+            keep += 1;
+        }
+        if keep < s.len {
+            if let Map::Writable(map) = &mut s.map {
+                map[keep * E::BYTES..].fill(0);
+            }
+            s.len = keep;
+        }
+    }
+
     pub fn is_full(&self) -> bool {
         let s = self.state.read();
         s.len >= s.capacity

@@ -127,6 +127,24 @@ pub(crate) fn recover_tail(
                 .max_timestamp
                 .store(start.max_timestamp, Ordering::Release);
         }
+        // The checkpoint says how many index entries were durable; keep only
+        // those that also agree with the log below `from`, so a damaged or
+        // stale index file can never point recovery at the wrong bytes.
+        let relative_end = next_offset.saturating_sub(base);
+        parts.index.retain_valid_prefix(|previous, e| {
+            u64::from(e.position) < from
+                && e.position > previous.map_or(0, |p| p.position)
+                && e.relative_offset >= previous.map_or(0, |p| p.relative_offset)
+                && u64::from(e.relative_offset) < relative_end.max(1)
+        });
+        let max_timestamp = parts.max_timestamp.load(Ordering::Acquire);
+        parts.time_index.retain_valid_prefix(|previous, e| {
+            e.timestamp <= max_timestamp
+                && previous.is_none_or(|p| {
+                    e.timestamp > p.timestamp && e.relative_offset >= p.relative_offset
+                })
+                && u64::from(e.relative_offset) < relative_end.max(1)
+        });
 
         let mut cursor = BatchCursor::new(parts.log.as_ref(), from, file_len);
         let stop = loop {

@@ -129,31 +129,32 @@ pub fn serve(broker: &Broker, addrs: &ListenAddrs) -> Result<ServerHandle> {
     let control_routes = Routes::from(control_router);
     let peer_routes = Routes::new(PeerServer::new(PeerService::new(broker.node_id())));
 
-    let mut threads = Vec::new();
-    threads.push(spawn_listener(
-        "strata-data",
-        Some(workers),
-        data,
-        data_routes,
-        false,
-        stopped.clone(),
-    )?);
-    threads.push(spawn_listener(
-        "strata-control",
-        None,
-        control,
-        control_routes,
-        true,
-        stopped.clone(),
-    )?);
-    threads.push(spawn_listener(
-        "strata-peer",
-        None,
-        peer,
-        peer_routes,
-        false,
-        stopped.clone(),
-    )?);
+    let threads = vec![
+        spawn_listener(
+            "strata-data",
+            Some(workers),
+            data,
+            data_routes,
+            false,
+            stopped.clone(),
+        )?,
+        spawn_listener(
+            "strata-control",
+            None,
+            control,
+            control_routes,
+            true,
+            stopped.clone(),
+        )?,
+        spawn_listener(
+            "strata-peer",
+            None,
+            peer,
+            peer_routes,
+            false,
+            stopped.clone(),
+        )?,
+    ];
 
     // Health reflects the broker's state as it changes: from memory, never cached.
     let mut shutdown = broker.shutdown_signal();

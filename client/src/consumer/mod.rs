@@ -27,7 +27,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use parking_lot::Mutex;
 use strata_proto::target::Target;
 use strata_proto::v1::{
@@ -318,11 +319,12 @@ impl Consumer {
     }
 
     /// The records, in offset order per partition. Ends only after `close`.
-    pub fn stream(&self) -> impl Stream<Item = Result<ConsumerRecord>> + '_ {
+    pub fn stream(&self) -> BoxStream<'_, Result<ConsumerRecord>> {
         futures::stream::unfold(
             self,
             |c| async move { c.next_record().await.map(|r| (r, c)) },
         )
+        .boxed()
     }
 
     /// The next record; `None` once the consumer is closed.

@@ -207,13 +207,16 @@ impl ProducerBuilder {
     }
 }
 
+/// The partition queues by (topic, partition).
+type Queues = HashMap<(Arc<str>, u32), Arc<PartitionQueue>>;
+
 struct Inner {
     conn: Arc<Connection>,
     config: ProducerConfig,
     producer_id: u64,
     epoch: u16,
     buffer: Arc<Semaphore>,
-    queues: Mutex<HashMap<(Arc<str>, u32), Arc<PartitionQueue>>>,
+    queues: Mutex<Queues>,
     sticky: Mutex<HashMap<String, u32>>,
     closed: std::sync::atomic::AtomicBool,
 }
