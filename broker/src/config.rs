@@ -85,6 +85,9 @@ pub struct BrokerConfig {
     /// Defaults for topics created without explicit settings.
     pub default_segment_bytes: u64,
     pub group_session_timeout: Duration,
+    /// Data address given to clients, if not the one listened on (NAT,
+    /// proxies, containers).
+    pub advertised_data_addr: Option<String>,
 }
 
 impl Default for BrokerConfig {
@@ -100,6 +103,7 @@ impl Default for BrokerConfig {
             data_worker_threads: DATA_WORKER_THREADS,
             default_segment_bytes: crate::log::SEGMENT_SIZE_BYTES,
             group_session_timeout: Duration::from_millis(GROUP_SESSION_TIMEOUT_MS),
+            advertised_data_addr: None,
         }
     }
 }

@@ -35,6 +35,9 @@ pub struct ServeArgs {
     /// This node's id [default: 1].
     #[arg(long)]
     node_id: Option<u32>,
+    /// Data address to tell clients, if not --data-addr (NAT, proxies).
+    #[arg(long)]
+    advertised_data_addr: Option<String>,
     /// Cluster members, `1=host:peer,2=host:peer,...`.
     #[arg(long)]
     peers: Option<String>,
@@ -64,6 +67,7 @@ struct FileConfig {
     peers: Option<String>,
     produce_budget_bytes: Option<u64>,
     fetch_budget_bytes: Option<u64>,
+    advertised_data_addr: Option<String>,
 }
 
 fn init_logging(format: LogFormat) {
@@ -127,6 +131,7 @@ pub async fn run(args: ServeArgs) -> CliResult {
             .fetch_budget_bytes
             .or(file.fetch_budget_bytes)
             .unwrap_or(defaults.fetch_budget_bytes),
+        advertised_data_addr: args.advertised_data_addr.or(file.advertised_data_addr),
         ..defaults
     };
     let addrs = ListenAddrs {

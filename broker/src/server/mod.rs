@@ -99,7 +99,11 @@ pub fn serve(broker: &Broker, addrs: &ListenAddrs) -> Result<ServerHandle> {
     };
     let node = NodeInfo {
         node_id: broker.node_id(),
-        data_addr: bound.data.to_string(),
+        data_addr: broker
+            .config()
+            .advertised_data_addr
+            .clone()
+            .unwrap_or_else(|| bound.data.to_string()),
         control_addr: bound.control.to_string(),
         peer_addr: bound.peer.to_string(),
     };

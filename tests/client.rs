@@ -1,0 +1,510 @@
+//! The client crate against real broker processes: concurrency, idempotent
+//! retries, restarts, backpressure, and consumer groups.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::proxy::Proxy;
+use common::{Node, http_get, metric};
+use futures::StreamExt;
+use parking_lot::Mutex;
+use strata_client::{
+    Admin, Consumer, Error, NewTopic, OffsetReset, Producer, ProducerRecord, StartFrom,
+    TopicPartition,
+};
+
+async fn topic(node: &Node, name: &str, partitions: u32) -> Admin {
+    let admin = Admin::connect(node.bootstrap()).await.unwrap();
+    admin
+        .create_topic(name, NewTopic::new(partitions))
+        .await
+        .unwrap();
+    admin
+}
+
+/// Reads `count` records from every partition of `topic`, from the start.
+async fn read_all(node: &Node, topic: &str, count: usize) -> Vec<strata_client::ConsumerRecord> {
+    let consumer = Consumer::builder(node.bootstrap())
+        .topics([topic])
+        .start_from(StartFrom::Earliest)
+        .build()
+        .await
+        .unwrap();
+    let mut out = Vec::with_capacity(count);
+    let mut stream = consumer.stream();
+    while out.len() < count {
+        let next = tokio::time::timeout(Duration::from_secs(30), stream.next()).await;
+        match next {
+            Ok(Some(record)) => out.push(record.unwrap()),
+            other => panic!(
+                "stream stalled after {} of {count} records: {other:?}",
+                out.len()
+            ),
+        }
+    }
+    // Nothing beyond what was expected.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), stream.next())
+            .await
+            .is_err(),
+        "unexpected extra records"
+    );
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn records_of_32_concurrent_producers_arrive_exactly_once_in_key_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("n1"));
+    topic(&node, "many", 8).await;
+    const TASKS: usize = 32;
+    const PER_TASK: usize = 10_000;
+    const KEYS: usize = 64;
+    // Four producer handles, each shared by eight tasks.
+    let mut producers = Vec::new();
+    for _ in 0..4 {
+        producers.push(Producer::builder(node.bootstrap()).build().await.unwrap());
+    }
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let producer = producers[t % 4].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut deliveries = Vec::with_capacity(PER_TASK);
+            for seq in 0..PER_TASK {
+                let key = format!("key-{}", rand::random::<u64>() as usize % KEYS);
+                let record = ProducerRecord::new("many", format!("{t}:{key}:{seq}")).key(key);
+                deliveries.push(producer.enqueue(record).await.unwrap());
+            }
+            for d in deliveries {
+                let meta = d.await.unwrap();
+                assert!(meta.offset.is_some());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let records = read_all(&node, "many", TASKS * PER_TASK).await;
+    let mut seen = HashSet::new();
+    // Per (producer task, key): sequence numbers strictly increase in offset order.
+    let mut last: HashMap<(String, String), i64> = HashMap::new();
+    let mut by_partition: BTreeMap<u32, Vec<&strata_client::ConsumerRecord>> = BTreeMap::new();
+    for r in &records {
+        by_partition.entry(r.partition).or_default().push(r);
+    }
+    for (partition, mut rs) in by_partition {
+        rs.sort_by_key(|r| r.offset);
+        for r in rs {
+            let value = String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap();
+            assert!(seen.insert(value.clone()), "{value} consumed twice");
+            let mut parts = value.split(':');
+            let (task, key, seq) = (
+                parts.next().unwrap(),
+                parts.next().unwrap(),
+                parts.next().unwrap(),
+            );
+            assert_eq!(r.key.as_deref(), Some(key.as_bytes()));
+            let seq: i64 = seq.parse().unwrap();
+            let prev = last
+                .insert((task.to_owned(), key.to_owned()), seq)
+                .unwrap_or(-1);
+            assert!(
+                seq > prev,
+                "partition {partition}: {task}:{key} went from {prev} to {seq}"
+            );
+        }
+    }
+    assert_eq!(seen.len(), TASKS * PER_TASK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_response_was_lost_is_retried_and_written_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, upstream) = Proxy::start().await;
+    let node = Node::start_with(
+        &dir.path().join("n1"),
+        &["--advertised-data-addr", &proxy.addr.to_string()],
+    );
+    upstream.send(Some(node.data)).unwrap();
+    topic(&node, "r", 1).await;
+    let producer = Producer::builder(node.bootstrap()).build().await.unwrap();
+    assert_eq!(
+        producer
+            .send(ProducerRecord::new("r", "first"))
+            .await
+            .unwrap()
+            .offset,
+        Some(0)
+    );
+
+    proxy.drop_responses();
+    let meta = producer
+        .send(ProducerRecord::new("r", "second"))
+        .await
+        .unwrap();
+    assert_eq!(proxy.cuts(), 1, "the response was not dropped");
+    assert_eq!(
+        meta.offset,
+        Some(1),
+        "the retry is acknowledged with the original offset"
+    );
+
+    let values: Vec<_> = read_all(&node, "r", 2)
+        .await
+        .into_iter()
+        .map(|r| r.value.unwrap())
+        .collect();
+    assert_eq!(values, vec!["first", "second"]);
+    let metrics = http_get(node.control, "/metrics").1;
+    assert!(
+        metric(&metrics, "strata_produce_duplicates_total").unwrap() >= 1.0,
+        "the retry was not deduplicated"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broker_restart_mid_stream_loses_and_duplicates_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Node::start(&dir.path().join("n1"));
+    topic(&node, "rs", 3).await;
+    let producer = Producer::builder(node.bootstrap())
+        .delivery_timeout(Duration::from_secs(60))
+        .linger(Duration::from_millis(2))
+        .build()
+        .await
+        .unwrap();
+    const TOTAL: usize = 6_000;
+    let sender = {
+        let producer = producer.clone();
+        tokio::spawn(async move {
+            let mut deliveries = Vec::new();
+            for i in 0..TOTAL {
+                deliveries.push(
+                    producer
+                        .enqueue(ProducerRecord::new("rs", format!("v{i}")))
+                        .await
+                        .unwrap(),
+                );
+                if i % 100 == 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            futures::future::join_all(deliveries).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    node.kill9();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    node.restart();
+    let results = sender.await.unwrap();
+    let acked: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(
+        acked.len(),
+        TOTAL,
+        "every record is acknowledged once the broker is back: {:?}",
+        results.iter().find(|r| r.is_err())
+    );
+    let records = read_all(&node, "rs", TOTAL).await;
+    let values: BTreeSet<_> = records.iter().map(|r| r.value.clone().unwrap()).collect();
+    assert_eq!(
+        values.len(),
+        TOTAL,
+        "duplicates or losses across the restart"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_buffer_fails_with_buffer_full_after_max_block_and_nothing_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, upstream) = Proxy::start().await;
+    let node = Node::start_with(
+        &dir.path().join("n1"),
+        &["--advertised-data-addr", &proxy.addr.to_string()],
+    );
+    upstream.send(Some(node.data)).unwrap();
+    topic(&node, "full", 1).await;
+    let producer = Producer::builder(node.bootstrap())
+        .buffer_memory(64 * 1024)
+        .batch_size(16 * 1024)
+        .max_block(Duration::from_millis(300))
+        .delivery_timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap();
+    // The broker becomes unreachable: nothing drains the buffer.
+    proxy.down();
+    let mut deliveries = Vec::new();
+    let blocked_for = loop {
+        let started = Instant::now();
+        match producer
+            .enqueue(ProducerRecord::new("full", vec![b'x'; 1024]))
+            .await
+        {
+            Ok(d) => deliveries.push(d),
+            Err(Error::BufferFull { .. }) => break started.elapsed(),
+            Err(e) => panic!("unexpected {e}"),
+        }
+        assert!(deliveries.len() < 1_000, "the buffer never filled");
+    };
+    assert!(
+        blocked_for >= Duration::from_millis(300),
+        "gave up after {blocked_for:?}"
+    );
+    assert!(
+        blocked_for < Duration::from_secs(5),
+        "blocked for {blocked_for:?}"
+    );
+    // Every accepted record resolves: here, to a timeout. (Whether a send may
+    // have reached the broker is the client's honest guess; the offset check
+    // below shows none did.)
+    let results = tokio::time::timeout(
+        Duration::from_secs(20),
+        futures::future::join_all(deliveries),
+    )
+    .await
+    .expect("deliveries hang");
+    assert!(!results.is_empty());
+    for r in &results {
+        match r {
+            Err(Error::Timeout { .. }) => {}
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+    }
+    // And the producer recovers when the broker is reachable again.
+    proxy.heal();
+    let meta = producer
+        .send(ProducerRecord::new("full", "after"))
+        .await
+        .unwrap();
+    assert_eq!(meta.offset, Some(0), "timed-out records were never written");
+}
+
+async fn wait_for_assignment(consumers: &[&Consumer], expected_each: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let sizes: Vec<usize> = consumers.iter().map(|c| c.assignment().len()).collect();
+        if sizes.iter().all(|n| *n == expected_each) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "assignment never settled: {sizes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_group_of_three_over_six_partitions_gets_each_record_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("n1"));
+    topic(&node, "g6", 6).await;
+    let mut consumers = Vec::new();
+    for i in 0..3 {
+        consumers.push(Arc::new(
+            Consumer::builder(node.bootstrap())
+                .group("workers")
+                .topics(["g6"])
+                .client_id(format!("w{i}"))
+                .auto_commit(Duration::from_millis(200))
+                .offset_reset(OffsetReset::Earliest)
+                .build()
+                .await
+                .unwrap(),
+        ));
+    }
+    wait_for_assignment(&consumers.iter().map(|c| c.as_ref()).collect::<Vec<_>>(), 2).await;
+    let producer = Producer::builder(node.bootstrap()).build().await.unwrap();
+    const TOTAL: usize = 3_000;
+    let mut deliveries = Vec::new();
+    for i in 0..TOTAL {
+        deliveries.push(
+            producer
+                .enqueue(ProducerRecord::new("g6", format!("r{i}")).key(format!("k{i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    for d in deliveries {
+        d.await.unwrap();
+    }
+    let seen: Arc<Mutex<HashMap<bytes::Bytes, usize>>> = Arc::default();
+    let mut readers = Vec::new();
+    for (member, consumer) in consumers.iter().enumerate() {
+        let (consumer, seen) = (consumer.clone(), seen.clone());
+        readers.push(tokio::spawn(async move {
+            let mut stream = consumer.stream();
+            let mut partitions = BTreeSet::new();
+            while let Ok(Some(r)) =
+                tokio::time::timeout(Duration::from_secs(3), stream.next()).await
+            {
+                let r = r.unwrap();
+                partitions.insert(r.partition);
+                if let Some(other) = seen.lock().insert(r.value.clone().unwrap(), member) {
+                    panic!("{:?} delivered to members {other} and {member}", r.value);
+                }
+            }
+            partitions
+        }));
+    }
+    let mut all_partitions = BTreeSet::new();
+    for r in readers {
+        let partitions = r.await.unwrap();
+        assert_eq!(
+            partitions.len(),
+            2,
+            "each member reads its own two partitions: {partitions:?}"
+        );
+        all_partitions.extend(partitions);
+    }
+    assert_eq!(all_partitions.len(), 6);
+    assert_eq!(seen.lock().len(), TOTAL);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_members_partitions_move_after_the_session_timeout_and_resume_from_its_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("n1"));
+    topic(&node, "kill", 2).await;
+    let producer = Producer::builder(node.bootstrap()).build().await.unwrap();
+    for p in 0..2 {
+        for i in 0..200 {
+            producer
+                .enqueue(ProducerRecord::new("kill", format!("p{p}-{i}")).partition(p))
+                .await
+                .unwrap();
+        }
+    }
+    producer.flush().await;
+    let session = Duration::from_millis(1_500);
+    let build = |id: &str| {
+        Consumer::builder(node.bootstrap())
+            .group("g")
+            .topics(["kill"])
+            .client_id(id)
+            .session_timeout(session)
+            .offset_reset(OffsetReset::Earliest)
+            .build()
+    };
+    let a = build("a").await.unwrap();
+    let b = build("b").await.unwrap();
+    wait_for_assignment(&[&a, &b], 1).await;
+    let a_partition = a.assignment()[0].clone();
+    // a reads 50 records and commits, then 10 more it never commits.
+    {
+        let mut stream = a.stream();
+        for _ in 0..50 {
+            stream.next().await.unwrap().unwrap();
+        }
+        a.commit().await.unwrap();
+        for _ in 0..10 {
+            stream.next().await.unwrap().unwrap();
+        }
+    }
+    assert_eq!(
+        a.committed(std::slice::from_ref(&a_partition))
+            .await
+            .unwrap()[&a_partition],
+        50
+    );
+    let killed = Instant::now();
+    drop(a); // No leave, no commit: as if the process died.
+
+    let mut stream = b.stream();
+    let mut first_from_a = None;
+    let mut from_a = 0;
+    while let Ok(Some(r)) = tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
+        let r = r.unwrap();
+        if r.partition == a_partition.partition {
+            first_from_a.get_or_insert((r.offset, killed.elapsed()));
+            from_a += 1;
+            if from_a == 150 {
+                break;
+            }
+        }
+    }
+    let (first_offset, after) = first_from_a.expect("the dead member's partition never moved");
+    assert_eq!(
+        first_offset, 50,
+        "consumption resumes from the committed offset"
+    );
+    assert!(
+        after >= session / 2,
+        "moved before the session could expire: {after:?}"
+    );
+    assert_eq!(from_a, 150, "everything after the commit is consumed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seek_seek_to_timestamp_pause_and_resume_move_the_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("n1"));
+    topic(&node, "s", 1).await;
+    let producer = Producer::builder(node.bootstrap()).build().await.unwrap();
+    for i in 0..100i64 {
+        producer
+            .enqueue(ProducerRecord::new("s", format!("v{i}")).timestamp(1_000 + i * 10))
+            .await
+            .unwrap();
+    }
+    producer.flush().await;
+    let tp = TopicPartition::new("s", 0);
+    let consumer = Consumer::builder(node.bootstrap())
+        .assign([tp.clone()])
+        .start_from(StartFrom::Earliest)
+        .build()
+        .await
+        .unwrap();
+    let next = || async { consumer.next_record().await.unwrap().unwrap() };
+    assert_eq!(next().await.offset, 0);
+    consumer.seek(&tp, 90).unwrap();
+    assert_eq!(next().await.offset, 90);
+    consumer.seek_to_timestamp(&tp, 1_500).await.unwrap();
+    let r = next().await;
+    assert_eq!((r.offset, r.timestamp), (50, 1_500));
+    consumer.pause(std::slice::from_ref(&tp));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), consumer.next_record())
+            .await
+            .is_err()
+    );
+    consumer.resume(std::slice::from_ref(&tp));
+    assert_eq!(next().await.offset, 51);
+    assert_eq!(consumer.position(&tp), Some(52));
+}
+
+#[tokio::test]
+async fn client_errors_are_typed_and_say_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("n1"));
+    topic(&node, "e", 2).await;
+    let producer = Producer::builder(node.bootstrap()).build().await.unwrap();
+    match producer.send(ProducerRecord::new("missing", "x")).await {
+        Err(e @ Error::TopicNotFound(_)) => assert!(e.to_string().contains("missing")),
+        other => panic!("{other:?}"),
+    }
+    match producer
+        .send(ProducerRecord::new("e", "x").partition(9))
+        .await
+    {
+        Err(e @ Error::PartitionNotFound(_)) => assert!(e.to_string().contains('9')),
+        other => panic!("{other:?}"),
+    }
+    let big = vec![0u8; 2 * 1024 * 1024];
+    assert!(matches!(
+        producer.send(ProducerRecord::new("e", big)).await,
+        Err(Error::InvalidRecord(_))
+    ));
+    producer.close().await.unwrap();
+    assert!(matches!(
+        producer.send(ProducerRecord::new("e", "late")).await,
+        Err(Error::Closed)
+    ));
+    match Admin::connect("127.0.0.1:1").await {
+        Err(e @ Error::Connect { .. }) => assert!(e.to_string().contains("127.0.0.1:1")),
+        other => panic!("{other:?}"),
+    }
+}
