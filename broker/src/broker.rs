@@ -19,6 +19,8 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use strata_proto::target::{LocalConnector, Target, local_pair};
+
 use crate::budget::ByteBudget;
 use crate::cluster::producer_ids::ProducerIds;
 use crate::cluster::topics::{TopicSettings, TopicSpec, TopicStore};
@@ -51,7 +53,7 @@ impl Topic {
     }
 }
 
-struct Inner {
+pub(crate) struct Inner {
     config: BrokerConfig,
     storage: Arc<dyn Storage>,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
@@ -67,6 +69,8 @@ struct Inner {
     shutting_down: AtomicBool,
     shutdown_signal: watch::Sender<bool>,
     maintenance: Mutex<Option<JoinHandle<()>>>,
+    /// Opens in-process connections to this broker.
+    local: LocalConnector,
     _lock: DirLock,
 }
 
@@ -105,7 +109,10 @@ impl Broker {
     ) -> Result<Broker> {
         let started = Instant::now();
         let dir = config.data_dir.clone();
-        let lock = DirLock::acquire(&dir)?;
+        let lock = {
+            let dir = dir.clone();
+            blocking(move || DirLock::acquire(&dir)).await?
+        };
         let meta = dir.join("meta");
         let (store, producer_ids, offsets) = {
             let storage = storage.clone();
@@ -124,6 +131,7 @@ impl Broker {
             let topic = open_topic(&dir, spec, storage.clone()).await?;
             topics.insert(topic.spec.name.clone(), Arc::new(topic));
         }
+        let (connector, listener) = local_pair();
         let broker = Broker {
             inner: Arc::new(Inner {
                 produce_budget: ByteBudget::new(
@@ -148,11 +156,13 @@ impl Broker {
                 shutting_down: AtomicBool::new(false),
                 shutdown_signal: watch::Sender::new(false),
                 maintenance: Mutex::new(None),
+                local: connector,
                 _lock: lock,
                 config,
             }),
         };
         broker.remove_deleted_topics();
+        crate::server::local::serve(&broker, listener);
         let maintenance = tokio::spawn(maintain(Arc::downgrade(&broker.inner)));
         *broker.inner.maintenance.lock() = Some(maintenance);
         broker
@@ -164,6 +174,20 @@ impl Broker {
         tracing::info!(dir = %dir.display(), topics = broker.topics().len(),
             ms = started.elapsed().as_secs_f64() * 1e3, "broker open");
         Ok(broker)
+    }
+
+    /// A connector for clients in this process (`Producer::builder(&broker)`
+    /// does this for you).
+    pub fn connector(&self) -> LocalConnector {
+        self.inner.local.clone()
+    }
+
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<Inner> {
+        Arc::downgrade(&self.inner)
+    }
+
+    pub(crate) fn upgrade(weak: &std::sync::Weak<Inner>) -> Option<Broker> {
+        weak.upgrade().map(|inner| Broker { inner })
     }
 
     pub fn config(&self) -> &BrokerConfig {
@@ -395,6 +419,14 @@ impl Broker {
         }
         tracing::info!(dir = %self.data_dir().display(), "broker shut down");
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// `Producer::builder(&broker)`, `Consumer::builder(&broker)`, `Admin::connect(&broker)`:
+/// clients in the same process reach the broker without the network.
+impl From<&Broker> for Target {
+    fn from(broker: &Broker) -> Target {
+        Target::Local(broker.connector())
     }
 }
 

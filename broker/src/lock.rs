@@ -13,6 +13,13 @@ use crate::error::{Error, Result};
 
 pub const LOCK_FILE: &str = "LOCK";
 
+/// How long an open waits when the lock is held by a broker of this same
+/// process that is going away (dropped; its last connections are closing).
+pub const SAME_PROCESS_LOCK_WAIT_MS: u64 = 2_000;
+
+/// Poll interval while waiting for such a lock.
+const LOCK_RETRY_MS: u64 = 10;
+
 #[derive(Debug)]
 pub struct DirLock {
     _file: File,
@@ -35,15 +42,28 @@ impl DirLock {
             .truncate(false)
             .open(&path)
             .map_err(|e| Error::Internal(format!("cannot open {}: {e}", path.display())))?;
-        // SAFETY: flock on a file descriptor we own; no memory is involved.
-        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if locked != 0 {
+        let waited = std::time::Instant::now();
+        loop {
+            // SAFETY: flock on a file descriptor we own; no memory is involved.
+            let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if locked == 0 {
+                break;
+            }
             let mut owner = String::new();
-            let _ = file.read_to_string(&mut owner);
-            return Err(Error::DataDirInUse {
-                dir: dir.to_path_buf(),
-                owner: owner.trim().to_owned(),
-            });
+            let _ = file
+                .seek(SeekFrom::Start(0))
+                .and_then(|_| file.read_to_string(&mut owner));
+            let owner = owner.trim().to_owned();
+            let ours = owner == std::process::id().to_string();
+            if !ours
+                || waited.elapsed() >= std::time::Duration::from_millis(SAME_PROCESS_LOCK_WAIT_MS)
+            {
+                return Err(Error::DataDirInUse {
+                    dir: dir.to_path_buf(),
+                    owner,
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(LOCK_RETRY_MS));
         }
         let pid = std::process::id().to_string();
         let written = file

@@ -15,6 +15,7 @@ pub mod data_service;
 mod deadline;
 mod fetch;
 pub mod http;
+pub(crate) mod local;
 pub mod peer_service;
 pub mod status;
 
@@ -86,6 +87,36 @@ fn local(listener: &TcpListener) -> Result<SocketAddr> {
         .map_err(|e| Error::Internal(e.to_string()))
 }
 
+/// The data-plane services of `broker`, ready to serve connections.
+pub(crate) fn data_routes(broker: &Broker) -> Routes {
+    Routes::new(
+        DataServer::new(DataService::new(broker.clone()))
+            .max_decoding_message_size(DATA_MAX_DECODING_BYTES)
+            .max_encoding_message_size(DATA_MAX_ENCODING_BYTES),
+    )
+}
+
+/// The control-plane services (and HTTP endpoints) of `broker`, describing
+/// this node as `node`, plus whatever `extra` adds (health, on the TCP port).
+pub(crate) fn control_routes(
+    broker: &Broker,
+    node: NodeInfo,
+    extra: impl FnOnce(&mut RoutesBuilder),
+) -> Routes {
+    let mut routes = RoutesBuilder::default();
+    routes.add_service(ControlServer::new(ControlService::new(
+        broker.clone(),
+        node,
+    )));
+    extra(&mut routes);
+    Routes::from(
+        routes
+            .routes()
+            .into_axum_router()
+            .merge(http::routes(broker.clone())),
+    )
+}
+
 /// Starts the three listeners for `broker`. Binding happens before this
 /// returns, so a port conflict is reported here.
 pub fn serve(broker: &Broker, addrs: &ListenAddrs) -> Result<ServerHandle> {
@@ -113,24 +144,11 @@ pub fn serve(broker: &Broker, addrs: &ListenAddrs) -> Result<ServerHandle> {
         n => n,
     };
 
-    let data_service = DataServer::new(DataService::new(broker.clone()))
-        .max_decoding_message_size(DATA_MAX_DECODING_BYTES)
-        .max_encoding_message_size(DATA_MAX_ENCODING_BYTES);
-    let data_routes = Routes::new(data_service);
-
+    let data_routes = data_routes(broker);
     let (health, health_service) = tonic_health::server::health_reporter();
-    let mut control_routes = RoutesBuilder::default();
-    control_routes
-        .add_service(ControlServer::new(ControlService::new(
-            broker.clone(),
-            node,
-        )))
-        .add_service(health_service);
-    let control_router = control_routes
-        .routes()
-        .into_axum_router()
-        .merge(http::routes(broker.clone()));
-    let control_routes = Routes::from(control_router);
+    let control_routes = control_routes(broker, node, |routes| {
+        routes.add_service(health_service);
+    });
     let peer_routes = Routes::new(PeerServer::new(PeerService::new(broker.node_id())));
 
     let threads = vec![
@@ -243,6 +261,13 @@ fn spawn_listener(
         .map_err(|e| Error::Internal(format!("cannot start the {name} thread: {e}")))
 }
 
+impl Drop for ServerHandle {
+    /// A dropped handle stops its listeners (without waiting for them).
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
 impl ServerHandle {
     pub fn addrs(&self) -> BoundAddrs {
         self.addrs
@@ -250,9 +275,9 @@ impl ServerHandle {
 
     /// Stops accepting connections, lets open ones finish (up to
     /// `SHUTDOWN_GRACE_MS`), and waits for the listener threads to end.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
-        let threads = self.threads;
+        let threads = std::mem::take(&mut self.threads);
         let _ = tokio::task::spawn_blocking(move || {
             for t in threads {
                 let _ = t.join();
