@@ -1,5 +1,6 @@
 //! The subcommands of the `strata` binary, one file each.
 
+pub mod bench;
 pub mod consume;
 pub mod group;
 pub mod produce;

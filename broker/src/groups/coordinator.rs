@@ -235,6 +235,11 @@ impl GroupCoordinator {
         group.rebalance(topic_counts);
 
         let assigned = group.grantable(&member_id);
+        // What we grant counts as owned from now on, before the member's next
+        // heartbeat confirms it: otherwise the same partition could be
+        // granted to another member in between.
+        let member = group.members.get_mut(&member_id).expect("member present");
+        member.owned.extend(assigned.iter().cloned());
         let member = &group.members[&member_id];
         let target = group.target.get(&member_id).cloned().unwrap_or_default();
         let settled =
@@ -271,7 +276,8 @@ impl GroupCoordinator {
         Ok(())
     }
 
-    /// Refuses commits from members that are gone or no longer own a partition.
+    /// Refuses commits from members that are gone, or for partitions a member
+    /// neither owns nor is assigned.
     pub fn check_commit(
         &self,
         group: &str,
@@ -296,13 +302,16 @@ impl GroupCoordinator {
                 Err(group_error(group, GroupErrorKind::UnknownMember))
             };
         }
-        if !g.members.contains_key(member_id) {
+        let Some(member) = g.members.get(member_id) else {
             return Err(group_error(group, GroupErrorKind::UnknownMember));
-        }
+        };
+        // Its target, or what it still reports owning: a member hands over a
+        // partition by committing it before it stops reporting it, and nobody
+        // else is given the partition until then.
         let target = g.target.get(member_id);
         if partitions
             .iter()
-            .all(|tp| target.is_some_and(|t| t.contains(tp)))
+            .all(|tp| target.is_some_and(|t| t.contains(tp)) || member.owned.contains(tp))
         {
             Ok(())
         } else {
@@ -437,10 +446,13 @@ mod tests {
         let tp = |p: u32| ("t".to_string(), p);
         c.check_commit("g", &a.member_id, &[tp(0), tp(1)]).unwrap();
         let b = c.heartbeat(hb("", &[]), &counts(2)).unwrap();
-        // One partition moved to b in the target: a may no longer commit it.
+        // One partition moves to b: once a has released it, a may no longer
+        // commit it.
         let a_keeps = parts(&c.heartbeat(hb(&a.member_id, &[0, 1]), &counts(2)).unwrap());
         assert_eq!(a_keeps.len(), 1);
         let moved = 1 - a_keeps[0];
+        c.heartbeat(hb(&a.member_id, &a_keeps), &counts(2)).unwrap();
+        c.heartbeat(hb(&b.member_id, &[]), &counts(2)).unwrap();
         assert!(matches!(
             c.check_commit("g", &a.member_id, &[tp(moved)]),
             Err(Error::Group {
@@ -461,6 +473,39 @@ mod tests {
         c.leave("g", &b.member_id, &counts(2)).unwrap();
         c.expire(&counts(2));
         assert!(c.groups().is_empty());
+    }
+
+    #[test]
+    fn a_member_may_commit_a_partition_it_is_handing_over() {
+        let c = GroupCoordinator::new(Duration::from_secs(10));
+        let a = c.heartbeat(hb("", &[]), &counts(2)).unwrap();
+        c.heartbeat(hb(&a.member_id, &[0, 1]), &counts(2)).unwrap();
+        c.heartbeat(hb("", &[]), &counts(2)).unwrap();
+        let kept = parts(&c.heartbeat(hb(&a.member_id, &[0, 1]), &counts(2)).unwrap());
+        let moving = 1 - kept[0];
+        // Still reported as owned: the hand-over commit is accepted...
+        c.check_commit("g", &a.member_id, &[("t".to_string(), moving)])
+            .unwrap();
+        // ...and once released, further commits for it are fenced.
+        c.heartbeat(hb(&a.member_id, &kept), &counts(2)).unwrap();
+        assert!(
+            c.check_commit("g", &a.member_id, &[("t".to_string(), moving)])
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_partition_granted_but_not_yet_confirmed_is_not_granted_twice() {
+        let c = GroupCoordinator::new(Duration::from_secs(10));
+        // a is granted everything and starts consuming before it heartbeats again.
+        let a = c.heartbeat(hb("", &[]), &counts(4)).unwrap();
+        assert_eq!(parts(&a).len(), 4);
+        let b = c.heartbeat(hb("", &[]), &counts(4)).unwrap();
+        assert!(
+            parts(&b).is_empty(),
+            "b was granted partitions a is consuming: {:?}",
+            b.assigned
+        );
     }
 
     #[test]

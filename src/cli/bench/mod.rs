@@ -1,0 +1,165 @@
+//! `strata bench`: throughput and latency of a running broker, measured
+//! through the client crate, with every record read back verified.
+//!
+//! - `produce`: K producers send N records of B bytes (closed loop, or
+//!   open loop at `--rate`); latency is send-to-acknowledgement, measured from
+//!   the scheduled send time so a stall is not hidden (coordinated omission).
+//! - `consume`: reads N records from the start; verifies them.
+//! - `e2e`: producers and consumers at once; latency is produce-to-consume.
+//! - `disk` / `tcp`: baselines on this machine — sequential write+fsync of the
+//!   same bytes in a directory, and loopback TCP.
+
+mod baseline;
+mod consume;
+mod e2e;
+mod payload;
+mod produce;
+mod report;
+mod verify;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use strata_client::{Admin, Error as ClientError, NewTopic};
+
+use super::{CliError, CliResult, ClientArgs};
+use report::Report;
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Mode {
+    Produce,
+    Consume,
+    E2e,
+    Disk,
+    Tcp,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum BenchAcks {
+    All,
+    Leader,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    #[arg(value_enum)]
+    mode: Mode,
+    /// Topic to use (produce, consume, e2e).
+    #[arg(long)]
+    topic: Option<String>,
+    /// Records to send or read.
+    #[arg(long, default_value_t = 100_000)]
+    messages: u64,
+    /// Record value size in bytes (at least 24: the bench header).
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    #[arg(long, default_value_t = 1)]
+    producers: usize,
+    #[arg(long, default_value_t = 1)]
+    consumers: usize,
+    /// Partitions of the topic when `--create` creates it.
+    #[arg(long, default_value_t = 1)]
+    partitions: u32,
+    #[arg(long, value_enum, default_value = "all")]
+    acks: BenchAcks,
+    /// Open loop: send this many records per second in total.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Run for this many seconds (at most `--messages` records).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Create the topic (with `--partitions`) if it does not exist.
+    #[arg(long)]
+    create: bool,
+    /// Producer batch size in bytes (default: the client's, 1 MiB).
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Directory for the disk baseline (default: ./strata-data).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Print one JSON object instead of text and a progress bar.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+impl BenchArgs {
+    fn topic(&self) -> CliResult<&str> {
+        self.topic
+            .as_deref()
+            .ok_or_else(|| CliError("this bench mode needs --topic".into()))
+    }
+
+    fn deadline(&self) -> Option<std::time::Instant> {
+        self.duration
+            .map(|s| std::time::Instant::now() + Duration::from_secs_f64(s))
+    }
+}
+
+/// A progress bar on a terminal; hidden with `--json` or when piped.
+pub fn progress(args: &BenchArgs, total: u64) -> ProgressBar {
+    if args.json || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} {pos}/{len} records [{elapsed_precise}] {per_sec} {wide_bar}",
+        )
+        .expect("valid template"),
+    );
+    bar
+}
+
+async fn ensure_topic(args: &BenchArgs) -> CliResult {
+    if !args.create {
+        return Ok(());
+    }
+    let admin = Admin::connect(args.client.bootstrap.as_str()).await?;
+    match admin
+        .create_topic(args.topic()?, NewTopic::new(args.partitions))
+        .await
+    {
+        Ok(_) | Err(ClientError::TopicExists(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn run(args: BenchArgs) -> CliResult {
+    if args.size < payload::HEADER_BYTES {
+        return Err(CliError(format!(
+            "--size must be at least {} bytes",
+            payload::HEADER_BYTES
+        )));
+    }
+    if args.producers == 0 || args.consumers == 0 {
+        return Err(CliError(
+            "--producers and --consumers must be at least 1".into(),
+        ));
+    }
+    let report: Report = match args.mode {
+        Mode::Produce => {
+            ensure_topic(&args).await?;
+            produce::run(&args).await?
+        }
+        Mode::Consume => consume::run(&args).await?,
+        Mode::E2e => {
+            ensure_topic(&args).await?;
+            e2e::run(&args).await?
+        }
+        Mode::Disk => baseline::disk(&args).await?,
+        Mode::Tcp => baseline::tcp(&args).await?,
+    };
+    if args.json {
+        // One object on one line: easy to parse and to collect from scripts.
+        println!("{}", report.json());
+        Ok(())
+    } else {
+        report.print();
+        Ok(())
+    }
+}

@@ -1,0 +1,194 @@
+//! The producing side of a bench: K producers, each with its own connection
+//! and producer id, sending numbered bench records closed-loop (as fast as
+//! the producer's buffer allows) or open-loop at a fixed rate.
+
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use indicatif::ProgressBar;
+use strata_client::{Acks, Delivery, Producer, ProducerRecord};
+use tokio::sync::mpsc;
+
+use super::payload::{self, Stamp};
+use super::report::{Report, histogram, record};
+use super::{BenchAcks, BenchArgs, progress};
+use crate::cli::{CliError, CliResult};
+
+/// Deliveries awaited in order per producer; bounds the collector's queue.
+const PENDING_DELIVERIES: usize = 100_000;
+
+/// What the producers did.
+pub struct Sent {
+    pub messages: u64,
+    pub bytes: u64,
+    pub latency: Histogram<u64>,
+    pub elapsed: Duration,
+    pub failures: Vec<String>,
+}
+
+pub async fn run(args: &BenchArgs) -> CliResult<Report> {
+    let bar = progress(args, args.messages);
+    let sent = send_all(args, bar.clone()).await?;
+    bar.finish_and_clear();
+    if let Some(first) = sent.failures.first() {
+        return Err(CliError(format!(
+            "{} record(s) failed; first: {first}",
+            sent.failures.len()
+        )));
+    }
+    let mut report = Report::new("produce");
+    report.messages = sent.messages;
+    report.bytes = sent.bytes;
+    report.elapsed = sent.elapsed;
+    report.latency = sent.latency;
+    describe(args, &mut report);
+    Ok(report)
+}
+
+pub fn describe(args: &BenchArgs, report: &mut Report) {
+    report.detail("size", args.size as u64);
+    report.detail("producers", args.producers as u64);
+    report.detail("partitions_created", args.partitions);
+    report.detail(
+        "acks",
+        if args.acks == BenchAcks::All {
+            "all"
+        } else {
+            "leader"
+        },
+    );
+    if let Some(rate) = args.rate {
+        report.detail("rate", rate);
+    }
+}
+
+/// Runs all producers to completion.
+pub async fn send_all(args: &BenchArgs, bar: ProgressBar) -> CliResult<Sent> {
+    let topic = args.topic()?.to_owned();
+    let acks = match args.acks {
+        BenchAcks::All => Acks::All,
+        BenchAcks::Leader => Acks::Leader,
+    };
+    let producers = args.producers as u64;
+    let mut handles = Vec::with_capacity(args.producers);
+    for _ in 0..args.producers {
+        let mut builder = Producer::builder(args.client.bootstrap.as_str()).acks(acks);
+        if let Some(bytes) = args.batch_size {
+            builder = builder.batch_size(bytes);
+        }
+        handles.push(builder.build().await?);
+    }
+    let started = Instant::now();
+    let deadline = args.deadline();
+    let interval = args
+        .rate
+        .map(|r| Duration::from_secs_f64(producers as f64 / r.max(1e-9)));
+    let mut tasks = Vec::with_capacity(args.producers);
+    for (p, producer) in handles.into_iter().enumerate() {
+        let count = args.messages / producers + u64::from((p as u64) < args.messages % producers);
+        let job = Job {
+            producer,
+            topic: topic.clone(),
+            index: p as u32,
+            count,
+            size: args.size,
+            interval,
+            deadline,
+            started,
+        };
+        tasks.push(tokio::spawn(job.run(bar.clone())));
+    }
+    let mut sent = Sent {
+        messages: 0,
+        bytes: 0,
+        latency: histogram(),
+        elapsed: Duration::ZERO,
+        failures: Vec::new(),
+    };
+    for t in tasks {
+        let (messages, latency, failures) = t
+            .await
+            .map_err(|e| CliError(format!("producer task failed: {e}")))?;
+        sent.messages += messages;
+        sent.bytes += messages * args.size as u64;
+        sent.latency.add(&latency).expect("same bounds");
+        sent.failures.extend(failures);
+    }
+    sent.elapsed = started.elapsed();
+    Ok(sent)
+}
+
+struct Job {
+    producer: Producer,
+    topic: String,
+    index: u32,
+    count: u64,
+    size: usize,
+    interval: Option<Duration>,
+    deadline: Option<Instant>,
+    started: Instant,
+}
+
+impl Job {
+    async fn run(self, bar: ProgressBar) -> (u64, Histogram<u64>, Vec<String>) {
+        let (tx, mut rx) = mpsc::channel::<(Delivery, Instant)>(PENDING_DELIVERIES);
+        let collector = tokio::spawn(async move {
+            let mut latency = histogram();
+            let (mut acked, mut failures) = (0u64, Vec::new());
+            while let Some((delivery, intended)) = rx.recv().await {
+                match delivery.await {
+                    Ok(_) => {
+                        record(&mut latency, intended.elapsed());
+                        acked += 1;
+                        bar.inc(1);
+                    }
+                    Err(e) => failures.push(e.to_string()),
+                }
+            }
+            (acked, latency, failures)
+        });
+        let mut enqueue_failures = Vec::new();
+        for sequence in 0..self.count {
+            if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
+            // Open loop: latency counts from when the record was due, so a
+            // stall in the system shows up instead of slowing the sender.
+            let intended = match self.interval {
+                Some(every) => {
+                    let at = self.started + every.saturating_mul(sequence as u32);
+                    tokio::time::sleep_until(at.into()).await;
+                    at
+                }
+                None => Instant::now(),
+            };
+            let stamp = Stamp {
+                producer: self.index,
+                sequence,
+                sent_micros: payload::now_micros(),
+            };
+            let record = ProducerRecord::new(self.topic.clone(), payload::encode(stamp, self.size));
+            match self.producer.enqueue(record).await {
+                Ok(delivery) => {
+                    if tx.send((delivery, intended)).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    enqueue_failures.push(e.to_string());
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let (acked, latency, mut failures) =
+            collector
+                .await
+                .unwrap_or((0, histogram(), vec!["collector failed".into()]));
+        if let Err(e) = self.producer.close().await {
+            failures.push(e.to_string());
+        }
+        failures.extend(enqueue_failures);
+        (acked, latency, failures)
+    }
+}

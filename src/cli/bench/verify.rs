@@ -1,0 +1,143 @@
+//! Checks what a bench read: every partition's offsets are contiguous, no
+//! record arrives twice, each producer's records arrive in the order sent,
+//! and (optionally) the expected number arrived. A fast number must never
+//! hide lost, duplicated or reordered data.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::payload::Stamp;
+
+#[derive(Debug, Default)]
+pub struct Verifier {
+    next_offset: BTreeMap<u32, u64>,
+    /// Last sequence per (producer, partition).
+    last_sequence: HashMap<(u32, u32), u64>,
+    seen: HashMap<(u32, u64), (u32, u64)>,
+    pub records: u64,
+    pub problems: Vec<String>,
+}
+
+/// Problems reported in full; beyond this only counted.
+const MAX_REPORTED: usize = 20;
+
+impl Verifier {
+    fn problem(&mut self, what: String) {
+        if self.problems.len() < MAX_REPORTED {
+            self.problems.push(what);
+        } else if self.problems.len() == MAX_REPORTED {
+            self.problems.push("(more problems not shown)".into());
+        }
+    }
+
+    /// Records one consumed record.
+    pub fn record(&mut self, partition: u32, offset: u64, stamp: Option<Stamp>) {
+        self.records += 1;
+        let expected = *self.next_offset.get(&partition).unwrap_or(&offset);
+        if offset != expected {
+            let kind = if offset > expected {
+                "gap"
+            } else {
+                "offset went backwards"
+            };
+            self.problem(format!(
+                "partition {partition}: {kind}: expected offset {expected}, got {offset}"
+            ));
+        }
+        self.next_offset.insert(partition, offset + 1);
+        let Some(stamp) = stamp else {
+            self.problem(format!(
+                "partition {partition} offset {offset}: not a bench record"
+            ));
+            return;
+        };
+        if let Some((p, o)) = self
+            .seen
+            .insert((stamp.producer, stamp.sequence), (partition, offset))
+        {
+            self.problem(format!(
+                "duplicate: producer {} sequence {} at {p}/{o} and {partition}/{offset}",
+                stamp.producer, stamp.sequence
+            ));
+        }
+        if let Some(prev) = self
+            .last_sequence
+            .insert((stamp.producer, partition), stamp.sequence)
+            && stamp.sequence <= prev
+        {
+            self.problem(format!(
+                "reordered: producer {} sequence {} after {prev} in partition {partition}",
+                stamp.producer, stamp.sequence
+            ));
+        }
+    }
+
+    /// Final check against the number of records expected.
+    pub fn finish(&mut self, expected: Option<u64>) -> Result<(), String> {
+        if let Some(expected) = expected
+            && self.records != expected
+        {
+            let what = format!("expected {expected} records, read {}", self.records);
+            self.problem(what);
+        }
+        if self.problems.is_empty() {
+            Ok(())
+        } else {
+            Err(self.problems.join("; "))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(producer: u32, sequence: u64) -> Option<Stamp> {
+        Some(Stamp {
+            producer,
+            sequence,
+            sent_micros: 0,
+        })
+    }
+
+    #[test]
+    fn clean_reads_pass() {
+        let mut v = Verifier::default();
+        v.record(0, 10, s(1, 0));
+        v.record(1, 0, s(2, 0));
+        v.record(0, 11, s(1, 1));
+        v.record(1, 1, s(1, 2));
+        assert!(v.finish(Some(4)).is_ok());
+    }
+
+    #[test]
+    fn gaps_duplicates_reordering_and_short_reads_fail() {
+        let mut gap = Verifier::default();
+        gap.record(0, 0, s(1, 0));
+        gap.record(0, 2, s(1, 1));
+        assert!(gap.finish(None).unwrap_err().contains("gap"));
+
+        let mut dup = Verifier::default();
+        dup.record(0, 0, s(1, 0));
+        dup.record(0, 1, s(1, 0));
+        let err = dup.finish(None).unwrap_err();
+        assert!(err.contains("duplicate"), "{err}");
+
+        let mut reorder = Verifier::default();
+        reorder.record(0, 0, s(1, 5));
+        reorder.record(0, 1, s(1, 4));
+        assert!(reorder.finish(None).unwrap_err().contains("reordered"));
+
+        let mut short = Verifier::default();
+        short.record(0, 0, s(1, 0));
+        assert!(short.finish(Some(2)).unwrap_err().contains("expected 2"));
+
+        let mut foreign = Verifier::default();
+        foreign.record(0, 0, None);
+        assert!(
+            foreign
+                .finish(None)
+                .unwrap_err()
+                .contains("not a bench record")
+        );
+    }
+}
