@@ -27,7 +27,8 @@ use crate::cluster::topics::{TopicSettings, TopicSpec, TopicStore};
 use crate::config::BrokerConfig;
 use crate::error::{Error, Result};
 use crate::groups::coordinator::GroupCoordinator;
-use crate::groups::offsets::OffsetStore;
+use crate::groups::monitor::GroupMonitor;
+use crate::groups::offsets::{OffsetCommit, OffsetStore};
 use crate::lock::DirLock;
 use crate::log::now_ms;
 use crate::log::storage::{FileStorage, Storage};
@@ -61,17 +62,26 @@ pub(crate) struct Inner {
     producer_ids: Arc<ProducerIds>,
     offsets: Arc<OffsetStore>,
     groups: GroupCoordinator,
+    group_monitor: GroupMonitor,
     produce_budget: ByteBudget,
     fetch_budget: ByteBudget,
     metrics: Metrics,
     started: Instant,
-    ready: AtomicBool,
+    recovery: watch::Sender<Recovery>,
     shutting_down: AtomicBool,
     shutdown_signal: watch::Sender<bool>,
     maintenance: Mutex<Option<JoinHandle<()>>>,
     /// Opens in-process connections to this broker.
     local: LocalConnector,
     _lock: DirLock,
+}
+
+/// Where start-up recovery stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Recovery {
+    Recovering,
+    Ready,
+    Failed(String),
 }
 
 /// A handle to a running node; cheap to clone.
@@ -107,6 +117,24 @@ impl Broker {
         config: BrokerConfig,
         storage: Arc<dyn Storage>,
     ) -> Result<Broker> {
+        let broker = Self::start_with_storage(config, storage).await?;
+        broker.wait_ready().await?;
+        Ok(broker)
+    }
+
+    /// Like [`Broker::open`], but returns as soon as the directory is locked
+    /// and its metadata read; partitions recover in the background. Until
+    /// they have, the broker answers health checks (not ready) and refuses
+    /// data requests with `Recovering`. `strata serve` starts this way so a
+    /// node is observable while it recovers.
+    pub async fn start(config: BrokerConfig) -> Result<Broker> {
+        Self::start_with_storage(config, Arc::new(FileStorage)).await
+    }
+
+    pub async fn start_with_storage(
+        config: BrokerConfig,
+        storage: Arc<dyn Storage>,
+    ) -> Result<Broker> {
         let started = Instant::now();
         let dir = config.data_dir.clone();
         let lock = {
@@ -126,11 +154,6 @@ impl Broker {
             .await?
         };
         let specs: Vec<TopicSpec> = store.topics().cloned().collect();
-        let mut topics = BTreeMap::new();
-        for spec in specs {
-            let topic = open_topic(&dir, spec, storage.clone()).await?;
-            topics.insert(topic.spec.name.clone(), Arc::new(topic));
-        }
         let (connector, listener) = local_pair();
         let broker = Broker {
             inner: Arc::new(Inner {
@@ -145,14 +168,15 @@ impl Broker {
                     config.overload_retry_after,
                 ),
                 groups: GroupCoordinator::new(config.group_session_timeout),
-                metrics: Metrics::default(),
-                topics: RwLock::new(topics),
+                group_monitor: GroupMonitor::default(),
+                metrics: Metrics::new(config.metrics_enabled),
+                topics: RwLock::new(BTreeMap::new()),
                 topic_store: Arc::new(Mutex::new(store)),
                 producer_ids: Arc::new(producer_ids),
                 offsets: Arc::new(offsets),
                 storage,
                 started,
-                ready: AtomicBool::new(false),
+                recovery: watch::Sender::new(Recovery::Recovering),
                 shutting_down: AtomicBool::new(false),
                 shutdown_signal: watch::Sender::new(false),
                 maintenance: Mutex::new(None),
@@ -163,17 +187,59 @@ impl Broker {
         };
         broker.remove_deleted_topics();
         crate::server::local::serve(&broker, listener);
-        let maintenance = tokio::spawn(maintain(Arc::downgrade(&broker.inner)));
-        *broker.inner.maintenance.lock() = Some(maintenance);
-        broker
-            .inner
+        let recovering = broker.clone();
+        tokio::spawn(async move { recovering.recover(specs, started).await });
+        Ok(broker)
+    }
+
+    /// Opens every topic's partitions, then marks the node ready.
+    async fn recover(self, specs: Vec<TopicSpec>, started: Instant) {
+        if let Some(delay) = self.config().debug_recovery_delay {
+            tracing::warn!(
+                ms = delay.as_millis() as u64,
+                "delaying recovery (fault injection)"
+            );
+            tokio::time::sleep(delay).await;
+        }
+        for spec in specs {
+            match open_topic(self.data_dir(), spec, self.inner.storage.clone()).await {
+                Ok(topic) => {
+                    self.inner
+                        .topics
+                        .write()
+                        .insert(topic.spec.name.clone(), Arc::new(topic));
+                }
+                Err(e) => {
+                    tracing::error!(dir = %self.data_dir().display(), error = %e, "recovery failed");
+                    self.inner
+                        .recovery
+                        .send_replace(Recovery::Failed(e.to_string()));
+                    return;
+                }
+            }
+        }
+        let maintenance = tokio::spawn(maintain(Arc::downgrade(&self.inner)));
+        *self.inner.maintenance.lock() = Some(maintenance);
+        self.inner
             .metrics
             .recovery_seconds
             .set_f64(started.elapsed().as_secs_f64());
-        broker.inner.ready.store(true, Ordering::Release);
-        tracing::info!(dir = %dir.display(), topics = broker.topics().len(),
-            ms = started.elapsed().as_secs_f64() * 1e3, "broker open");
-        Ok(broker)
+        self.inner.recovery.send_replace(Recovery::Ready);
+        tracing::info!(dir = %self.data_dir().display(), topics = self.topics().len(),
+            ms = started.elapsed().as_secs_f64() * 1e3, "broker recovered and ready");
+    }
+
+    /// Waits until recovery has finished; its error if it failed.
+    pub async fn wait_ready(&self) -> Result<()> {
+        let mut rx = self.inner.recovery.subscribe();
+        let state = rx
+            .wait_for(|r| !matches!(r, Recovery::Recovering))
+            .await
+            .map_err(|_| Error::Internal("recovery stopped".into()))?;
+        match &*state {
+            Recovery::Failed(why) => Err(Error::Internal(format!("recovery failed: {why}"))),
+            _ => Ok(()),
+        }
     }
 
     /// A connector for clients in this process (`Producer::builder(&broker)`
@@ -212,7 +278,7 @@ impl Broker {
 
     /// Recovery is finished and the node serves its partitions.
     pub fn is_ready(&self) -> bool {
-        self.inner.ready.load(Ordering::Acquire) && !self.is_shutting_down()
+        *self.inner.recovery.borrow() == Recovery::Ready && !self.is_shutting_down()
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -241,6 +307,58 @@ impl Broker {
         &self.inner.groups
     }
 
+    pub fn group_monitor(&self) -> &GroupMonitor {
+        &self.inner.group_monitor
+    }
+
+    /// Commits consumer positions for `group`: each partition must exist and
+    /// the offset lie within its log; the member must still own or be
+    /// assigned each partition; the commit is durable when this returns.
+    pub async fn commit_offsets(
+        &self,
+        group: &str,
+        member_id: &str,
+        commits: Vec<OffsetCommit>,
+    ) -> Result<()> {
+        self.check_open()?;
+        if let Some(why) = strata_proto::limits::group_id_error(group) {
+            return Err(Error::InvalidArgument(why));
+        }
+        if commits.is_empty() {
+            return Ok(());
+        }
+        let mut high_watermarks = Vec::with_capacity(commits.len());
+        for c in &commits {
+            let p = self.partition(&c.topic, c.partition)?;
+            let hw = p.high_watermark();
+            if c.offset > hw {
+                return Err(Error::OffsetOutOfRange {
+                    topic: c.topic.clone(),
+                    partition: c.partition,
+                    requested: c.offset,
+                    start: p.start_offset(),
+                    end: hw,
+                });
+            }
+            high_watermarks.push(hw);
+        }
+        let tps: Vec<(String, u32)> = commits
+            .iter()
+            .map(|c| (c.topic.clone(), c.partition))
+            .collect();
+        self.groups().check_commit(group, member_id, &tps)?;
+        let offsets = self.inner.offsets.clone();
+        let owned_group = group.to_owned();
+        let stored = commits.clone();
+        blocking(move || offsets.commit(&owned_group, &stored)).await?;
+        let now = now_ms();
+        for (c, hw) in commits.iter().zip(high_watermarks) {
+            self.group_monitor()
+                .record_commit(group, &c.topic, c.partition, c.offset, hw, now);
+        }
+        Ok(())
+    }
+
     pub fn offsets(&self) -> &Arc<OffsetStore> {
         &self.inner.offsets
     }
@@ -253,12 +371,14 @@ impl Broker {
         if let Some(why) = strata_proto::limits::topic_name_error(name) {
             return Err(Error::InvalidArgument(why));
         }
-        self.inner
-            .topics
-            .read()
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::TopicNotFound(name.to_owned()))
+        if let Some(topic) = self.inner.topics.read().get(name) {
+            return Ok(topic.clone());
+        }
+        // A topic not opened yet may still be recovering.
+        match &*self.inner.recovery.borrow() {
+            Recovery::Ready => Err(Error::TopicNotFound(name.to_owned())),
+            _ => Err(Error::Recovering),
+        }
     }
 
     pub fn partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>> {
@@ -321,6 +441,7 @@ impl Broker {
         let offsets = self.inner.offsets.clone();
         let owned_name = name.to_owned();
         blocking(move || offsets.delete_topic(&owned_name)).await?;
+        self.group_monitor().forget_topic(name);
         let from = self.data_dir().join("topics").join(name);
         let to = self
             .data_dir()
@@ -351,6 +472,8 @@ impl Broker {
     fn check_open(&self) -> Result<()> {
         if self.is_shutting_down() {
             Err(Error::ShuttingDown)
+        } else if *self.inner.recovery.borrow() != Recovery::Ready {
+            Err(Error::Recovering)
         } else {
             Ok(())
         }
@@ -496,5 +619,14 @@ async fn maintain(inner: std::sync::Weak<Inner>) {
             }
         }
         broker.groups().expire(&broker.partition_counts());
+        let mut health = Vec::new();
+        for group in broker.group_names() {
+            match broker.group_health(&group).await {
+                Ok(Some(h)) => health.push(h),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(%group, error = %e, "evaluating consumer group failed"),
+            }
+        }
+        broker.group_monitor().publish(health);
     }
 }

@@ -88,6 +88,11 @@ pub struct BrokerConfig {
     /// Data address given to clients, if not the one listened on (NAT,
     /// proxies, containers).
     pub advertised_data_addr: Option<String>,
+    /// Record request metrics (on by default; off only to measure their cost).
+    pub metrics_enabled: bool,
+    /// Fault injection for tests: wait this long before recovering partitions,
+    /// so behaviour during recovery can be observed. Never set in production.
+    pub debug_recovery_delay: Option<Duration>,
 }
 
 impl Default for BrokerConfig {
@@ -104,6 +109,8 @@ impl Default for BrokerConfig {
             default_segment_bytes: crate::log::SEGMENT_SIZE_BYTES,
             group_session_timeout: Duration::from_millis(GROUP_SESSION_TIMEOUT_MS),
             advertised_data_addr: None,
+            metrics_enabled: true,
+            debug_recovery_delay: None,
         }
     }
 }

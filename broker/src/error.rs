@@ -86,6 +86,10 @@ pub enum Error {
     #[error("the broker is shutting down")]
     ShuttingDown,
 
+    /// The node is still recovering its partitions after start-up; retry.
+    #[error("the broker is still recovering its data; retry shortly")]
+    Recovering,
+
     /// Another broker (process or handle) owns the data directory.
     #[error("data directory {} is in use by another broker (pid {owner})", dir.display())]
     DataDirInUse {

@@ -102,19 +102,40 @@ impl Histogram {
     }
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
+        Self::render_merged(out, name, help, std::iter::once(self));
+    }
+
+    /// Renders several histograms with the same buckets as one (e.g. every
+    /// partition's fsync times as the node's).
+    pub fn render_merged<'a>(
+        out: &mut String,
+        name: &str,
+        help: &str,
+        parts: impl Iterator<Item = &'a Histogram> + Clone,
+    ) {
         header(out, name, help, "histogram");
+        let Some(first) = parts.clone().next() else {
+            return;
+        };
+        let bounds = first.bounds;
+        let count_at = |i: usize| {
+            parts
+                .clone()
+                .map(|h| h.counts[i].load(Ordering::Relaxed))
+                .sum::<u64>()
+        };
         let mut cumulative = 0;
-        for (i, bound) in self.bounds.iter().enumerate() {
-            cumulative += self.counts[i].load(Ordering::Relaxed);
+        for (i, bound) in bounds.iter().enumerate() {
+            cumulative += count_at(i);
             let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
         }
-        cumulative += self.counts[self.bounds.len()].load(Ordering::Relaxed);
+        cumulative += count_at(bounds.len());
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-        let _ = writeln!(
-            out,
-            "{name}_sum {}",
-            self.sum_micro.load(Ordering::Relaxed) as f64 / 1e6
-        );
+        let sum: u64 = parts
+            .clone()
+            .map(|h| h.sum_micro.load(Ordering::Relaxed))
+            .sum();
+        let _ = writeln!(out, "{name}_sum {}", sum as f64 / 1e6);
         let _ = writeln!(out, "{name}_count {cumulative}");
     }
 }
@@ -189,29 +210,41 @@ pub fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: f64)
     let _ = writeln!(out, " {value}");
 }
 
-/// The node-wide metrics. Per-partition and per-group series are computed
-/// from broker state at scrape time (see `server::http`).
+/// The node-wide request metrics. Per-partition and per-group series are
+/// computed from broker state at scrape time (see `server::http`).
+///
+/// Recording goes through the methods below so that a broker configured
+/// without metrics skips it in one place (used to measure their cost).
 #[derive(Debug)]
 pub struct Metrics {
-    pub produce_requests: Counter,
-    pub produce_bytes: Counter,
-    pub produce_errors: CodeCounters,
-    pub produce_duplicates: Counter,
-    pub produce_latency: Histogram,
-    pub fetch_streams: Counter,
-    pub fetch_streams_active: IntGauge,
-    pub fetch_responses: Counter,
-    pub fetch_bytes: Counter,
-    pub fetch_errors: CodeCounters,
-    pub backpressure_rejections: Counter,
+    enabled: bool,
+    produce_requests: Counter,
+    produce_bytes: Counter,
+    produce_errors: CodeCounters,
+    produce_duplicates: Counter,
+    produce_latency: Histogram,
+    fetch_streams: Counter,
+    fetch_streams_active: IntGauge,
+    fetch_responses: Counter,
+    fetch_bytes: Counter,
+    fetch_errors: CodeCounters,
+    backpressure_rejections: Counter,
     pub retention_deleted_bytes: Counter,
     pub recovery_seconds: Gauge,
-    pub control_requests: Counter,
+    pub recovery_truncated_bytes: Counter,
+    control_requests: Counter,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
+        Metrics::new(true)
+    }
+}
+
+impl Metrics {
+    pub fn new(enabled: bool) -> Self {
         Metrics {
+            enabled,
             produce_requests: Counter::default(),
             produce_bytes: Counter::default(),
             produce_errors: CodeCounters::default(),
@@ -225,12 +258,64 @@ impl Default for Metrics {
             backpressure_rejections: Counter::default(),
             retention_deleted_bytes: Counter::default(),
             recovery_seconds: Gauge::default(),
+            recovery_truncated_bytes: Counter::default(),
             control_requests: Counter::default(),
         }
     }
-}
 
-impl Metrics {
+    pub fn produce_ok(&self, bytes: u64, duplicate: bool, latency: Duration) {
+        if self.enabled {
+            self.produce_requests.inc();
+            self.produce_bytes.add(bytes);
+            if duplicate {
+                self.produce_duplicates.inc();
+            }
+            self.produce_latency.observe_duration(latency);
+        }
+    }
+
+    pub fn produce_error(&self, code: i32, overloaded: bool) {
+        if self.enabled {
+            self.produce_requests.inc();
+            self.produce_errors.inc(code);
+            if overloaded {
+                self.backpressure_rejections.inc();
+            }
+        }
+    }
+
+    pub fn fetch_stream_opened(&self) {
+        if self.enabled {
+            self.fetch_streams.inc();
+            self.fetch_streams_active.inc();
+        }
+    }
+
+    pub fn fetch_stream_closed(&self) {
+        if self.enabled {
+            self.fetch_streams_active.dec();
+        }
+    }
+
+    pub fn fetch_response(&self, bytes: u64) {
+        if self.enabled {
+            self.fetch_responses.inc();
+            self.fetch_bytes.add(bytes);
+        }
+    }
+
+    pub fn fetch_error(&self, code: i32) {
+        if self.enabled {
+            self.fetch_errors.inc(code);
+        }
+    }
+
+    pub fn control_request(&self) {
+        if self.enabled {
+            self.control_requests.inc();
+        }
+    }
+
     /// Renders the node-wide series.
     pub fn render(&self, out: &mut String) {
         let counter = |out: &mut String, name: &str, help: &str, c: &Counter| {

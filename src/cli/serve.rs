@@ -50,6 +50,15 @@ pub struct ServeArgs {
     /// Bytes of fetched data held for all consumers together [default: 256 MiB].
     #[arg(long)]
     fetch_budget_bytes: Option<u64>,
+    /// How often retention, checkpoints and consumer-group checks run [default: 5000].
+    #[arg(long)]
+    maintenance_interval_ms: Option<u64>,
+    /// Fault injection for tests: delay partition recovery by this long.
+    #[arg(long, hide = true)]
+    debug_recovery_delay_ms: Option<u64>,
+    /// Turn off request metrics (to measure what they cost).
+    #[arg(long, hide = true)]
+    no_metrics: bool,
     /// Log line format; filter with RUST_LOG (default `info`).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -68,6 +77,7 @@ struct FileConfig {
     produce_budget_bytes: Option<u64>,
     fetch_budget_bytes: Option<u64>,
     advertised_data_addr: Option<String>,
+    maintenance_interval_ms: Option<u64>,
 }
 
 fn init_logging(format: LogFormat) {
@@ -132,6 +142,17 @@ pub async fn run(args: ServeArgs) -> CliResult {
             .or(file.fetch_budget_bytes)
             .unwrap_or(defaults.fetch_budget_bytes),
         advertised_data_addr: args.advertised_data_addr.or(file.advertised_data_addr),
+        debug_recovery_delay: args
+            .debug_recovery_delay_ms
+            .map(std::time::Duration::from_millis),
+        metrics_enabled: !args.no_metrics,
+        maintenance_interval: args
+            .maintenance_interval_ms
+            .or(file.maintenance_interval_ms)
+            .map_or(
+                defaults.maintenance_interval,
+                std::time::Duration::from_millis,
+            ),
         ..defaults
     };
     let addrs = ListenAddrs {
@@ -157,14 +178,28 @@ pub async fn run(args: ServeArgs) -> CliResult {
             )));
         }
     }
-    let broker = Broker::open(config).await?;
+    // Listen first, recover after: health and readiness are observable while
+    // partitions recover.
+    let broker = Broker::start(config).await?;
     let server = broker.serve(&addrs)?;
     let bound = server.addrs();
-    // One machine-readable line on stdout, so scripts and tests can use port 0.
-    println!(
-        "strata serving node={node_id} data={} control={} peer={}",
+    let addrs_line = format!(
+        "node={node_id} data={} control={} peer={}",
         bound.data, bound.control, bound.peer
     );
+    // Machine-readable lines on stdout, so scripts and tests can use port 0:
+    // "listening" once bound, "serving" once recovered and ready.
+    println!("strata listening {addrs_line}");
+    tokio::select! {
+        ready = broker.wait_ready() => ready?,
+        signal = wait_for_signal() => {
+            signal?;
+            tracing::info!("stopped during recovery");
+            server.shutdown().await;
+            return Ok(());
+        }
+    }
+    println!("strata serving {addrs_line}");
     wait_for_signal().await?;
     tracing::info!("shutting down");
     let closed = broker.shutdown().await;

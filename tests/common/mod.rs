@@ -28,8 +28,12 @@ pub struct Node {
     log: PathBuf,
 }
 
-fn parse_serving(line: &str) -> Option<(SocketAddr, SocketAddr, SocketAddr)> {
-    let rest = line.strip_prefix("strata serving ")?;
+/// Parses `strata <phase> node=.. data=.. control=.. peer=..`.
+fn parse_line(line: &str, phase: &str) -> Option<(SocketAddr, SocketAddr, SocketAddr)> {
+    let rest = line
+        .strip_prefix("strata ")?
+        .strip_prefix(phase)?
+        .strip_prefix(' ')?;
     let field = |name: &str| {
         rest.split_whitespace().find_map(|kv| {
             kv.strip_prefix(&format!("{name}="))
@@ -47,8 +51,21 @@ impl Node {
 
     /// Starts a node with extra `serve` flags.
     pub fn start_with(dir: &Path, extra: &[&str]) -> Node {
+        let mut node = Self::unstarted(dir, extra);
+        node.spawn("serving");
+        node
+    }
+
+    /// Starts a node and returns once it listens, before it has recovered.
+    pub fn start_listening(dir: &Path, extra: &[&str]) -> Node {
+        let mut node = Self::unstarted(dir, extra);
+        node.spawn("listening");
+        node
+    }
+
+    fn unstarted(dir: &Path, extra: &[&str]) -> Node {
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let mut node = Node {
+        Node {
             child: None,
             dir: dir.to_path_buf(),
             data: any,
@@ -56,12 +73,10 @@ impl Node {
             peer: any,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             log: dir.with_extension("log"),
-        };
-        node.spawn();
-        node
+        }
     }
 
-    fn spawn(&mut self) {
+    fn spawn(&mut self, phase: &'static str) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -85,7 +100,7 @@ impl Node {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addrs) = parse_serving(&line) {
+                if let Some(addrs) = parse_line(&line, phase) {
                     let _ = tx.send(addrs);
                 }
             }
@@ -145,7 +160,7 @@ impl Node {
     /// Starts the node again on the same ports (clients keep their address).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the node first");
-        self.spawn();
+        self.spawn("serving");
     }
 
     pub fn log(&self) -> String {

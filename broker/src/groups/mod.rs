@@ -3,5 +3,8 @@
 
 pub mod assignment;
 pub mod coordinator;
+mod health;
 pub mod lag;
+pub mod monitor;
 pub mod offsets;
+pub mod status;

@@ -22,6 +22,7 @@ use super::producer_state::{ProducerStates, SequenceCheck, SequenceError};
 use super::{Acks, Appended};
 use crate::error::{Error, Result};
 use crate::log::{Log, LogError, now_ms};
+use crate::metrics::{GROUP_SIZE_BUCKETS, Histogram, LATENCY_BUCKETS_SECONDS};
 
 /// One unit of work for the drain, in submission order.
 pub(crate) enum Work {
@@ -45,13 +46,31 @@ struct Queue {
 }
 
 /// Counters for metrics; read without locks.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CommitStats {
     pub groups: AtomicU64,
     pub batches: AtomicU64,
     pub bytes: AtomicU64,
     pub duplicates: AtomicU64,
     pub fsync_nanos: AtomicU64,
+    /// Seconds per fsync.
+    pub fsync_seconds: Histogram,
+    /// Batches made durable by one fsync.
+    pub batches_per_fsync: Histogram,
+}
+
+impl Default for CommitStats {
+    fn default() -> Self {
+        CommitStats {
+            groups: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            fsync_nanos: AtomicU64::new(0),
+            fsync_seconds: Histogram::new(&LATENCY_BUCKETS_SECONDS),
+            batches_per_fsync: Histogram::new(&GROUP_SIZE_BUCKETS),
+        }
+    }
 }
 
 pub(crate) struct GroupCommit {
@@ -118,10 +137,12 @@ impl GroupCommit {
     }
 
     fn process(&self, items: Vec<Work>) {
+        let _span = tracing::debug_span!("group_commit", dir = %self.log.dir().display(), items = items.len()).entered();
         let mut producers = self.producers.lock();
         let now = now_ms();
         let mut after_flush = Vec::new();
         let mut appended = false;
+        let batches_before = self.stats.batches.load(Ordering::Relaxed);
         let mut checkpoint = false;
         let mut close = None;
 
@@ -148,13 +169,17 @@ impl GroupCommit {
             }
         }
         self.stats.groups.fetch_add(1, Ordering::Relaxed);
+        let group_batches = self.stats.batches.load(Ordering::Relaxed) - batches_before;
 
         if appended {
             let started = Instant::now();
             let flushed = self.log.flush();
+            let took = started.elapsed();
             self.stats
                 .fsync_nanos
-                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+            self.stats.fsync_seconds.observe_duration(took);
+            self.stats.batches_per_fsync.observe(group_batches as f64);
             match flushed {
                 Ok(offset) => {
                     self.high_watermark.send_if_modified(|hw| {

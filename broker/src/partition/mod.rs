@@ -74,6 +74,8 @@ pub struct Partition {
     log: Arc<Log>,
     commit: Arc<GroupCommit>,
     high_watermark: Arc<watch::Sender<u64>>,
+    /// What opening the log found (recovery facts for metrics).
+    opened: OpenReport,
 }
 
 impl std::fmt::Debug for Partition {
@@ -113,6 +115,7 @@ impl Partition {
             log,
             commit,
             high_watermark,
+            opened: report.clone(),
         };
         Ok((partition, report))
     }
@@ -142,6 +145,10 @@ impl Partition {
 
     pub fn log(&self) -> &Log {
         &self.log
+    }
+
+    pub fn open_report(&self) -> &OpenReport {
+        &self.opened
     }
 
     pub fn commit_stats(&self) -> &CommitStats {

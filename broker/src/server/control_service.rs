@@ -3,8 +3,6 @@
 //! of data never slows it; it reads broker state from memory, except group
 //! lag in seconds, which reads the timestamp of one record per partition.
 
-use std::collections::BTreeSet;
-
 use strata_proto::v1::control_server::Control;
 use strata_proto::v1::*;
 use tonic::{Request, Response, Status};
@@ -13,8 +11,6 @@ use super::status::to_status;
 use crate::broker::{Broker, Topic};
 use crate::cluster::topics::TopicSettings;
 use crate::error::{Error, GroupErrorKind};
-use crate::groups::lag::lag;
-use crate::log::now_ms;
 
 #[derive(Debug, Clone)]
 pub struct ControlService {
@@ -59,78 +55,60 @@ fn topic_info(topic: &Topic, node_id: u32) -> TopicInfo {
 
 impl ControlService {
     fn counted(&self) {
-        self.broker.metrics().control_requests.inc();
+        self.broker.metrics().control_request();
     }
 
     async fn describe(&self, group: &str) -> Result<GroupInfo, Error> {
-        let view = self.broker.groups().describe(group);
-        let committed = self.broker.offsets().fetch(group, None);
-        if view.is_none() && committed.is_empty() {
-            return Err(Error::Group {
+        let health = self
+            .broker
+            .group_health(group)
+            .await?
+            .ok_or_else(|| Error::Group {
                 group: group.to_owned(),
                 reason: GroupErrorKind::NotFound,
-            });
-        }
-        let mut partitions: BTreeSet<(String, u32)> =
-            committed.iter().map(|(t, p, _)| (t.clone(), *p)).collect();
-        let mut members = Vec::new();
-        if let Some(view) = &view {
-            for m in &view.members {
-                partitions.extend(m.assigned.iter().cloned());
-                partitions.extend(m.owned.iter().cloned());
-                members.push(GroupMember {
-                    member_id: m.member_id.clone(),
-                    client_id: m.client_id.clone(),
-                    assigned: m
-                        .assigned
-                        .iter()
-                        .map(|(topic, partition)| TopicPartition {
-                            topic: topic.clone(),
-                            partition: *partition,
-                        })
-                        .collect(),
-                    last_heartbeat_ms_ago: m.since_heartbeat.as_millis() as u64,
-                });
-            }
-        }
-        let now = now_ms();
-        let mut out = Vec::new();
-        for (topic, index) in partitions {
-            let Ok(partition) = self.broker.partition(&topic, index) else {
-                continue;
-            };
-            let committed_offset = committed
-                .iter()
-                .find(|(t, p, _)| *t == topic && *p == index)
-                .map(|(_, _, c)| c.offset);
-            let owner = view
-                .as_ref()
-                .and_then(|v| {
-                    v.members
-                        .iter()
-                        .find(|m| m.owned.contains(&(topic.clone(), index)))
-                })
-                .map(|m| m.member_id.clone())
-                .unwrap_or_default();
-            let l = lag(&partition, committed_offset, now).await?;
-            out.push(GroupPartition {
-                topic,
-                partition: index,
-                committed_offset,
-                high_watermark: partition.high_watermark(),
-                lag_messages: l.messages,
-                lag_seconds: l.seconds,
-                status: String::new(),
-                owner,
-            });
-        }
+            })?;
+        let view = self.broker.groups().describe(group);
+        let members = view
+            .as_ref()
+            .map(|v| {
+                v.members
+                    .iter()
+                    .map(|m| GroupMember {
+                        member_id: m.member_id.clone(),
+                        client_id: m.client_id.clone(),
+                        assigned: m
+                            .assigned
+                            .iter()
+                            .map(|(topic, partition)| TopicPartition {
+                                topic: topic.clone(),
+                                partition: *partition,
+                            })
+                            .collect(),
+                        last_heartbeat_ms_ago: m.since_heartbeat.as_millis() as u64,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         Ok(GroupInfo {
             group: group.to_owned(),
             generation: view.as_ref().map_or(0, |v| v.generation),
             assignor: view.as_ref().map_or("", |v| v.assignor.name()).to_owned(),
             members,
-            partitions: out,
-            status: String::new(),
+            partitions: health
+                .partitions
+                .iter()
+                .map(|p| GroupPartition {
+                    topic: p.topic.clone(),
+                    partition: p.partition,
+                    committed_offset: p.committed,
+                    high_watermark: p.high_watermark,
+                    lag_messages: p.lag_messages,
+                    lag_seconds: p.lag_seconds,
+                    status: p.status.name().to_owned(),
+                    owner: p.owner.clone().unwrap_or_default(),
+                })
+                .collect(),
+            status: health.status.name().to_owned(),
         })
     }
 }
@@ -263,17 +241,21 @@ impl Control for ControlService {
         _: Request<ListGroupsRequest>,
     ) -> Result<Response<ListGroupsResponse>, Status> {
         self.counted();
-        let mut names: BTreeSet<String> = self.broker.groups().groups().into_iter().collect();
-        names.extend(self.broker.offsets().groups());
-        let mut groups = Vec::with_capacity(names.len());
-        for name in names {
-            let info = self.describe(&name).await.map_err(|e| to_status(&e))?;
-            groups.push(GroupSummary {
-                members: info.members.len() as u32,
-                total_lag: info.partitions.iter().map(|p| p.lag_messages).sum(),
-                status: info.status.clone(),
-                group: name,
-            });
+        let mut groups = Vec::new();
+        for name in self.broker.group_names() {
+            if let Some(h) = self
+                .broker
+                .group_health(&name)
+                .await
+                .map_err(|e| to_status(&e))?
+            {
+                groups.push(GroupSummary {
+                    group: h.group.clone(),
+                    members: h.members as u32,
+                    total_lag: h.total_lag(),
+                    status: h.status.name().to_owned(),
+                });
+            }
         }
         Ok(Response::new(ListGroupsResponse { groups }))
     }

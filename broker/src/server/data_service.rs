@@ -8,6 +8,7 @@ use strata_proto::limits::group_id_error;
 use strata_proto::v1::data_server::Data;
 use strata_proto::v1::*;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use super::deadline;
 use super::fetch::{self, FetchStream};
@@ -54,15 +55,6 @@ fn to_tps(pairs: Vec<(String, u32)>) -> Vec<TopicPartition> {
         .collect()
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> crate::Result<T> + Send + 'static,
-) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| to_status(&Error::Internal(format!("blocking task failed: {e}"))))?
-        .map_err(|e| to_status(&e))
-}
-
 #[tonic::async_trait]
 impl Data for DataService {
     async fn produce(
@@ -71,28 +63,31 @@ impl Data for DataService {
     ) -> Result<Response<ProduceResponse>, Status> {
         let started = Instant::now();
         let metrics = self.broker.metrics();
-        metrics.produce_requests.inc();
         let r = request.into_inner();
         let acks = match Acks::try_from(r.acks) {
             Ok(Acks::All) => PartitionAcks::All,
             Ok(Acks::Leader) => PartitionAcks::Leader,
             Ok(Acks::None) => PartitionAcks::None,
-            Err(_) => {
-                return Err(invalid(format!("unknown acks value {}", r.acks)));
-            }
+            Err(_) => Err(Error::InvalidArgument(format!(
+                "unknown acks value {}",
+                r.acks
+            )))
+            .map_err(|e| {
+                metrics.produce_error(tonic::Code::InvalidArgument as i32, false);
+                to_status(&e)
+            })?,
         };
         let bytes = r.batch.len() as u64;
+        let span =
+            tracing::debug_span!("produce", topic = %r.topic, partition = r.partition, bytes);
         match self
             .broker
             .produce(&r.topic, r.partition, r.batch, acks)
+            .instrument(span)
             .await
         {
             Ok(done) => {
-                metrics.produce_bytes.add(bytes);
-                if done.duplicate {
-                    metrics.produce_duplicates.inc();
-                }
-                metrics.produce_latency.observe_duration(started.elapsed());
+                metrics.produce_ok(bytes, done.duplicate, started.elapsed());
                 let high_watermark = self
                     .broker
                     .partition(&r.topic, r.partition)
@@ -105,10 +100,7 @@ impl Data for DataService {
             }
             Err(e) => {
                 let status = to_status(&e);
-                metrics.produce_errors.inc(status.code() as i32);
-                if matches!(e, Error::Overloaded { .. }) {
-                    metrics.backpressure_rejections.inc();
-                }
+                metrics.produce_error(status.code() as i32, matches!(e, Error::Overloaded { .. }));
                 Err(status)
             }
         }
@@ -126,7 +118,7 @@ impl Data for DataService {
             .map(Response::new)
             .map_err(|e| {
                 let status = to_status(&e);
-                self.broker.metrics().fetch_errors.inc(status.code() as i32);
+                self.broker.metrics().fetch_error(status.code() as i32);
                 status
             })
     }
@@ -233,42 +225,20 @@ impl Data for DataService {
         request: Request<CommitOffsetsRequest>,
     ) -> Result<Response<CommitOffsetsResponse>, Status> {
         let r = request.into_inner();
-        check_group(&r.group)?;
-        if r.offsets.is_empty() {
-            return Ok(Response::new(CommitOffsetsResponse {}));
-        }
-        let mut commits = Vec::with_capacity(r.offsets.len());
-        for o in r.offsets {
-            let p = self
-                .broker
-                .partition(&o.topic, o.partition)
-                .map_err(|e| to_status(&e))?;
-            if o.offset > p.high_watermark() {
-                return Err(to_status(&Error::OffsetOutOfRange {
-                    topic: o.topic,
-                    partition: o.partition,
-                    requested: o.offset,
-                    start: p.start_offset(),
-                    end: p.high_watermark(),
-                }));
-            }
-            commits.push(OffsetCommit {
+        let commits = r
+            .offsets
+            .into_iter()
+            .map(|o| OffsetCommit {
                 topic: o.topic,
                 partition: o.partition,
                 offset: o.offset,
                 metadata: o.metadata,
-            });
-        }
-        let tps: Vec<(String, u32)> = commits
-            .iter()
-            .map(|c| (c.topic.clone(), c.partition))
+            })
             .collect();
         self.broker
-            .groups()
-            .check_commit(&r.group, &r.member_id, &tps)
+            .commit_offsets(&r.group, &r.member_id, commits)
+            .await
             .map_err(|e| to_status(&e))?;
-        let offsets = self.broker.offsets().clone();
-        blocking(move || offsets.commit(&r.group, &commits)).await?;
         Ok(Response::new(CommitOffsetsResponse {}))
     }
 

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
+use tracing::Instrument;
 
 use super::status::{classify, to_status};
 use crate::broker::Broker;
@@ -88,9 +89,9 @@ pub fn open(
         0 => broker.config().fetch_max_wait,
         ms => Duration::from_millis(u64::from(ms).min(FETCH_MAX_WAIT_LIMIT_MS)),
     };
-    broker.metrics().fetch_streams.inc();
     let (tx, rx) = mpsc::channel::<(Result<FetchResponse, Status>, Option<BudgetPermit>)>(1);
     let broker = broker.clone();
+    let span = tracing::debug_span!("fetch", partitions = cursors.len(), max_bytes);
     tokio::spawn(async move {
         let deadline_tx = tx.clone();
         let stream = run(broker, cursors, max_bytes, max_wait, tx);
@@ -104,7 +105,7 @@ pub fn open(
                 }
             },
         }
-    });
+    }.instrument(span));
     // Dropping the permit as gRPC takes the message returns its bytes to the budget.
     Ok(Box::pin(
         ReceiverStream::new(rx).map(|(response, _permit)| response),
@@ -128,7 +129,7 @@ struct ActiveStream(Broker);
 
 impl Drop for ActiveStream {
     fn drop(&mut self) {
-        self.0.metrics().fetch_streams_active.dec();
+        self.0.metrics().fetch_stream_closed();
     }
 }
 
@@ -139,7 +140,7 @@ async fn run(
     max_wait: Duration,
     tx: mpsc::Sender<(Result<FetchResponse, Status>, Option<BudgetPermit>)>,
 ) {
-    broker.metrics().fetch_streams_active.inc();
+    broker.metrics().fetch_stream_opened();
     let _active = ActiveStream(broker.clone());
     let mut shutdown = broker.shutdown_signal();
     loop {
@@ -159,8 +160,7 @@ async fn run(
                 Ok(chunk) if chunk.bytes.is_empty() => {}
                 Ok(chunk) => {
                     c.offset = chunk.next_offset;
-                    broker.metrics().fetch_bytes.add(chunk.bytes.len() as u64);
-                    broker.metrics().fetch_responses.inc();
+                    broker.metrics().fetch_response(chunk.bytes.len() as u64);
                     if tx
                         .send((Ok(response(c, chunk.bytes, None)), Some(permit)))
                         .await
@@ -172,7 +172,7 @@ async fn run(
                 }
                 Err(e) => {
                     let (code, kind) = classify(&e);
-                    broker.metrics().fetch_errors.inc(code as i32);
+                    broker.metrics().fetch_error(code as i32);
                     tracing::warn!(topic = c.partition.topic(), partition = c.partition.index(),
                         offset = c.offset, error = %e, "fetch of partition stopped");
                     let error = PartitionError {

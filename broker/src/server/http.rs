@@ -12,7 +12,9 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 use crate::broker::Broker;
-use crate::metrics::{header as help, sample};
+use crate::groups::monitor::GroupHealth;
+use crate::groups::status::Status;
+use crate::metrics::{Histogram, header as help, sample};
 
 pub fn routes(broker: Broker) -> Router {
     Router::new()
@@ -155,5 +157,137 @@ pub fn render(broker: &Broker) -> String {
             }
         }
     }
+    let partitions: Vec<_> = topics.iter().flat_map(|t| t.partitions.iter()).collect();
+    Histogram::render_merged(
+        &mut out,
+        "strata_fsync_seconds",
+        "Time per fsync of a partition's log (one per group commit).",
+        partitions.iter().map(|p| &p.commit_stats().fsync_seconds),
+    );
+    Histogram::render_merged(
+        &mut out,
+        "strata_group_commit_batches",
+        "Batches made durable by one fsync.",
+        partitions
+            .iter()
+            .map(|p| &p.commit_stats().batches_per_fsync),
+    );
+    let truncated: u64 = partitions
+        .iter()
+        .map(|p| p.open_report().truncated_bytes)
+        .sum();
+    let scanned: u64 = partitions
+        .iter()
+        .map(|p| p.open_report().scanned_bytes)
+        .sum();
+    help(
+        &mut out,
+        "strata_recovery_truncated_bytes",
+        "Bytes of torn or corrupt log tail cut off when this node started.",
+        "gauge",
+    );
+    sample(
+        &mut out,
+        "strata_recovery_truncated_bytes",
+        &[],
+        truncated as f64,
+    );
+    help(
+        &mut out,
+        "strata_recovery_scanned_bytes",
+        "Bytes of log tail checked at start-up (past the recovery checkpoints).",
+        "gauge",
+    );
+    sample(
+        &mut out,
+        "strata_recovery_scanned_bytes",
+        &[],
+        scanned as f64,
+    );
+    render_groups(&mut out, &broker.group_monitor().latest());
     out
+}
+
+/// Consumer group series, from the maintenance loop's last evaluation.
+fn render_groups(out: &mut String, groups: &[GroupHealth]) {
+    help(
+        out,
+        "strata_group_members",
+        "Live members of a consumer group.",
+        "gauge",
+    );
+    for g in groups {
+        sample(
+            out,
+            "strata_group_members",
+            &[("group", &g.group)],
+            g.members as f64,
+        );
+    }
+    help(
+        out,
+        "strata_group_status",
+        "1 for the group's current status (its worst partition's).",
+        "gauge",
+    );
+    for g in groups {
+        for status in Status::ALL {
+            let value = if g.status == status { 1.0 } else { 0.0 };
+            sample(
+                out,
+                "strata_group_status",
+                &[("group", &g.group), ("status", status.name())],
+                value,
+            );
+        }
+    }
+    type Value = fn(&crate::groups::monitor::PartitionHealth) -> f64;
+    let families: [(&str, &str, Value); 2] = [
+        (
+            "strata_group_lag_messages",
+            "Records between the committed offset and the high watermark.",
+            |p| p.lag_messages as f64,
+        ),
+        (
+            "strata_group_lag_seconds",
+            "Age of the oldest record the group has not consumed.",
+            |p| p.lag_seconds,
+        ),
+    ];
+    for (name, text, value) in families {
+        help(out, name, text, "gauge");
+        for g in groups {
+            for p in &g.partitions {
+                let index = p.partition.to_string();
+                sample(
+                    out,
+                    name,
+                    &[
+                        ("group", &g.group),
+                        ("topic", &p.topic),
+                        ("partition", &index),
+                    ],
+                    value(p),
+                );
+            }
+        }
+    }
+    help(
+        out,
+        "strata_group_partition_status",
+        "1 for the partition's current consumer status.",
+        "gauge",
+    );
+    for g in groups {
+        for p in &g.partitions {
+            let index = p.partition.to_string();
+            let labels = [
+                ("group", g.group.as_str()),
+                ("topic", &p.topic),
+                ("partition", &index),
+                ("status", p.status.name()),
+            ];
+            sample(out, "strata_group_partition_status", &labels, 1.0);
+        }
+    }
 }

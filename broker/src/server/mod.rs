@@ -183,15 +183,22 @@ pub fn serve(broker: &Broker, addrs: &ListenAddrs) -> Result<ServerHandle> {
     let ready = broker.clone();
     tokio::spawn(async move {
         use tonic_health::ServingStatus;
-        let status = if ready.is_ready() {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
+        // Not serving while recovering; serving once ready; not serving again
+        // from the start of shutdown. Always the current state, never cached.
         for service in ["", "strata.v1.Data", "strata.v1.Control"] {
-            health.set_service_status(service, status).await;
+            health
+                .set_service_status(service, ServingStatus::NotServing)
+                .await;
         }
-        let _ = shutdown.changed().await;
+        tokio::select! {
+            recovered = ready.wait_ready() => if recovered.is_ok() {
+                for service in ["", "strata.v1.Data", "strata.v1.Control"] {
+                    health.set_service_status(service, ServingStatus::Serving).await;
+                }
+            },
+            _ = shutdown.changed() => {}
+        }
+        let _ = shutdown.wait_for(|stopping| *stopping).await;
         for service in ["", "strata.v1.Data", "strata.v1.Control"] {
             health
                 .set_service_status(service, ServingStatus::NotServing)

@@ -44,6 +44,7 @@ pub fn classify(error: &Error) -> (Code, &'static str) {
             GroupErrorKind::NotFound => (Code::NotFound, "group-not-found"),
         },
         Error::ShuttingDown => (Code::Unavailable, "shutting-down"),
+        Error::Recovering => (Code::Unavailable, "recovering"),
         Error::DataDirInUse { .. } => (Code::Unavailable, "data-dir-in-use"),
         Error::DeadlineExceeded => (Code::DeadlineExceeded, "deadline-exceeded"),
         Error::Internal(_) => (Code::Internal, "internal"),
