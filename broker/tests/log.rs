@@ -585,3 +585,28 @@ fn open_time_does_not_read_sealed_segments_even_after_a_crash() {
     );
     assert_eq!(log.end_offset(), 501);
 }
+
+#[test]
+fn a_log_keeps_few_sealed_segments_open_however_many_it_has() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), small_segments(4096));
+    for i in 0..400 {
+        append(&log, batch(&format!("f{i}"), 2, 1000, i));
+    }
+    assert!(
+        log.segment_count() > 100,
+        "{} segments",
+        log.segment_count()
+    );
+    // Writing closes each segment as it is sealed.
+    assert_eq!(log.open_sealed_segments(), 0);
+    // Reading everything opens each, but only the most recent few stay open.
+    assert_eq!(read_all(&log, 0, log.end_offset()).len(), 800);
+    let open = log.open_sealed_segments();
+    assert!(
+        open <= strata_broker::log::OPEN_SEALED_SEGMENTS,
+        "{open} sealed segments still open"
+    );
+    // And closed segments read again fine.
+    assert_eq!(read_all(&log, 0, 10).len(), 10);
+}

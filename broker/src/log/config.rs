@@ -18,6 +18,10 @@ pub const CHECKPOINT_INTERVAL_BYTES: u64 = 64 * 1024 * 1024;
 /// ... or after this long, whichever comes first.
 pub const CHECKPOINT_INTERVAL_MS: u64 = 30_000;
 
+/// Sealed segments a log keeps open at once (three files each) after reading
+/// them; the least recently used beyond this are closed again.
+pub const OPEN_SEALED_SEGMENTS: usize = 16;
+
 /// Segment positions are u32 in the index; a segment may overshoot its roll
 /// size by one batch, so its roll size must leave room for one.
 pub const MAX_SEGMENT_SIZE_BYTES: u64 = u32::MAX as u64 - MAX_BATCH_BYTES as u64;

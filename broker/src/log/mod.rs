@@ -123,6 +123,10 @@ pub struct Log {
     /// Base of the segment the latest checkpoint points into; retention never
     /// deletes it or anything after, so recovery always finds its start.
     checkpoint_segment: AtomicU64,
+    /// Sealed segments opened by reads, least recently used first.
+    open_sealed: Mutex<std::collections::VecDeque<u64>>,
+    /// Base offset of the active segment (never closed by `using`).
+    active_base: AtomicU64,
     poisoned: OnceLock<String>,
 }
 
@@ -209,11 +213,12 @@ impl Log {
         replay.restore(ckpt.as_ref().map_or(&[][..], |c| &c.state));
 
         let mut map = BTreeMap::new();
+        let shared_dir: Arc<Path> = Arc::from(dir);
         let capacity = config.max_index_entries() as usize;
         for &base in bases.iter().filter(|&&b| b < start.segment_base) {
             let seg = Segment::lazy(
                 storage.clone(),
-                dir,
+                &shared_dir,
                 base,
                 config.index_interval_bytes,
                 capacity,
@@ -234,6 +239,8 @@ impl Log {
                 replay.replay(h, b)
             })?;
         for seg in sealed {
+            // Recovery opened it; like every sealed segment it is reopened on use.
+            seg.unload();
             map.insert(seg.base_offset, Arc::new(seg));
         }
         report.scanned_bytes = tail_report.scanned_bytes;
@@ -254,6 +261,7 @@ impl Log {
             tracing::warn!(dir = %dir.display(), "clean-shutdown marker present but the log had a tail; recovered it");
         }
         let next_offset = active.next_offset;
+        let active_base = active.segment.base_offset;
         let segment = Arc::new(active.segment);
         map.insert(segment.base_offset, segment.clone());
         report.segments = map.len();
@@ -287,6 +295,8 @@ impl Log {
             flushed_offset: AtomicU64::new(next_offset),
             size_cache: AtomicU64::new(SIZE_UNKNOWN),
             checkpoint_segment: AtomicU64::new(checkpoint_segment),
+            open_sealed: Mutex::new(std::collections::VecDeque::new()),
+            active_base: AtomicU64::new(active_base),
             poisoned: OnceLock::new(),
             config,
         };
@@ -430,7 +440,7 @@ impl Log {
             }
             return Err(LogError::Io {
                 op: "write",
-                path: w.segment.paths.log.clone(),
+                path: w.segment.log_path().clone(),
                 source: e,
             });
         }
@@ -477,7 +487,7 @@ impl Log {
     fn roll(&self, w: &mut Writer) -> Result<()> {
         let base = w.segment.base_offset;
         let last_offset = (w.size > 0).then(|| w.next_offset.saturating_sub(1).max(base));
-        if let Err(e) = w.parts.seal(base, last_offset, &w.segment.paths.log) {
+        if let Err(e) = w.parts.seal(base, last_offset, &w.segment.log_path()) {
             self.poison(format!("sealing segment {base} failed: {e}"));
             return Err(e);
         }
@@ -486,7 +496,7 @@ impl Log {
             .fetch_max(w.next_offset, Ordering::AcqRel);
         let (segment, parts) = Segment::open_writable(
             self.storage.clone(),
-            &self.dir,
+            &Arc::from(self.dir.as_path()),
             w.next_offset,
             self.config.index_interval_bytes,
             self.config.max_index_entries() as usize,
@@ -500,6 +510,10 @@ impl Log {
         self.segments
             .write()
             .insert(segment.base_offset, segment.clone());
+        // The sealed segment's files close now; reads reopen them on demand.
+        self.active_base
+            .store(segment.base_offset, Ordering::Release);
+        w.segment.unload();
         tracing::debug!(dir = %self.dir.display(), sealed = base, active = segment.base_offset, "rolled segment");
         w.segment = segment;
         w.parts = parts;
@@ -517,7 +531,7 @@ impl Log {
             self.check_writable(&w)?;
             (
                 w.parts.log.clone(),
-                w.segment.paths.log.clone(),
+                w.segment.log_path().clone(),
                 w.next_offset,
             )
         };
@@ -550,7 +564,7 @@ impl Log {
         let mut w = self.writer.lock();
         self.check_writable(&w)?;
         if let Err(e) = w.parts.log.sync() {
-            let path = w.segment.paths.log.clone();
+            let path = w.segment.log_path().clone();
             self.poison(format!("fsync of {} failed: {e}", path.display()));
             return Err(LogError::Io {
                 op: "fsync",
@@ -620,14 +634,15 @@ impl Log {
                     next_offset: offset,
                 });
             }
-            match segment.read(offset, max_bytes, upper) {
+            let read = self.using(&segment, || segment.read(offset, max_bytes, upper));
+            match read {
                 Ok(Some(chunk)) => return Ok(chunk),
                 Ok(None) => match next {
                     // Nothing at `offset` in its segment, and the next segment
                     // starts later: offsets are missing from the log.
                     Some(next) => {
                         return Err(LogError::Corrupt {
-                            segment: segment.paths.log.clone(),
+                            segment: segment.log_path().clone(),
                             position: segment.size_bytes()?,
                             reason: format!("offsets {offset}..{next} are missing"),
                         });
@@ -660,7 +675,9 @@ impl Log {
             if segment.base_offset >= upper {
                 break;
             }
-            if let Some(offset) = segment.find_timestamp(timestamp, upper)? {
+            if let Some(offset) =
+                self.using(&segment, || segment.find_timestamp(timestamp, upper))?
+            {
                 return Ok(Some(offset));
             }
         }
@@ -706,7 +723,7 @@ impl Log {
             |i| {
                 Ok::<_, LogError>(retention::SegmentFacts {
                     size_bytes: sealed[i].size_bytes()?,
-                    max_timestamp: sealed[i].max_timestamp()?,
+                    max_timestamp: self.using(&sealed[i], || sealed[i].max_timestamp())?,
                 })
             },
         )?;
@@ -736,6 +753,41 @@ impl Log {
         tracing::info!(dir = %self.dir.display(), segments = report.segments_deleted,
             bytes = report.bytes_deleted, start = self.start_offset(), "retention deleted segments");
         Ok(report)
+    }
+
+    /// Runs `f` on `segment`, keeping the set of open sealed segments to the
+    /// `OPEN_SEALED_SEGMENTS` most recently used.
+    fn using<T>(&self, segment: &Arc<Segment>, f: impl FnOnce() -> T) -> T {
+        let result = f();
+        if segment.base_offset == self.active_base.load(Ordering::Acquire) || !segment.is_loaded() {
+            return result;
+        }
+        let evicted: Vec<u64> = {
+            let mut open = self.open_sealed.lock();
+            open.retain(|b| *b != segment.base_offset);
+            open.push_back(segment.base_offset);
+            let excess = open.len().saturating_sub(OPEN_SEALED_SEGMENTS);
+            open.drain(..excess).collect()
+        };
+        if !evicted.is_empty() {
+            let segments = self.segments.read();
+            for base in evicted {
+                if let Some(s) = segments.get(&base) {
+                    s.unload();
+                }
+            }
+        }
+        result
+    }
+
+    /// Sealed segments whose files are open now (for tests and diagnostics).
+    pub fn open_sealed_segments(&self) -> usize {
+        self.segments
+            .read()
+            .values()
+            .filter(|s| s.is_loaded())
+            .count()
+            .saturating_sub(1)
     }
 
     /// Whether a checkpoint file exists (for tests and diagnostics).

@@ -73,6 +73,7 @@ pub(crate) fn recover_tail(
 ) -> Result<(Vec<Segment>, Active, TailReport)> {
     debug_assert_eq!(bases.first(), Some(&start.segment_base));
     let capacity = config.max_index_entries() as usize;
+    let shared_dir: Arc<Path> = Arc::from(dir);
     let mut report = TailReport::default();
     let mut sealed = Vec::new();
     let mut next_offset = start.next_offset;
@@ -115,7 +116,7 @@ pub(crate) fn recover_tail(
         }
         let (segment, parts) = Segment::open_writable(
             storage.clone(),
-            dir,
+            &shared_dir,
             base,
             config.index_interval_bytes,
             capacity,
@@ -185,24 +186,24 @@ pub(crate) fn recover_tail(
                 Stop::Io(e) => {
                     return Err(LogError::Io {
                         op: "read",
-                        path: segment.paths.log.clone(),
+                        path: segment.log_path().clone(),
                         source: e,
                     });
                 }
                 Stop::Invalid { reason, .. } => reason,
             };
             let cut = file_len - valid_end;
-            tracing::warn!(segment = %segment.paths.log.display(), position = valid_end, cut_bytes = cut,
+            tracing::warn!(segment = %segment.log_path().display(), position = valid_end, cut_bytes = cut,
                 %reason, "truncating the log at its last valid batch");
             parts
                 .log
                 .set_len(valid_end)
-                .map_err(LogError::io("truncate", &segment.paths.log))?;
+                .map_err(LogError::io("truncate", &segment.log_path()))?;
             report.truncated_bytes += cut + remove_segments(storage, dir, config, &bases[i + 1..])?;
             parts
                 .log
                 .sync()
-                .map_err(LogError::io("fsync", &segment.paths.log))?;
+                .map_err(LogError::io("fsync", &segment.log_path()))?;
             return Ok((
                 sealed,
                 Active {
@@ -226,7 +227,7 @@ pub(crate) fn recover_tail(
             parts
                 .log
                 .sync()
-                .map_err(LogError::io("fsync", &segment.paths.log))?;
+                .map_err(LogError::io("fsync", &segment.log_path()))?;
             return Ok((
                 sealed,
                 Active {
@@ -238,7 +239,7 @@ pub(crate) fn recover_tail(
             ));
         }
         let last_offset = (valid_end > 0).then(|| next_offset.saturating_sub(1).max(base));
-        parts.seal(base, last_offset, &segment.paths.log)?;
+        parts.seal(base, last_offset, &segment.log_path())?;
         sealed.push(segment);
     }
     unreachable!("recover_tail is called with at least one segment and returns from its last")
@@ -252,8 +253,15 @@ fn remove_segments(
     bases: &[u64],
 ) -> Result<u64> {
     let mut bytes = 0;
+    let shared_dir: Arc<Path> = Arc::from(dir);
     for &base in bases {
-        let segment = Segment::lazy(storage.clone(), dir, base, config.index_interval_bytes, 1);
+        let segment = Segment::lazy(
+            storage.clone(),
+            &shared_dir,
+            base,
+            config.index_interval_bytes,
+            1,
+        );
         bytes += segment.size_bytes().unwrap_or(0);
         segment.remove_files()?;
     }

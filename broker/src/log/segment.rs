@@ -109,7 +109,9 @@ pub struct ReadChunk {
 #[derive(Debug)]
 pub(crate) struct Segment {
     pub base_offset: u64,
-    pub paths: SegmentPaths,
+    /// The partition directory (shared by all its segments: no per-segment
+    /// path allocations, so opening a log of many segments stays cheap).
+    dir: Arc<Path>,
     storage: Arc<dyn Storage>,
     index_interval_bytes: u64,
     index_capacity: usize,
@@ -118,16 +120,26 @@ pub(crate) struct Segment {
 
 impl Segment {
     /// A sealed segment whose files are opened on first use.
+    /// Where the segment's three files are.
+    pub fn paths(&self) -> SegmentPaths {
+        SegmentPaths::new(&self.dir, self.base_offset)
+    }
+
+    /// The segment's `.log` file.
+    pub fn log_path(&self) -> PathBuf {
+        self.paths().log
+    }
+
     pub fn lazy(
         storage: Arc<dyn Storage>,
-        dir: &Path,
+        dir: &Arc<Path>,
         base_offset: u64,
         index_interval_bytes: u64,
         index_capacity: usize,
     ) -> Self {
         Segment {
             base_offset,
-            paths: SegmentPaths::new(dir, base_offset),
+            dir: dir.clone(),
             storage,
             index_interval_bytes,
             index_capacity,
@@ -140,7 +152,7 @@ impl Segment {
     /// `keep_time_index` entries (the caller re-indexes anything after them).
     pub fn open_writable(
         storage: Arc<dyn Storage>,
-        dir: &Path,
+        dir: &Arc<Path>,
         base_offset: u64,
         index_interval_bytes: u64,
         index_capacity: usize,
@@ -154,7 +166,7 @@ impl Segment {
             index_interval_bytes,
             index_capacity,
         );
-        let p = &segment.paths;
+        let p = &segment.paths();
         let log = segment
             .storage
             .open(&p.log, OpenMode::Create)
@@ -183,6 +195,17 @@ impl Segment {
     }
 
     /// The segment's open files, opening a sealed segment on first use.
+    /// Whether the segment's files are open.
+    pub fn is_loaded(&self) -> bool {
+        self.parts.lock().is_some()
+    }
+
+    /// Closes the segment's files (readers holding them finish first); the
+    /// next use opens them again.
+    pub fn unload(&self) {
+        *self.parts.lock() = None;
+    }
+
     pub fn parts(&self) -> Result<Arc<Parts>> {
         let mut slot = self.parts.lock();
         if let Some(parts) = slot.as_ref() {
@@ -194,7 +217,7 @@ impl Segment {
     }
 
     fn load_sealed(&self) -> Result<Parts> {
-        let p = &self.paths;
+        let p = &self.paths();
         let log = self
             .storage
             .open(&p.log, OpenMode::ReadOnly)
@@ -227,7 +250,7 @@ impl Segment {
     /// Recreates both indexes of a sealed segment from its log. A damaged batch
     /// ends the rebuild; reads that reach it report the corruption.
     fn rebuild_indexes(&self, log: Arc<dyn StorageFile>, size: u64) -> Result<Parts> {
-        let p = &self.paths;
+        let p = &self.paths();
         for path in [&p.index, &p.time_index] {
             if self
                 .storage
@@ -285,7 +308,7 @@ impl Segment {
     }
 
     fn warn_stop(&self, stop: &Stop) {
-        tracing::error!(segment = %self.paths.log.display(), ?stop, "damaged batch in sealed segment");
+        tracing::error!(segment = %self.paths().log.display(), ?stop, "damaged batch in sealed segment");
     }
 
     /// Bytes in the segment's log file (stats the file if not open).
@@ -294,8 +317,8 @@ impl Segment {
             return Ok(parts.size.load(Ordering::Acquire));
         }
         self.storage
-            .file_len(&self.paths.log)
-            .map_err(LogError::io("stat", &self.paths.log))
+            .file_len(&self.paths().log)
+            .map_err(LogError::io("stat", &self.paths().log))
     }
 
     /// Largest record timestamp in the segment (opens it if needed).
@@ -307,11 +330,11 @@ impl Segment {
         match stop {
             Stop::Io(source) => LogError::Io {
                 op: "read",
-                path: self.paths.log.clone(),
+                path: self.paths().log.clone(),
                 source,
             },
             Stop::Invalid { position, reason } => LogError::Corrupt {
-                segment: self.paths.log.clone(),
+                segment: self.paths().log.clone(),
                 position,
                 reason,
             },
@@ -429,7 +452,8 @@ impl Segment {
 
     /// Deletes the segment's files. Open handles keep working until dropped.
     pub fn remove_files(&self) -> Result<()> {
-        for path in [&self.paths.log, &self.paths.index, &self.paths.time_index] {
+        let p = self.paths();
+        for path in [&p.log, &p.index, &p.time_index] {
             match self.storage.remove(path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -8,10 +8,13 @@
 //! - `e2e`: producers and consumers at once; latency is produce-to-consume.
 //! - `disk` / `tcp`: baselines on this machine — sequential write+fsync of the
 //!   same bytes in a directory, and loopback TCP.
+//! - `embedded`: a broker opened in this process, the same produce workload
+//!   in-process and over loopback gRPC, side by side.
 
 mod baseline;
 mod consume;
 mod e2e;
+mod embedded;
 mod payload;
 mod produce;
 mod report;
@@ -35,6 +38,8 @@ pub enum Mode {
     E2e,
     Disk,
     Tcp,
+    /// The same produce workload in-process and over loopback gRPC.
+    Embedded,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -153,6 +158,7 @@ pub async fn run(args: BenchArgs) -> CliResult {
         }
         Mode::Disk => baseline::disk(&args).await?,
         Mode::Tcp => baseline::tcp(&args).await?,
+        Mode::Embedded => embedded::run(&args).await?,
     };
     if args.json {
         // One object on one line: easy to parse and to collect from scripts.
