@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use parking_lot::{Mutex, RwLock};
-use strata_proto::limits::{FETCH_MAX_BYTES, MAX_BATCH_BYTES};
+use strata_proto::limits::{
+    FETCH_MAX_BYTES, HTTP2_CONNECTION_WINDOW_BYTES, HTTP2_STREAM_WINDOW_BYTES, MAX_BATCH_BYTES,
+};
 use strata_proto::target::{LocalConnector, Plane, Target};
 use strata_proto::v1::MetadataRequest;
 use strata_proto::v1::control_client::ControlClient;
@@ -59,17 +61,23 @@ fn uri(addr: &str) -> String {
 fn endpoint(addr: &str, connect_timeout: Duration) -> Result<Endpoint> {
     Endpoint::from_shared(uri(addr))
         .map(|e| {
-            e.connect_timeout(connect_timeout)
-                .tcp_nodelay(true)
+            tune(e.connect_timeout(connect_timeout).tcp_nodelay(true))
                 .http2_keep_alive_interval(Duration::from_millis(KEEPALIVE_INTERVAL_MS))
                 .keep_alive_while_idle(true)
         })
         .map_err(|e| Error::InvalidArgument(format!("bad address {addr:?}: {e}")))
 }
 
+/// HTTP/2 windows sized to Strata's messages (see `limits`).
+fn tune(endpoint: Endpoint) -> Endpoint {
+    endpoint
+        .initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES)
+}
+
 fn local_channel(connector: &LocalConnector, plane: Plane) -> Channel {
     let connector = connector.clone();
-    Endpoint::from_static("http://in-process").connect_with_connector_lazy(tower::service_fn(
+    tune(Endpoint::from_static("http://in-process")).connect_with_connector_lazy(tower::service_fn(
         move |_: Uri| {
             let connected = connector.connect(plane).map(TokioIo::new);
             async move { connected }

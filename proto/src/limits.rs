@@ -11,6 +11,16 @@ pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 /// Default upper bound on the bytes one fetch response carries.
 pub const FETCH_MAX_BYTES: usize = 8 * 1024 * 1024;
 
+/// HTTP/2 flow-control window of one stream, both directions: a whole
+/// largest batch (plus framing) fits, so a produce or fetch message never
+/// waits on window updates mid-message. The defaults (64 KiB) cost a round
+/// trip per 64 KiB, which dominated large requests.
+pub const HTTP2_STREAM_WINDOW_BYTES: u32 = (MAX_BATCH_BYTES + 1024 * 1024) as u32;
+
+/// HTTP/2 flow-control window of one connection: bounds the bytes a peer can
+/// have in flight toward us over it, whatever its number of streams.
+pub const HTTP2_CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
+
 /// Longest topic name, in bytes (ASCII only, see `topic_name_error`).
 pub const MAX_TOPIC_NAME_BYTES: usize = 249;
 

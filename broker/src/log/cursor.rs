@@ -10,7 +10,7 @@ use std::io;
 use bytes::Bytes;
 use strata_proto::batch::{BatchHeader, HEADER_BYTES, verify};
 
-use super::storage::{StorageFile, read_exact_at};
+use super::storage::StorageFile;
 
 /// Bytes read at a time when walking headers.
 pub(crate) const CURSOR_CHUNK_BYTES: usize = 256 * 1024;
@@ -98,8 +98,7 @@ impl<'a> BatchCursor<'a> {
             .max(CURSOR_CHUNK_BYTES)
             .min((self.end - pos) as usize)
             .max(len);
-        let mut buf = vec![0u8; want];
-        read_exact_at(self.file, &mut buf, pos).map_err(Stop::Io)?;
+        let buf = self.file.read_exact_vec(want, pos).map_err(Stop::Io)?;
         self.chunk = Bytes::from(buf);
         self.chunk_start = pos;
         Ok(self.chunk.slice(0..len))

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::fmt::Debug;
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,6 +39,14 @@ pub trait StorageFile: Send + Sync + Debug {
     /// Reads up to `buf.len()` bytes at `pos`; returns how many were read
     /// (fewer only at end of file).
     fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize>;
+    /// Reads exactly `len` bytes at `pos` into a new buffer. The default zeroes
+    /// the buffer first; files that can read into uninitialised memory skip
+    /// that (a measurable cost on the fetch path).
+    fn read_exact_vec(&self, len: usize, pos: u64) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        read_exact_at(self, &mut buf, pos)?;
+        Ok(buf)
+    }
     /// Makes everything written so far durable (fdatasync).
     fn sync(&self) -> io::Result<()>;
     /// Sets the file's length, cutting or zero-extending it.
@@ -68,7 +77,11 @@ pub trait Storage: Send + Sync + Debug {
 }
 
 /// Reads `buf.len()` bytes at `pos`, or fails with `UnexpectedEof`.
-pub fn read_exact_at(file: &dyn StorageFile, buf: &mut [u8], pos: u64) -> io::Result<()> {
+pub fn read_exact_at<F: StorageFile + ?Sized>(
+    file: &F,
+    buf: &mut [u8],
+    pos: u64,
+) -> io::Result<()> {
     let mut done = 0;
     while done < buf.len() {
         let n = file.read_at(&mut buf[done..], pos + done as u64)?;
@@ -122,6 +135,42 @@ impl StorageFile for LocalFile {
                 other => return other,
             }
         }
+    }
+
+    fn read_exact_vec(&self, len: usize, pos: u64) -> io::Result<Vec<u8>> {
+        let mut buf: Vec<u8> = Vec::with_capacity(len);
+        let mut done = 0;
+        while done < len {
+            let spare = &mut buf.spare_capacity_mut()[done..];
+            // SAFETY: pread writes at most `spare.len()` bytes into the spare
+            // capacity; only the bytes it reports written become part of the
+            // vector (`set_len` below), so nothing uninitialised is ever read.
+            let n = unsafe {
+                libc::pread(
+                    self.file.as_raw_fd(),
+                    spare.as_mut_ptr().cast(),
+                    spare.len(),
+                    (pos + done as u64) as libc::off_t,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("short read: wanted {len} bytes at {pos}, file ended after {done}"),
+                ));
+            }
+            done += n as usize;
+            // SAFETY: the first `done` bytes were written by pread.
+            unsafe { buf.set_len(done) };
+        }
+        Ok(buf)
     }
 
     fn sync(&self) -> io::Result<()> {
@@ -294,6 +343,18 @@ impl StorageFile for FaultyFile {
         }
         drop(state);
         self.inner.write_at(buf, pos)
+    }
+
+    fn read_exact_vec(&self, len: usize, pos: u64) -> io::Result<Vec<u8>> {
+        let buf = self.inner.read_exact_vec(len, pos)?;
+        let ext = self
+            .path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_owned();
+        *self.state.lock().bytes_read.entry(ext).or_default() += len as u64;
+        Ok(buf)
     }
 
     fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {

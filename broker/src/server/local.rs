@@ -12,6 +12,7 @@ use std::sync::Weak;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
+use strata_proto::limits::{HTTP2_CONNECTION_WINDOW_BYTES, HTTP2_STREAM_WINDOW_BYTES};
 use strata_proto::target::{LocalListener, Plane};
 use strata_proto::v1::NodeInfo;
 use tokio::io::DuplexStream;
@@ -50,6 +51,8 @@ async fn accept(broker: Weak<Inner>, mut incoming: UnboundedReceiver<DuplexStrea
         drop(broker);
         tokio::spawn(async move {
             let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)
+                .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES)
                 .serve_connection(TokioIo::new(pipe), TowerToHyperService::new(routes));
             tokio::select! {
                 result = connection => if let Err(e) = result {

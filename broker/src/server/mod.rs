@@ -23,7 +23,9 @@ use std::net::{SocketAddr, TcpListener};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use strata_proto::limits::{FETCH_MAX_BYTES, MAX_BATCH_BYTES};
+use strata_proto::limits::{
+    FETCH_MAX_BYTES, HTTP2_CONNECTION_WINDOW_BYTES, HTTP2_STREAM_WINDOW_BYTES, MAX_BATCH_BYTES,
+};
 use strata_proto::v1::NodeInfo;
 use strata_proto::v1::control_server::ControlServer;
 use strata_proto::v1::data_server::DataServer;
@@ -247,6 +249,8 @@ fn spawn_listener(
                     .accept_http1(accept_http1)
                     .max_concurrent_streams(DATA_MAX_CONCURRENT_STREAMS)
                     .tcp_nodelay(true)
+                    .initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)
+                    .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES)
                     .http2_keepalive_interval(Some(Duration::from_millis(KEEPALIVE_INTERVAL_MS)))
                     .http2_keepalive_timeout(Some(Duration::from_millis(KEEPALIVE_TIMEOUT_MS)))
                     .add_routes(routes)

@@ -42,10 +42,13 @@ use crate::connection::{CONNECT_TIMEOUT_MS, Connection};
 use crate::error::{Error, Result};
 use crate::record::{ConsumerRecord, TopicPartition};
 
-/// Bytes asked for per fetch response.
+/// Bytes asked for per fetch response. Several fit in one HTTP/2 stream
+/// window, so the broker keeps sending while the client decodes (measured:
+/// 1 MiB catches up faster than 4 MiB here).
 pub const FETCH_MAX_BYTES: u32 = 1024 * 1024;
 
-/// Fetch responses buffered between the fetcher and the stream.
+/// Fetch responses buffered between the fetcher and the stream (so at most
+/// 16 MiB of fetched data per consumer).
 pub const FETCH_BUFFER_RESPONSES: usize = 16;
 
 /// Group session timeout: a member silent this long loses its partitions.

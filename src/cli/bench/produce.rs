@@ -14,6 +14,9 @@ use super::report::{Report, histogram, record};
 use super::{BenchAcks, BenchArgs, progress};
 use crate::cli::{CliError, CliResult};
 
+/// Records between progress-bar updates.
+const PROGRESS_EVERY: u64 = 4096;
+
 /// Deliveries awaited in order per producer; bounds the collector's queue.
 const PENDING_DELIVERIES: usize = 100_000;
 
@@ -140,7 +143,9 @@ impl Job {
                     Ok(_) => {
                         record(&mut latency, intended.elapsed());
                         acked += 1;
-                        bar.inc(1);
+                        if acked % PROGRESS_EVERY == 0 {
+                            bar.inc(PROGRESS_EVERY);
+                        }
                     }
                     Err(e) => failures.push(e.to_string()),
                 }

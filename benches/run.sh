@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Reruns the system benchmarks published in docs/benchmarks.md, on this
+# machine, in one go: baselines (disk write+fsync, loopback TCP), then a fresh
+# single-node broker measured with `strata bench`. Prints one JSON object per
+# line (also written to target/bench-results.jsonl).
+#
+#   benches/run.sh            # full size (~1.5 GB written, a few minutes)
+#   SCALE=0.1 benches/run.sh  # a quick smoke run
+#
+# Everything runs on the disk holding this checkout (the broker's data goes
+# to a temporary directory here, removed at the end).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SCALE=${SCALE:-1}
+OUT=target/bench-results.jsonl
+n() { python3 -c "print(max(1000, int($1 * $SCALE)))"; }
+
+cargo build --release --quiet
+BIN=target/release/strata
+WORK=$(mktemp -d ./strata-bench.XXXXXX)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+: > "$OUT"
+
+# Starts a broker on ephemeral ports; sets BOOT to its control address.
+start_broker() {
+  local dir=$1; shift
+  "$BIN" serve --data-dir "$dir" --data-addr 127.0.0.1:0 --control-addr 127.0.0.1:0 \
+    --peer-addr 127.0.0.1:0 "$@" > "$dir.out" 2> "$dir.log" &
+  PIDS+=($!)
+  for _ in $(seq 1 600); do
+    if grep -q '^strata serving' "$dir.out" 2>/dev/null; then
+      BOOT=$(sed -n 's/^strata serving .* control=\([^ ]*\) .*/\1/p' "$dir.out")
+      return
+    fi
+    sleep 0.1
+  done
+  echo "broker in $dir did not start" >&2; cat "$dir.log" >&2; exit 1
+}
+
+# Runs one bench, labels its JSON line, prints and records it.
+bench() {
+  local label=$1; shift
+  local line
+  line=$("$BIN" bench "$@" --json)
+  line=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["label"]=sys.argv[2]; print(json.dumps(d))' "$line" "$label")
+  echo "$line" | tee -a "$OUT"
+}
+
+field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$(grep "\"label\": \"$1\"" "$OUT")" "$2"; }
+
+echo "# machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -r)" >&2
+
+# Baselines: what the disk and the loopback network can do.
+bench disk_1MiB_fsync disk --messages "$(n 262144)" --size 1024 --batch-size 1048576 --dir "$WORK"
+bench disk_64KiB_fsync disk --messages "$(n 65536)" --size 1024 --batch-size 65536 --dir "$WORK"
+bench tcp_loopback tcp --messages "$(n 1048576)" --size 1024 --producers 4
+
+start_broker "$WORK/n1"
+B1=$BOOT
+bench produce_1KiB_acks_all produce --bootstrap "$B1" --topic t1k --create --partitions 4 \
+  --messages "$(n 500000)" --size 1024 --producers 4
+bench consume_1KiB_catch_up consume --bootstrap "$B1" --topic t1k --messages "$(n 500000)"
+bench produce_100B_acks_all produce --bootstrap "$B1" --topic t100 --create --partitions 4 \
+  --messages "$(n 2000000)" --size 100 --producers 4
+bench produce_1KiB_1_producer produce --bootstrap "$B1" --topic t1p --create --partitions 1 \
+  --messages "$(n 200000)" --size 1024 --producers 1
+
+# End to end: the peak with producers and consumers running together (closed
+# loop), then latency at half that rate (open loop: no coordinated omission).
+bench e2e_1KiB_peak e2e --bootstrap "$B1" --topic tep --create --partitions 4 \
+  --messages "$(n 200000)" --size 1024 --producers 4
+PEAK=$(field e2e_1KiB_peak msgs_per_s)
+HALF=$(python3 -c "print(int($PEAK / 2))")
+bench e2e_1KiB_half_peak e2e --bootstrap "$B1" --topic te --create --partitions 4 \
+  --messages "$(n 200000)" --size 1024 --producers 4 --rate "$HALF"
+
+# In-process versus loopback gRPC, same broker, same run.
+bench embedded_1KiB embedded --messages "$(n 200000)" --size 1024 --producers 4 --dir "$WORK"
+
+# Metrics cost: two fresh brokers, with and without request metrics, the same
+# workload alternated three times (disk noise dominates single runs).
+start_broker "$WORK/n_off" --no-metrics
+B_OFF=$BOOT
+start_broker "$WORK/n_on"
+B_ON=$BOOT
+for round in 1 2 3; do
+  bench "produce_1KiB_metrics_off_$round" produce --bootstrap "$B_OFF" --topic "tm$round" --create --partitions 4 \
+    --messages "$(n 200000)" --size 1024 --producers 4
+  bench "produce_1KiB_metrics_on_$round" produce --bootstrap "$B_ON" --topic "tm$round" --create --partitions 4 \
+    --messages "$(n 200000)" --size 1024 --producers 4
+done
+
+python3 - "$OUT" <<'PY' >&2
+import json, sys
+r = {}
+for line in open(sys.argv[1]):
+    d = json.loads(line); r[d["label"]] = d
+def mb(k): return r[k]["mb_per_s"]
+print("# ratios")
+print(f"produce 1KiB (4 producers) / disk write+fsync 1MiB: {mb('produce_1KiB_acks_all') / mb('disk_1MiB_fsync'):.2f}")
+print(f"consume catch-up / produce:                         {mb('consume_1KiB_catch_up') / mb('produce_1KiB_acks_all'):.2f}")
+print(f"in-process / loopback gRPC:                         {r['embedded_1KiB']['in_process_over_loopback']:.2f}")
+def median(xs): return sorted(xs)[len(xs) // 2]
+on = median([mb(f"produce_1KiB_metrics_on_{i}") for i in (1, 2, 3)])
+off = median([mb(f"produce_1KiB_metrics_off_{i}") for i in (1, 2, 3)])
+print(f"metrics on / off (medians of 3):                    {on / off:.3f}")
+PY
