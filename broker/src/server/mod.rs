@@ -31,6 +31,7 @@ use strata_proto::v1::control_server::ControlServer;
 use strata_proto::v1::data_server::DataServer;
 use strata_proto::v1::peer_server::PeerServer;
 use tokio::sync::watch;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::{Routes, RoutesBuilder};
 use tonic::transport::Server;
@@ -243,12 +244,19 @@ fn spawn_listener(
                     Ok(l) => l,
                     Err(e) => return tracing::error!(name, error = %e, "listener failed"),
                 };
-                let incoming = TcpListenerStream::new(listener);
+                // `serve_with_incoming*` ignores the builder's TCP settings, so
+                // disable Nagle on each accepted socket here: with it on, small
+                // fetch responses waited out the peer's 40 ms delayed ACK.
+                let incoming = TcpListenerStream::new(listener).map(|conn| {
+                    conn.and_then(|stream| {
+                        stream.set_nodelay(true)?;
+                        Ok(stream)
+                    })
+                });
                 let mut grace = stopped.clone();
                 let server = Server::builder()
                     .accept_http1(accept_http1)
                     .max_concurrent_streams(DATA_MAX_CONCURRENT_STREAMS)
-                    .tcp_nodelay(true)
                     .initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)
                     .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES)
                     .http2_keepalive_interval(Some(Duration::from_millis(KEEPALIVE_INTERVAL_MS)))

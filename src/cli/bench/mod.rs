@@ -82,6 +82,9 @@ pub struct BenchArgs {
     /// Producer batch size in bytes (default: the client's, 1 MiB).
     #[arg(long)]
     batch_size: Option<usize>,
+    /// Producer linger in milliseconds (default: the client's, 5 ms).
+    #[arg(long)]
+    linger_ms: Option<u64>,
     /// Directory for the disk baseline (default: ./strata-data).
     #[arg(long)]
     dir: Option<PathBuf>,

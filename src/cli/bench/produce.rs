@@ -79,6 +79,9 @@ pub async fn send_all(args: &BenchArgs, bar: ProgressBar) -> CliResult<Sent> {
         if let Some(bytes) = args.batch_size {
             builder = builder.batch_size(bytes);
         }
+        if let Some(ms) = args.linger_ms {
+            builder = builder.linger(Duration::from_millis(ms));
+        }
         handles.push(builder.build().await?);
     }
     let started = Instant::now();
