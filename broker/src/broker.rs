@@ -573,6 +573,10 @@ async fn open_topic(
         let storage = storage.clone();
         blocking(move || {
             let (p, report) = Partition::open(&dir, &name, index, config, storage)?;
+            if report.damaged_segments > 0 {
+                tracing::error!(topic = %name, partition = index, damaged = report.damaged_segments,
+                    "partition has damaged sealed segments; reads of the damaged records fail with DATA_LOSS");
+            }
             if !report.clean_shutdown && !report.created {
                 tracing::warn!(topic = %name, partition = index, scanned = report.scanned_bytes,
                     truncated = report.truncated_bytes, "partition recovered after an unclean shutdown");

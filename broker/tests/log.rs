@@ -610,3 +610,82 @@ fn a_log_keeps_few_sealed_segments_open_however_many_it_has() {
     // And closed segments read again fine.
     assert_eq!(read_all(&log, 0, 10).len(), 10);
 }
+
+#[test]
+fn damage_in_a_sealed_segment_past_the_checkpoint_deletes_nothing_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        checkpoint_interval_bytes: u64::MAX,
+        ..small_segments(4096)
+    };
+    let end;
+    {
+        let (log, _) = open(dir.path(), config.clone());
+        log.checkpoint(&[]).unwrap();
+        for i in 0..200 {
+            append(&log, batch(&format!("d{i}"), 2, 200, i));
+        }
+        log.flush().unwrap();
+        end = log.end_offset();
+        assert!(log.segment_count() > 5);
+        // A crash: every segment past the first checkpoint gets rescanned.
+    }
+    let mut logs: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    logs.sort();
+    let damaged = &logs[2];
+    let mut bytes = std::fs::read(damaged).unwrap();
+    let at = HEADER_BYTES + 20;
+    bytes[at] ^= 0x20;
+    std::fs::write(damaged, bytes).unwrap();
+    let damaged_base: u64 = damaged
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    let (log, report) = open(dir.path(), config);
+    assert_eq!(
+        report.truncated_bytes, 0,
+        "acknowledged data after the damage was cut"
+    );
+    assert_eq!(report.damaged_segments, 1);
+    assert_eq!(log.end_offset(), end, "every later record is still there");
+    // Reads before the damage work; reading the damaged batch fails loudly;
+    // later segments read normally.
+    assert_eq!(read_all(&log, 0, damaged_base).len() as u64, damaged_base);
+    assert!(matches!(
+        log.read(damaged_base, 1 << 20, end),
+        Err(LogError::Corrupt { .. })
+    ));
+    let next_base: u64 = logs[3]
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(read_all(&log, next_base, end).len() as u64, end - next_base);
+    // And the log still takes writes.
+    assert_eq!(append(&log, batch("after", 1, 1, 1)), end);
+}
+
+#[test]
+fn a_damaged_length_field_is_not_read_as_a_huge_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let sizes = crashed_log(dir.path(), 3, LogConfig::default());
+    let file = active_log_file(dir.path());
+    let mut bytes = std::fs::read(&file).unwrap();
+    // The third batch claims to be 1 GiB long.
+    let third = (sizes[0] + sizes[1]) as usize;
+    bytes[third + 8..third + 12].copy_from_slice(&(1u32 << 30).to_le_bytes());
+    std::fs::write(&file, bytes).unwrap();
+    let (log, report) = open(dir.path(), LogConfig::default());
+    assert_eq!(log.end_offset(), 6);
+    assert_eq!(report.truncated_bytes, sizes[2]);
+}

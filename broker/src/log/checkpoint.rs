@@ -138,6 +138,21 @@ impl Checkpoint {
 
     /// Atomically replaces the checkpoint in `dir`.
     pub fn write(&self, storage: &dyn Storage, dir: &Path) -> Result<()> {
+        // Never write a checkpoint `read` would refuse: that would look like
+        // success and cost a full rescan at the next start.
+        if self.state.len() > MAX_STATE_BYTES {
+            return Err(LogError::Io {
+                op: "write checkpoint",
+                path: dir.join(CHECKPOINT_FILE),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "state of {} bytes exceeds {MAX_STATE_BYTES}",
+                        self.state.len()
+                    ),
+                ),
+            });
+        }
         replace_file(storage, dir, CHECKPOINT_FILE, &self.encode())
             .map_err(LogError::io("write checkpoint", dir.join(CHECKPOINT_FILE)))
     }

@@ -5,7 +5,9 @@ use strata_proto::limits::MAX_BATCH_BYTES;
 /// A segment rolls once it holds this many bytes.
 pub const SEGMENT_SIZE_BYTES: u64 = 256 * 1024 * 1024;
 
-/// A segment rolls once its first record is this old (7 days, as Kafka).
+/// A segment rolls once it was created this long ago (7 days, as Kafka), by
+/// the broker's clock; the creation time survives restarts through the
+/// recovery checkpoint.
 pub const SEGMENT_AGE_MS: u64 = 7 * 24 * 60 * 60 * 1000;
 
 /// One sparse index entry per this many bytes of log.
@@ -22,6 +24,10 @@ pub const CHECKPOINT_INTERVAL_MS: u64 = 30_000;
 /// them; the least recently used beyond this are closed again.
 pub const OPEN_SEALED_SEGMENTS: usize = 16;
 
+/// Smallest index interval: a denser index buys little and multiplies the
+/// index files' size.
+pub const MIN_INDEX_INTERVAL_BYTES: u64 = 64;
+
 /// Segment positions are u32 in the index; a segment may overshoot its roll
 /// size by one batch, so its roll size must leave room for one.
 pub const MAX_SEGMENT_SIZE_BYTES: u64 = u32::MAX as u64 - MAX_BATCH_BYTES as u64;
@@ -31,7 +37,7 @@ pub const MAX_SEGMENT_SIZE_BYTES: u64 = u32::MAX as u64 - MAX_BATCH_BYTES as u64
 pub struct LogConfig {
     /// Roll the active segment once it holds this many bytes.
     pub segment_bytes: u64,
-    /// Roll the active segment once its first record is this old.
+    /// Roll the active segment once it was created this long ago.
     pub segment_ms: u64,
     /// Bytes of log between sparse index entries.
     pub index_interval_bytes: u64,
@@ -68,8 +74,11 @@ impl LogConfig {
                 self.segment_bytes
             ));
         }
-        if self.index_interval_bytes == 0 {
-            return Err("index interval must be at least 1 byte".into());
+        if self.index_interval_bytes < MIN_INDEX_INTERVAL_BYTES {
+            return Err(format!(
+                "index interval must be at least {MIN_INDEX_INTERVAL_BYTES} bytes, got {}",
+                self.index_interval_bytes
+            ));
         }
         if self.segment_ms == 0 {
             return Err("segment age must be at least 1 ms".into());

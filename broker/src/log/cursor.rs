@@ -9,6 +9,7 @@ use std::io;
 
 use bytes::Bytes;
 use strata_proto::batch::{BatchHeader, HEADER_BYTES, verify};
+use strata_proto::limits::MAX_BATCH_BYTES;
 
 use super::storage::StorageFile;
 
@@ -64,6 +65,14 @@ impl<'a> BatchCursor<'a> {
         }
         let bytes = self.bytes(pos, HEADER_BYTES)?;
         let header = BatchHeader::parse(&bytes).map_err(|e| self.invalid(e.to_string()))?;
+        // A damaged length must not make us read (or allocate) a segment's
+        // worth of bytes: no valid batch is larger than the batch limit.
+        if header.batch_len() > MAX_BATCH_BYTES {
+            return Err(self.invalid(format!(
+                "batch length {} exceeds the {MAX_BATCH_BYTES}-byte limit",
+                header.batch_len()
+            )));
+        }
         if header.batch_len() as u64 > self.end - pos {
             return Err(self.invalid(format!(
                 "batch of {} bytes runs past the end of the data ({} bytes left)",

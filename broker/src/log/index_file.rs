@@ -114,8 +114,13 @@ impl<E: Entry> IndexFile<E> {
         file.set_len((capacity * E::BYTES) as u64)
             .map_err(LogError::io("preallocate", path))?;
         let mut map = file.map_mut().map_err(LogError::io("mmap", path))?;
-        // Entries past `keep` may be stale or half-written after a crash.
-        map[keep * E::BYTES..].fill(0);
+        // Entries past `keep` that the file already held may be stale or
+        // half-written after a crash. What `set_len` just added is zero
+        // already; leaving it untouched keeps a new index sparse.
+        let stale_end = existing.min(capacity);
+        if keep < stale_end {
+            map[keep * E::BYTES..stale_end * E::BYTES].fill(0);
+        }
         Ok(IndexFile {
             path: path.to_path_buf(),
             file,

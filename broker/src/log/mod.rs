@@ -85,6 +85,9 @@ pub struct OpenReport {
     pub scanned_bytes: u64,
     /// Bytes cut off as torn or corrupt.
     pub truncated_bytes: u64,
+    /// Sealed segments found damaged during recovery; kept, and reads report
+    /// the damage (gRPC DATA_LOSS) rather than skip it.
+    pub damaged_segments: u64,
     /// `replay` saw every batch from this offset on.
     pub replayed_from: u64,
     pub duration: Duration,
@@ -141,6 +144,34 @@ impl std::fmt::Debug for Log {
 
 const SIZE_UNKNOWN: u64 = u64::MAX;
 
+/// Creates `dir` (and missing ancestors) and fsyncs each new entry's parent,
+/// so a partition created just before a crash is still there after it.
+fn create_durably(storage: &dyn Storage, dir: &Path) -> Result<()> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(path) = at {
+        if storage.exists(path).map_err(LogError::io("stat", path))? {
+            break;
+        }
+        missing.push(path);
+        at = path.parent().filter(|p| !p.as_os_str().is_empty());
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    storage
+        .create_dir_all(dir)
+        .map_err(LogError::io("create", dir))?;
+    for created in missing.iter().rev() {
+        if let Some(parent) = created.parent().filter(|p| !p.as_os_str().is_empty()) {
+            storage
+                .sync_dir(parent)
+                .map_err(LogError::io("fsync dir", parent))?;
+        }
+    }
+    Ok(())
+}
+
 /// Wall-clock milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -166,9 +197,7 @@ impl Log {
             path: dir.to_path_buf(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidInput, reason),
         })?;
-        storage
-            .create_dir_all(dir)
-            .map_err(LogError::io("create", dir))?;
+        create_durably(storage.as_ref(), dir)?;
         let bases = Self::list_segments(storage.as_ref(), dir)?;
         let marker = storage
             .exists(&dir.join(checkpoint::CLEAN_SHUTDOWN_FILE))
@@ -245,6 +274,7 @@ impl Log {
         }
         report.scanned_bytes = tail_report.scanned_bytes;
         report.truncated_bytes = tail_report.truncated_bytes;
+        report.damaged_segments = tail_report.damaged_segments;
 
         let size = active.parts.size.load(Ordering::Acquire);
         let created_ms = match &ckpt {

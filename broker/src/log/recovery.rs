@@ -59,6 +59,8 @@ pub(crate) struct TailReport {
     pub scanned_bytes: u64,
     /// Bytes cut off: torn or corrupt tail, and segments after it.
     pub truncated_bytes: u64,
+    /// Sealed segments found damaged (kept; reads report the damage).
+    pub damaged_segments: u64,
 }
 
 /// Recovers the segments `bases` (ascending; the first is `start.segment_base`).
@@ -181,66 +183,69 @@ pub(crate) fn recover_tail(
         report.scanned_bytes += valid_end - from;
         parts.size.store(valid_end, Ordering::Release);
 
-        if let Some(stop) = stop {
-            let reason = match stop {
-                Stop::Io(e) => {
-                    return Err(LogError::Io {
-                        op: "read",
-                        path: segment.log_path().clone(),
-                        source: e,
-                    });
-                }
-                Stop::Invalid { reason, .. } => reason,
-            };
+        let later = &bases[i + 1..];
+        let stop = match stop {
+            Some(Stop::Io(e)) => {
+                return Err(LogError::Io {
+                    op: "read",
+                    path: segment.log_path(),
+                    source: e,
+                });
+            }
+            Some(Stop::Invalid { reason, .. }) => Some(reason),
+            None => None,
+        };
+        if let (Some(reason), Some(&next_base)) = (&stop, later.first()) {
+            // Not the last segment: it was complete and fsynced before the
+            // next one was created, so this is damage, not a torn write.
+            // Cutting here would delete acknowledged records after it. Keep
+            // every byte; reads stop at the damage and report it.
+            tracing::error!(segment = %segment.log_path().display(), position = valid_end, %reason,
+                "damaged batch in a sealed segment; its records from here on cannot be read");
+            report.damaged_segments += 1;
+            parts.size.store(file_len, Ordering::Release);
+            next_offset = next_base;
+            let last_offset = next_offset.saturating_sub(1).max(base);
+            parts.seal(base, Some(last_offset), &segment.log_path())?;
+            sealed.push(segment);
+            continue;
+        }
+        if let Some(reason) = stop {
             let cut = file_len - valid_end;
             tracing::warn!(segment = %segment.log_path().display(), position = valid_end, cut_bytes = cut,
                 %reason, "truncating the log at its last valid batch");
             parts
                 .log
                 .set_len(valid_end)
-                .map_err(LogError::io("truncate", &segment.log_path()))?;
-            report.truncated_bytes += cut + remove_segments(storage, dir, config, &bases[i + 1..])?;
-            parts
-                .log
-                .sync()
-                .map_err(LogError::io("fsync", &segment.log_path()))?;
-            return Ok((
-                sealed,
-                Active {
-                    segment,
-                    parts,
-                    next_offset,
-                },
-                report,
-            ));
+                .map_err(LogError::io("truncate", segment.log_path()))?;
+            report.truncated_bytes += cut + remove_segments(storage, dir, config, later)?;
+        } else if later.first() == Some(&next_offset) {
+            // A later segment continues this one: this one is sealed.
+            let last_offset = (valid_end > 0).then(|| next_offset.saturating_sub(1).max(base));
+            parts.seal(base, last_offset, &segment.log_path())?;
+            sealed.push(segment);
+            continue;
+        } else if let Some(&found) = later.first() {
+            tracing::error!(dir = %dir.display(), expected = next_offset, found,
+                "next segment does not continue the offsets; removing it and every later one");
+            report.truncated_bytes += remove_segments(storage, dir, config, later)?;
         }
-
-        let later = &bases[i + 1..];
-        if later.first() != Some(&next_offset) {
-            if let Some(&found) = later.first() {
-                tracing::error!(dir = %dir.display(), expected = next_offset, found,
-                    "next segment does not continue the offsets; removing it and every later one");
-                report.truncated_bytes += remove_segments(storage, dir, config, later)?;
-            }
-            // Whatever survived a process crash may still sit only in the page
-            // cache; make it durable before anything is built on top of it.
-            parts
-                .log
-                .sync()
-                .map_err(LogError::io("fsync", &segment.log_path()))?;
-            return Ok((
-                sealed,
-                Active {
-                    segment,
-                    parts,
-                    next_offset,
-                },
-                report,
-            ));
-        }
-        let last_offset = (valid_end > 0).then(|| next_offset.saturating_sub(1).max(base));
-        parts.seal(base, last_offset, &segment.log_path())?;
-        sealed.push(segment);
+        // This is the active segment. Whatever survived a process crash may
+        // still sit only in the page cache: make it durable before anything is
+        // built on top of it.
+        parts
+            .log
+            .sync()
+            .map_err(LogError::io("fsync", segment.log_path()))?;
+        return Ok((
+            sealed,
+            Active {
+                segment,
+                parts,
+                next_offset,
+            },
+            report,
+        ));
     }
     unreachable!("recover_tail is called with at least one segment and returns from its last")
 }

@@ -119,7 +119,6 @@ pub(crate) struct Segment {
 }
 
 impl Segment {
-    /// A sealed segment whose files are opened on first use.
     /// Where the segment's three files are.
     pub fn paths(&self) -> SegmentPaths {
         SegmentPaths::new(&self.dir, self.base_offset)
@@ -130,6 +129,7 @@ impl Segment {
         self.paths().log
     }
 
+    /// A sealed segment whose files are opened on first use.
     pub fn lazy(
         storage: Arc<dyn Storage>,
         dir: &Arc<Path>,
@@ -194,7 +194,6 @@ impl Segment {
         Ok((segment, parts))
     }
 
-    /// The segment's open files, opening a sealed segment on first use.
     /// Whether the segment's files are open.
     pub fn is_loaded(&self) -> bool {
         self.parts.lock().is_some()
@@ -206,6 +205,7 @@ impl Segment {
         *self.parts.lock() = None;
     }
 
+    /// The segment's open files, opening a sealed segment on first use.
     pub fn parts(&self) -> Result<Arc<Parts>> {
         let mut slot = self.parts.lock();
         if let Some(parts) = slot.as_ref() {

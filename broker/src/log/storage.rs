@@ -328,6 +328,18 @@ struct FaultyFile {
     state: Arc<Mutex<FaultState>>,
 }
 
+impl FaultyFile {
+    fn count_read(&self, bytes: usize) {
+        let ext = self
+            .path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_owned();
+        *self.state.lock().bytes_read.entry(ext).or_default() += bytes as u64;
+    }
+}
+
 impl StorageFile for FaultyFile {
     fn write_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
         let mut state = self.state.lock();
@@ -347,25 +359,13 @@ impl StorageFile for FaultyFile {
 
     fn read_exact_vec(&self, len: usize, pos: u64) -> io::Result<Vec<u8>> {
         let buf = self.inner.read_exact_vec(len, pos)?;
-        let ext = self
-            .path
-            .extension()
-            .and_then(|e| e.to_str())
-            .unwrap_or("")
-            .to_owned();
-        *self.state.lock().bytes_read.entry(ext).or_default() += len as u64;
+        self.count_read(len);
         Ok(buf)
     }
 
     fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
         let n = self.inner.read_at(buf, pos)?;
-        let ext = self
-            .path
-            .extension()
-            .and_then(|e| e.to_str())
-            .unwrap_or("")
-            .to_owned();
-        *self.state.lock().bytes_read.entry(ext).or_default() += n as u64;
+        self.count_read(n);
         Ok(n)
     }
 
@@ -439,8 +439,12 @@ impl Storage for FaultyStorage {
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        if self.state.lock().faults.fail_sync {
+        let faults = self.state.lock().faults.clone();
+        if faults.fail_sync {
             return Err(io::Error::other("injected fsync failure (EIO)"));
+        }
+        if faults.lie_on_sync {
+            return Ok(());
         }
         FileStorage.sync_dir(dir)
     }

@@ -144,14 +144,19 @@ impl ProducerStates {
             entry.recent.clear();
         }
         entry.last_seen_ms = entry.last_seen_ms.max(now_ms);
-        if entry.recent.len() == DEDUPE_WINDOW_BATCHES {
-            entry.recent.pop_front();
-        }
-        entry.recent.push_back(BatchMeta {
+        let meta = BatchMeta {
             first_sequence: header.base_sequence,
             last_sequence: header.last_sequence(),
             base_offset: header.base_offset,
-        });
+        };
+        // Recovery may replay a batch the checkpoint already counted.
+        if entry.recent.contains(&meta) {
+            return;
+        }
+        if entry.recent.len() == DEDUPE_WINDOW_BATCHES {
+            entry.recent.pop_front();
+        }
+        entry.recent.push_back(meta);
     }
 
     /// Forgets producers not seen for [`PRODUCER_EXPIRY_MS`].

@@ -192,6 +192,22 @@ pub fn render(broker: &Broker) -> String {
         &[],
         truncated as f64,
     );
+    let damaged: u64 = partitions
+        .iter()
+        .map(|p| p.open_report().damaged_segments)
+        .sum();
+    help(
+        &mut out,
+        "strata_recovery_damaged_segments",
+        "Sealed segments found damaged at start-up (kept; reads of the damage fail with DATA_LOSS).",
+        "gauge",
+    );
+    sample(
+        &mut out,
+        "strata_recovery_damaged_segments",
+        &[],
+        damaged as f64,
+    );
     help(
         &mut out,
         "strata_recovery_scanned_bytes",
