@@ -34,7 +34,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{
+    BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
+};
 use memmap2::{Mmap, MmapMut};
 use strata_broker::log::storage::{FileStorage, OpenMode, Storage, StorageFile};
 use strata_broker::log::{Log, LogConfig, OpenReport};
@@ -115,14 +117,17 @@ fn append_fsync(c: &mut Criterion) {
 fn group_commit(c: &mut Criterion) {
     // Fixed work per iteration, split among the tasks, so that throughputs
     // compare across task counts.
-    const BATCHES_PER_ITER: usize = 256;
+    const BATCHES_PER_ITER: usize = 128;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
     let payload = Bytes::from(batch(16 * KIB));
     let mut group = c.benchmark_group("group_commit");
+    // An iteration with one task is over a hundred fsyncs: flat sampling
+    // keeps the iteration count (and the run) short.
     group
+        .sampling_mode(SamplingMode::Flat)
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(6))
@@ -214,7 +219,10 @@ fn read(c: &mut Criterion) {
     assert_eq!(read_all(&log, end), total, "the read loop misses bytes");
 
     let mut group = c.benchmark_group("read");
+    // A cold read takes a few hundred milliseconds: flat sampling keeps the
+    // iteration count (and the run) short.
     group
+        .sampling_mode(SamplingMode::Flat)
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(6))
@@ -333,7 +341,7 @@ fn many_segments(dir: &Path, segments: usize) -> LogConfig {
 fn open_clean(c: &mut Criterion) {
     let mut group = c.benchmark_group("open_clean");
     group
-        .sample_size(20)
+        .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4));
     for segments in [100usize, 10_000] {

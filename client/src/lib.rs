@@ -10,14 +10,20 @@
 //! Every constructor takes a [`Target`]: a broker's control address
 //! (`"127.0.0.1:7401"`), or an in-process broker from `strata-broker`.
 //!
-//! ```no_run
-//! # async fn demo() -> strata_client::Result<()> {
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! # let broker = strata_broker::Broker::open(strata_broker::BrokerConfig::with_data_dir(dir.path())).await?;
 //! use strata_client::{Admin, NewTopic, Producer, ProducerRecord};
-//! let admin = Admin::connect("127.0.0.1:7401").await?;
+//! // `&broker` is a broker in this process; pass "127.0.0.1:7401" to reach
+//! // one over the network instead.
+//! let admin = Admin::connect(&broker).await?;
 //! admin.create_topic("events", NewTopic::new(3)).await?;
-//! let producer = Producer::builder("127.0.0.1:7401").build().await?;
+//! let producer = Producer::builder(&broker).build().await?;
 //! let meta = producer.send(ProducerRecord::new("events", "hello")).await?;
-//! assert!(meta.offset.is_some());
+//! assert_eq!(meta.offset, Some(0));
+//! # broker.shutdown().await?;
 //! # Ok(()) }
 //! ```
 

@@ -2,17 +2,31 @@
 //! server-streaming fetches that the broker pushes as fast as flow control
 //! allows (so catching up after downtime runs at disk and network speed).
 //!
-//! ```no_run
-//! # async fn demo() -> strata_client::Result<()> {
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! # let broker = strata_broker::Broker::open(strata_broker::BrokerConfig::with_data_dir(dir.path())).await?;
+//! # strata_client::Admin::connect(&broker).await?.create_topic("events", strata_client::NewTopic::new(2)).await?;
+//! # let producer = strata_client::Producer::builder(&broker).build().await?;
+//! # for i in 0..10 { producer.send(strata_client::ProducerRecord::new("events", format!("e{i}"))).await?; }
 //! use futures::StreamExt;
-//! use strata_client::Consumer;
-//! let consumer = Consumer::builder("127.0.0.1:7401").group("billing").topics(["events"]).build().await?;
-//! let mut records = consumer.stream();
+//! use strata_client::{Consumer, OffsetReset};
+//! let consumer = Consumer::builder(&broker)
+//!     .group("billing")
+//!     .topics(["events"])
+//!     .offset_reset(OffsetReset::Earliest)
+//!     .build()
+//!     .await?;
+//! let mut records = consumer.stream().take(10);
 //! while let Some(record) = records.next().await {
 //!     let record = record?;
 //!     println!("{}@{}: {:?}", record.partition, record.offset, record.value);
-//!     consumer.commit().await?;
 //! }
+//! drop(records);
+//! consumer.commit().await?; // the group resumes after these ten
+//! # consumer.close().await?;
+//! # broker.shutdown().await?;
 //! # Ok(()) }
 //! ```
 //!

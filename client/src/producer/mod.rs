@@ -1,22 +1,27 @@
 //! The producer: batches records per partition, sends them idempotently, and
 //! resolves every record to its offset or to an error — never to nothing.
 //!
-//! ```no_run
-//! # async fn demo() -> strata_client::Result<()> {
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! # let broker = strata_broker::Broker::open(strata_broker::BrokerConfig::with_data_dir(dir.path())).await?;
+//! # strata_client::Admin::connect(&broker).await?.create_topic("events", strata_client::NewTopic::new(1)).await?;
 //! use strata_client::{Producer, ProducerRecord};
-//! let producer = Producer::builder("127.0.0.1:7401").build().await?;
+//! let producer = Producer::builder(&broker).build().await?;
 //! // Wait for each record...
 //! let meta = producer.send(ProducerRecord::new("events", "hello").key("user-1")).await?;
-//! println!("written at {}/{}", meta.partition, meta.offset.unwrap());
+//! assert_eq!((meta.partition, meta.offset), (0, Some(0)));
 //! // ...or enqueue many and collect the results later.
 //! let mut pending = Vec::new();
 //! for i in 0..1000 {
 //!     pending.push(producer.enqueue(ProducerRecord::new("events", format!("event {i}"))).await?);
 //! }
-//! for delivery in pending {
-//!     delivery.await?;
+//! for (i, delivery) in pending.into_iter().enumerate() {
+//!     assert_eq!(delivery.await?.offset, Some(1 + i as u64));
 //! }
 //! producer.close().await?;
+//! # broker.shutdown().await?;
 //! # Ok(()) }
 //! ```
 //!
