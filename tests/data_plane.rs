@@ -205,9 +205,17 @@ async fn the_control_plane_stays_responsive_while_the_data_port_is_flooded() {
     const CALLS: u32 = 30;
     for _ in 0..CALLS {
         let t = Instant::now();
-        control.cluster_status(ClusterStatusRequest {}).await.unwrap();
+        control
+            .cluster_status(ClusterStatusRequest {})
+            .await
+            .unwrap();
         let h = Instant::now();
-        health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
+        health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap();
         health_times.push(h.elapsed());
         let (code, _) = tokio::task::spawn_blocking({
             let addr = node.control;
@@ -232,11 +240,17 @@ async fn the_control_plane_stays_responsive_while_the_data_port_is_flooded() {
     );
     assert!(flooded_mb > 10.0, "the flood never got going");
     // Starvation would show as seconds; a responsive control plane stays far below.
-    assert!(worst < Duration::from_secs(1), "a control round trip took {worst:?}");
+    assert!(
+        worst < Duration::from_secs(1),
+        "a control round trip took {worst:?}"
+    );
     health_times.sort();
     let median = health_times[health_times.len() / 2];
     println!("grpc health check during the flood: median {median:?}");
-    assert!(median < Duration::from_millis(10), "health check median {median:?}");
+    assert!(
+        median < Duration::from_millis(10),
+        "health check median {median:?}"
+    );
 }
 
 async fn tonic_health_client(
@@ -344,11 +358,17 @@ async fn a_slow_consumer_never_makes_the_broker_hold_more_than_its_fetch_budget(
     let payload = batch(900, 1000);
     // 200 MB waiting to be read.
     for _ in 0..220 {
-        data.produce(produce("slow", 0, payload.clone())).await.unwrap();
+        data.produce(produce("slow", 0, payload.clone()))
+            .await
+            .unwrap();
     }
     const MAX_BYTES: u32 = 1024 * 1024;
     let request = FetchRequest {
-        positions: vec![FetchPosition { topic: "slow".into(), partition: 0, offset: 0 }],
+        positions: vec![FetchPosition {
+            topic: "slow".into(),
+            partition: 0,
+            offset: 0,
+        }],
         max_bytes: MAX_BYTES,
         max_wait_ms: 0,
     };
@@ -359,9 +379,15 @@ async fn a_slow_consumer_never_makes_the_broker_hold_more_than_its_fetch_budget(
     tokio::time::sleep(Duration::from_secs(2)).await;
     let metrics = http_get(node.control, "/metrics").1;
     let held = metric(&metrics, "strata_fetch_inflight_bytes").unwrap();
-    assert!(held <= 2.0 * f64::from(MAX_BYTES), "broker holds {held} bytes for one slow consumer");
+    assert!(
+        held <= 2.0 * f64::from(MAX_BYTES),
+        "broker holds {held} bytes for one slow consumer"
+    );
     let grew = node.peak_rss_bytes().saturating_sub(rss_before);
-    assert!(grew < 64 * 1024 * 1024, "peak RSS grew by {grew} bytes while the consumer stalled");
+    assert!(
+        grew < 64 * 1024 * 1024,
+        "peak RSS grew by {grew} bytes while the consumer stalled"
+    );
     // It resumes where it stopped when the consumer reads again.
     let next = stream.message().await.unwrap().unwrap();
     assert!(next.next_offset > 0);
@@ -373,12 +399,25 @@ async fn acks_leader_and_none_answer_early_and_still_write() {
     let node = Node::start(&dir.path().join("n1"));
     create(&node, "acks", 1).await;
     let mut data = data_client(&node).await;
-    let leader = ProduceRequest { acks: Acks::Leader as i32, ..produce("acks", 0, batch(2, 10)) };
-    assert_eq!(data.produce(leader).await.unwrap().into_inner().base_offset, 0);
-    let none = ProduceRequest { acks: Acks::None as i32, ..produce("acks", 0, batch(3, 10)) };
+    let leader = ProduceRequest {
+        acks: Acks::Leader as i32,
+        ..produce("acks", 0, batch(2, 10))
+    };
+    assert_eq!(
+        data.produce(leader).await.unwrap().into_inner().base_offset,
+        0
+    );
+    let none = ProduceRequest {
+        acks: Acks::None as i32,
+        ..produce("acks", 0, batch(3, 10))
+    };
     data.produce(none).await.unwrap();
     // Fire-and-forget still lands; the next acks=all append comes after it.
-    let all = data.produce(produce("acks", 0, batch(1, 10))).await.unwrap().into_inner();
+    let all = data
+        .produce(produce("acks", 0, batch(1, 10)))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(all.base_offset, 5);
     assert_eq!(all.high_watermark, 6);
 }
