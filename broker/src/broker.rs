@@ -73,6 +73,8 @@ pub(crate) struct Inner {
     maintenance: Mutex<Option<JoinHandle<()>>>,
     /// Opens in-process connections to this broker.
     local: LocalConnector,
+    /// Raft groups this node runs, for the peer service.
+    raft_groups: crate::raft::groups::Groups,
     _lock: DirLock,
 }
 
@@ -181,6 +183,7 @@ impl Broker {
                 shutdown_signal: watch::Sender::new(false),
                 maintenance: Mutex::new(None),
                 local: connector,
+                raft_groups: Default::default(),
                 _lock: lock,
                 config,
             }),
@@ -262,6 +265,11 @@ impl Broker {
 
     pub fn data_dir(&self) -> &std::path::Path {
         &self.inner.config.data_dir
+    }
+
+    /// The Raft groups running on this node.
+    pub fn raft_groups(&self) -> &crate::raft::groups::Groups {
+        &self.inner.raft_groups
     }
 
     pub fn node_id(&self) -> u32 {

@@ -14,6 +14,7 @@ pub mod lock;
 pub mod log;
 pub mod metrics;
 pub mod partition;
+pub mod raft;
 pub mod server;
 
 pub use broker::{Broker, Topic};

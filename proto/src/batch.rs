@@ -15,8 +15,9 @@
 //! 39 producer_id     u64   NO_PRODUCER_ID when not idempotent
 //! 47 producer_epoch  u16
 //! 49 base_sequence   u32
-//! 53 raft_term       u64   stamped by the broker
-//! 61 records...
+//! 53 raft_term       u64   stamped by the broker (Raft entry term)
+//! 61 raft_index      u64   stamped by the broker (Raft entry index)
+//! 69 records...
 //! ```
 //!
 //! Each record: `length` uvarint (bytes that follow), `attributes` u8 (0),
@@ -37,10 +38,10 @@ use crate::varint::{
 };
 
 /// Format version written by this code.
-pub const MAGIC: u8 = 1;
+pub const MAGIC: u8 = 2;
 
 /// Fixed header size; records start here.
-pub const HEADER_BYTES: usize = 61;
+pub const HEADER_BYTES: usize = 69;
 
 /// Bytes before the region the length field counts (base_offset + length).
 pub const LOG_OVERHEAD_BYTES: usize = 12;
@@ -73,7 +74,8 @@ pub mod field {
     pub const PRODUCER_EPOCH: usize = 47;
     pub const BASE_SEQUENCE: usize = 49;
     pub const RAFT_TERM: usize = 53;
-    pub const RECORDS: usize = 61;
+    pub const RAFT_INDEX: usize = 61;
+    pub const RECORDS: usize = 69;
 }
 
 /// Why a batch was refused. Every variant is a property of the input bytes.
@@ -119,6 +121,7 @@ pub struct BatchHeader {
     pub producer_epoch: u16,
     pub base_sequence: u32,
     pub raft_term: u64,
+    pub raft_index: u64,
 }
 
 impl BatchHeader {
@@ -147,6 +150,7 @@ impl BatchHeader {
             ]),
             base_sequence: u32_at(buf, field::BASE_SEQUENCE),
             raft_term: u64_at(buf, field::RAFT_TERM),
+            raft_index: u64_at(buf, field::RAFT_INDEX),
         };
         if header.magic != MAGIC {
             return Err(BatchError::BadMagic {
@@ -202,7 +206,7 @@ fn u64_at(buf: &[u8], at: usize) -> u64 {
 pub fn verify(batch: &[u8]) -> Result<BatchHeader, BatchError> {
     let header = check_structure(batch)?;
     let parts = CrcParts::new(batch);
-    let computed = parts.with_term(header.raft_term);
+    let computed = parts.with_raft(header.raft_term, header.raft_index);
     if computed != header.crc {
         return Err(BatchError::CrcMismatch {
             stored: header.crc,
@@ -212,16 +216,18 @@ pub fn verify(batch: &[u8]) -> Result<BatchHeader, BatchError> {
     Ok(header)
 }
 
-/// [`verify`]s `batch`, then stamps the broker-assigned base offset and Raft term,
-/// updating the CRC when the term changes. One pass over the record bytes.
+/// [`verify`]s `batch`, then stamps the broker-assigned base offset and Raft
+/// entry id (term, index), updating the CRC when the id changes. One pass over
+/// the record bytes.
 pub fn verify_and_stamp(
     batch: &mut [u8],
     base_offset: u64,
     raft_term: u64,
+    raft_index: u64,
 ) -> Result<BatchHeader, BatchError> {
     let mut header = check_structure(batch)?;
     let parts = CrcParts::new(batch);
-    let computed = parts.with_term(header.raft_term);
+    let computed = parts.with_raft(header.raft_term, header.raft_index);
     if computed != header.crc {
         return Err(BatchError::CrcMismatch {
             stored: header.crc,
@@ -230,11 +236,13 @@ pub fn verify_and_stamp(
     }
     batch[field::BASE_OFFSET..field::BASE_OFFSET + 8].copy_from_slice(&base_offset.to_le_bytes());
     header.base_offset = base_offset;
-    if raft_term != header.raft_term {
-        let crc = parts.with_term(raft_term);
+    if (raft_term, raft_index) != (header.raft_term, header.raft_index) {
+        let crc = parts.with_raft(raft_term, raft_index);
         batch[field::RAFT_TERM..field::RAFT_TERM + 8].copy_from_slice(&raft_term.to_le_bytes());
+        batch[field::RAFT_INDEX..field::RAFT_INDEX + 8].copy_from_slice(&raft_index.to_le_bytes());
         batch[field::CRC..field::CRC + 4].copy_from_slice(&crc.to_le_bytes());
         header.raft_term = raft_term;
+        header.raft_index = raft_index;
         header.crc = crc;
     }
     Ok(header)
@@ -261,11 +269,12 @@ pub fn restamp_producer(batch: &mut [u8], producer_epoch: u16, base_sequence: u3
     batch[field::BASE_SEQUENCE..field::BASE_SEQUENCE + 4]
         .copy_from_slice(&base_sequence.to_le_bytes());
     let term = u64_at(batch, field::RAFT_TERM);
-    let crc = CrcParts::new(batch).with_term(term);
+    let index = u64_at(batch, field::RAFT_INDEX);
+    let crc = CrcParts::new(batch).with_raft(term, index);
     batch[field::CRC..field::CRC + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// The CRC of a batch split around the Raft term, so that the term can be
+/// The CRC of a batch split around the Raft entry id, so that the id can be
 /// restamped without hashing the records twice (CRC32 states combine).
 struct CrcParts {
     before_term: Hasher,
@@ -284,9 +293,10 @@ impl CrcParts {
         }
     }
 
-    fn with_term(&self, raft_term: u64) -> u32 {
+    fn with_raft(&self, raft_term: u64, raft_index: u64) -> u32 {
         let mut hasher = self.before_term.clone();
         hasher.update(&raft_term.to_le_bytes());
+        hasher.update(&raft_index.to_le_bytes());
         hasher.combine(&self.records);
         hasher.finalize()
     }
@@ -514,9 +524,10 @@ impl BatchBuilder {
         out.put_u16_le(self.producer.producer_epoch);
         out.put_u32_le(self.producer.base_sequence);
         out.put_u64_le(0); // raft term
+        out.put_u64_le(0); // raft index
         debug_assert_eq!(out.len(), HEADER_BYTES);
         out.extend_from_slice(&self.records);
-        let crc = CrcParts::new(&out).with_term(0);
+        let crc = CrcParts::new(&out).with_raft(0, 0);
         out[field::CRC..field::CRC + 4].copy_from_slice(&crc.to_le_bytes());
         out.freeze()
     }
@@ -774,8 +785,8 @@ mod tests {
     fn stamping_keeps_the_batch_valid_and_records_intact() {
         let records = vec![record(5, Some(b"k"), Some(b"v"), &[("h", Some(b"x"))])];
         let mut bytes = build(&records).to_vec();
-        let h = verify_and_stamp(&mut bytes, 1234, 9).unwrap();
-        assert_eq!((h.base_offset, h.raft_term), (1234, 9));
+        let h = verify_and_stamp(&mut bytes, 1234, 9, 77).unwrap();
+        assert_eq!((h.base_offset, h.raft_term, h.raft_index), (1234, 9, 77));
         let again = verify(&bytes).unwrap();
         assert_eq!(again, h);
         let decoded: Vec<_> = Records::new(Bytes::from(bytes))
@@ -928,7 +939,7 @@ mod tests {
                 prop_assert_eq!(b.encoded_len() - before, predicted);
             }
             let mut bytes = b.finish().to_vec();
-            verify_and_stamp(&mut bytes, u64::from(base), 3).unwrap();
+            verify_and_stamp(&mut bytes, u64::from(base), 3, 5).unwrap();
             let decoded: Vec<_> = Records::new(Bytes::from(bytes)).unwrap().collect::<Result<_, _>>().unwrap();
             let expected: Vec<_> = records.into_iter().enumerate().map(|(i, r)| (u64::from(base) + i as u64, r)).collect();
             prop_assert_eq!(decoded, expected);
@@ -954,7 +965,7 @@ mod tests {
             let i = HEADER_BYTES + at.index(bytes.len() - HEADER_BYTES);
             bytes[i] = value;
             // Re-seal so the decoder, not the CRC, meets the damage.
-            let crc = CrcParts::new(&bytes).with_term(0);
+            let crc = CrcParts::new(&bytes).with_raft(0, 0);
             bytes[field::CRC..field::CRC + 4].copy_from_slice(&crc.to_le_bytes());
             if let Ok(records) = Records::new(Bytes::from(bytes)) {
                 for r in records { let _ = r; }

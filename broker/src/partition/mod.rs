@@ -9,6 +9,8 @@
 //! call from async tasks.
 
 mod group_commit;
+pub mod machine;
+pub mod replica;
 pub mod producer_state;
 
 use std::path::Path;

@@ -1,19 +1,43 @@
-//! The peer-port service: traffic between nodes. Today it lets nodes identify
-//! each other; Raft replication (DESIGN.md §6) is multiplexed here.
+//! The peer-port service: traffic between nodes. Raft RPCs of every group are
+//! multiplexed here and routed by group id (DESIGN.md §6).
 
+use serde::Serialize;
 use strata_proto::v1::peer_server::Peer;
-use strata_proto::v1::{HelloRequest, HelloResponse};
+use strata_proto::v1::{
+    HelloRequest, HelloResponse, RaftAppendRequest, RaftReply, RaftRequest,
+};
 use tonic::{Request, Response, Status};
 
-#[derive(Debug, Clone)]
+use crate::raft::groups::Groups;
+use crate::raft::{Raft, wire};
+
+#[derive(Clone)]
 pub struct PeerService {
     node_id: u32,
+    groups: Groups,
 }
 
 impl PeerService {
-    pub fn new(node_id: u32) -> Self {
-        PeerService { node_id }
+    pub fn new(node_id: u32, groups: Groups) -> Self {
+        PeerService { node_id, groups }
     }
+
+    fn group(&self, group: &str) -> Result<Raft, Status> {
+        // A group this node does not run (yet): the sender retries, and by then
+        // this node has usually applied the metadata that creates it.
+        self.groups
+            .get(group)
+            .ok_or_else(|| Status::not_found(format!("no Raft group {group:?} on this node")))
+    }
+}
+
+fn reply<T: Serialize>(result: T) -> Result<Response<RaftReply>, Status> {
+    let json = serde_json::to_vec(&result).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(RaftReply { json: json.into() }))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(json: &[u8], what: &str) -> Result<T, Status> {
+    serde_json::from_slice(json).map_err(|e| Status::invalid_argument(format!("{what}: {e}")))
 }
 
 #[tonic::async_trait]
@@ -23,5 +47,31 @@ impl Peer for PeerService {
             node_id: self.node_id,
             version: env!("CARGO_PKG_VERSION").to_owned(),
         }))
+    }
+
+    async fn raft_append(
+        &self,
+        request: Request<RaftAppendRequest>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let request = request.into_inner();
+        let raft = self.group(&request.group)?;
+        let rpc = wire::decode_append(&request.header_json, request.entries)
+            .map_err(Status::invalid_argument)?;
+        reply(raft.append_entries(rpc).await)
+    }
+
+    async fn raft_vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let request = request.into_inner();
+        let raft = self.group(&request.group)?;
+        reply(raft.vote(parse(&request.json, "vote")?).await)
+    }
+
+    async fn raft_snapshot(
+        &self,
+        request: Request<RaftRequest>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let request = request.into_inner();
+        let raft = self.group(&request.group)?;
+        reply(raft.install_snapshot(parse(&request.json, "snapshot")?).await)
     }
 }

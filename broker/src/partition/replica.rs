@@ -1,0 +1,308 @@
+//! The append path of a replicated partition: batches go through the
+//! partition's Raft group instead of the local group commit.
+//!
+//! One proposer task per partition takes appends in arrival order, checks
+//! idempotence against the applied producer table *and* the batches it has
+//! proposed but not yet seen applied, and hands new batches to Raft without
+//! waiting for each to commit (so appends pipeline). A retry of a batch still
+//! in flight waits for that batch's answer instead of being written twice.
+//!
+//! Only a leader that has applied an entry of its own term accepts writes:
+//! until then its producer table may miss batches of the previous term that it
+//! is about to commit, and a retry of one of them would be written again.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use strata_proto::batch::BatchHeader;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::Appended;
+use super::machine::PartitionMachine;
+use super::producer_state::{SequenceCheck, SequenceError};
+use crate::error::{Error, Result};
+use crate::log::Log;
+use crate::log::storage::Storage;
+use crate::raft::network::GroupNetwork;
+use crate::raft::{LogStore, NodeId, Payload, Raft, StateMachine};
+
+/// Finds a node's client-facing (data) address, for `NOT_LEADER` answers.
+pub type ResolveLeader = Arc<dyn Fn(NodeId) -> Option<String> + Send + Sync>;
+
+type Answer = Result<Appended>;
+
+struct Proposal {
+    batch: Bytes,
+    header: BatchHeader,
+    reply: oneshot::Sender<Answer>,
+}
+
+/// A batch proposed and not yet answered.
+struct InFlight {
+    epoch: u16,
+    first: u32,
+    last: u32,
+    answer: watch::Receiver<Option<Outcome>>,
+}
+
+/// How a proposal ended, in a form every waiter can have a copy of.
+#[derive(Debug, Clone)]
+enum Outcome {
+    Appended(Appended),
+    NotLeader(Option<String>),
+    Failed(String),
+}
+
+impl Outcome {
+    fn into_answer(self, replica: &Replica) -> Answer {
+        match self {
+            Outcome::Appended(a) => Ok(a),
+            Outcome::NotLeader(leader) => Err(Error::NotLeader {
+                topic: replica.topic.to_string(),
+                partition: replica.partition,
+                leader,
+            }),
+            Outcome::Failed(why) => Err(Error::Internal(why)),
+        }
+    }
+}
+
+pub struct Replica {
+    topic: Arc<str>,
+    partition: u32,
+    node_id: NodeId,
+    raft: Raft,
+    machine: StateMachine<PartitionMachine>,
+    log: Arc<Log>,
+    proposals: mpsc::UnboundedSender<Proposal>,
+    resolve: ResolveLeader,
+}
+
+impl Replica {
+    /// Starts the partition's Raft group on `log` (opened by the caller, and
+    /// written only through Raft from now on).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start(
+        topic: &str,
+        partition: u32,
+        node_id: NodeId,
+        log: Arc<Log>,
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        high_watermark: Arc<watch::Sender<u64>>,
+        network: GroupNetwork,
+        resolve: ResolveLeader,
+    ) -> Result<Arc<Replica>> {
+        let (store, machine) = {
+            let (log, storage, dir) = (log.clone(), storage.clone(), dir.to_path_buf());
+            let machine = PartitionMachine::new(high_watermark);
+            tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+                let store = LogStore::open(log, storage.clone(), &dir)?;
+                let machine = StateMachine::open(storage, &dir, machine)?;
+                Ok((store, machine))
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("opening the Raft group failed: {e}")))?
+            .map_err(|e| Error::Internal(format!("opening the Raft group of {topic}/{partition}: {e}")))?
+        };
+        let config = Arc::new(
+            crate::raft::config(&format!("{topic}/{partition}"))
+                .validate()
+                .map_err(|e| Error::Internal(format!("raft config: {e}")))?,
+        );
+        let raft = Raft::new(node_id, config, network, store, machine.clone())
+            .await
+            .map_err(|e| Error::Internal(format!("starting Raft for {topic}/{partition}: {e}")))?;
+        let (proposals, rx) = mpsc::unbounded_channel();
+        let replica = Arc::new(Replica {
+            topic: topic.into(),
+            partition,
+            node_id,
+            raft,
+            machine,
+            log,
+            proposals,
+            resolve,
+        });
+        tokio::spawn(proposer(Arc::downgrade(&replica), rx));
+        Ok(replica)
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    pub fn log(&self) -> &Arc<Log> {
+        &self.log
+    }
+
+    pub fn machine(&self) -> &StateMachine<PartitionMachine> {
+        &self.machine
+    }
+
+    /// Whether this node leads the partition now.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.node_id)
+    }
+
+    /// Appends a verified batch through Raft; resolves once a quorum has it
+    /// fsynced and it is applied (`acks=all`).
+    pub async fn append(&self, batch: Bytes, header: BatchHeader) -> Result<Appended> {
+        let (reply, answer) = oneshot::channel();
+        self.proposals
+            .send(Proposal {
+                batch,
+                header,
+                reply,
+            })
+            .map_err(|_| Error::ShuttingDown)?;
+        answer.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    fn not_leader(&self, leader: Option<NodeId>) -> Error {
+        Error::NotLeader {
+            topic: self.topic.to_string(),
+            partition: self.partition,
+            leader: leader
+                .filter(|&l| l != self.node_id)
+                .and_then(|l| (self.resolve)(l)),
+        }
+    }
+
+    /// `None` when this node may take writes; otherwise why not.
+    fn refuse_writes(&self) -> Option<Error> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.current_leader != Some(self.node_id) {
+            return Some(self.not_leader(m.current_leader));
+        }
+        let own_term_applied = m
+            .last_applied
+            .is_some_and(|l| l.leader_id.term == m.current_term);
+        if !own_term_applied {
+            // A new leader still committing its predecessor's tail; answer
+            // like an election in progress so clients retry here shortly.
+            return Some(self.not_leader(None));
+        }
+        None
+    }
+
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(topic = %self.topic, partition = self.partition, %e, "Raft shutdown failed");
+        }
+    }
+}
+
+async fn proposer(replica: std::sync::Weak<Replica>, mut rx: mpsc::UnboundedReceiver<Proposal>) {
+    let mut in_flight: HashMap<u64, VecDeque<InFlight>> = HashMap::new();
+    while let Some(p) = rx.recv().await {
+        let Some(replica) = replica.upgrade() else {
+            let _ = p.reply.send(Err(Error::ShuttingDown));
+            continue;
+        };
+        for queue in in_flight.values_mut() {
+            queue.retain(|f| f.answer.borrow().is_none());
+        }
+        in_flight.retain(|_, q| !q.is_empty());
+        if let Some(refused) = replica.refuse_writes() {
+            let _ = p.reply.send(Err(refused));
+            continue;
+        }
+        let h = p.header;
+        let queue = in_flight.entry(h.producer_id).or_default();
+        if h.producer_id != strata_proto::batch::NO_PRODUCER_ID {
+            if let Some(same) = queue.iter().find(|f| {
+                (f.epoch, f.first, f.last) == (h.producer_epoch, h.base_sequence, h.last_sequence())
+            }) {
+                // A retry of a batch still in flight: answer with its outcome.
+                let mut answer = same.answer.clone();
+                let replica = replica.clone();
+                tokio::spawn(async move {
+                    let outcome = match answer.wait_for(Option::is_some).await {
+                        Ok(a) => a.clone().expect("waited for Some").into_answer(&replica),
+                        Err(_) => Err(Error::ShuttingDown),
+                    };
+                    let _ = p.reply.send(outcome);
+                });
+                continue;
+            }
+            let checked = replica.machine.with(|m| m.producers().check(&h));
+            let pipelined = queue.back().is_some_and(|f| {
+                f.epoch == h.producer_epoch && f.last.wrapping_add(1) == h.base_sequence
+            });
+            match checked {
+                Ok(SequenceCheck::Duplicate { base_offset }) => {
+                    let _ = p.reply.send(Ok(Appended {
+                        base_offset,
+                        duplicate: true,
+                    }));
+                    continue;
+                }
+                Ok(SequenceCheck::Append) if queue.is_empty() => {}
+                Err(SequenceError::OutOfOrder { .. }) if pipelined => {}
+                Err(SequenceError::Fenced {
+                    current_epoch,
+                    received_epoch,
+                }) => {
+                    let _ = p.reply.send(Err(Error::ProducerFenced {
+                        producer_id: h.producer_id,
+                        current: current_epoch,
+                        received: received_epoch,
+                    }));
+                    continue;
+                }
+                other => {
+                    let expected = match (queue.back(), other) {
+                        (Some(f), _) => f.last.wrapping_add(1),
+                        (None, Err(SequenceError::OutOfOrder { expected, .. })) => expected,
+                        (None, _) => h.base_sequence,
+                    };
+                    let _ = p.reply.send(Err(Error::OutOfOrderSequence {
+                        producer_id: h.producer_id,
+                        expected,
+                        received: h.base_sequence,
+                    }));
+                    continue;
+                }
+            }
+        }
+        let responder = match replica.raft.client_write_ff(Payload(p.batch)).await {
+            Ok(rx) => rx,
+            Err(fatal) => {
+                let _ = p
+                    .reply
+                    .send(Err(Error::Internal(format!("Raft stopped: {fatal}"))));
+                continue;
+            }
+        };
+        let (tx, answer) = watch::channel(None);
+        if h.producer_id != strata_proto::batch::NO_PRODUCER_ID {
+            queue.push_back(InFlight {
+                epoch: h.producer_epoch,
+                first: h.base_sequence,
+                last: h.last_sequence(),
+                answer,
+            });
+        }
+        let replica = replica.clone();
+        tokio::spawn(async move {
+            let outcome = match responder.await {
+                Ok(Ok(resp)) => Outcome::Appended(Appended {
+                    base_offset: resp.data.base_offset,
+                    duplicate: resp.data.duplicate,
+                }),
+                Ok(Err(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
+                    Outcome::NotLeader(f.leader_id.and_then(|l| (replica.resolve)(l)))
+                }
+                Ok(Err(e)) => Outcome::Failed(format!("replication: {e}")),
+                // The leader stepped down or stopped before answering: the
+                // batch may or may not commit; an idempotent retry is safe.
+                Err(_) => Outcome::NotLeader(None),
+            };
+            tx.send_replace(Some(outcome.clone()));
+            let _ = p.reply.send(outcome.into_answer(&replica));
+        });
+    }
+}

@@ -1,0 +1,549 @@
+//! openraft's log storage on top of the segmented log: the segment log *is*
+//! the Raft log (DESIGN.md §6).
+//!
+//! A normal entry is one record batch, written once into the partition's
+//! segment log with its Raft term and index stamped in the batch header (the
+//! CRC covers them). Blank and membership entries live in the group's
+//! [`StateFile`]. Reading entry `i` finds the batch whose header says index
+//! `i`: recent entries through an in-memory tail map, older ones by a binary
+//! search over offsets (Raft indexes grow with offsets), a few header reads
+//! instead of a scan.
+//!
+//! Durability: data entries are written to the page cache by `append` and the
+//! caller is told they are durable only after a flusher task has fsynced them;
+//! flushes are shared by every append waiting at the time (group commit).
+//! Control entries and the vote are durable when their write returns.
+
+use std::collections::VecDeque;
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{
+    CommittedLeaderId, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, Vote,
+};
+use parking_lot::Mutex;
+use strata_proto::batch::{BatchHeader, Batches, verify_and_stamp};
+use tokio::sync::mpsc;
+
+use super::state_file::{ControlEntry, RaftState, StateFile};
+use super::{Entry, LogId, NodeId, Payload, StorageError, TypeConfig, io_error};
+use crate::log::Log;
+use crate::log::storage::Storage;
+
+/// Recent data entries remembered in memory (index → offset), so replication
+/// to followers that keep up never searches the log.
+const TAIL_CACHE_ENTRIES: usize = 65_536;
+
+/// Most bytes of entries sent in one AppendEntries request (at least one
+/// entry is always sent, however large).
+pub const MAX_REPLICATION_BYTES: usize = 8 * 1024 * 1024;
+
+/// Bytes read from the segment log per step when collecting entries.
+const READ_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// The log state blob passed to the segment log's checkpoints: the Raft layer
+/// keeps its state in the state file and the state machine snapshot.
+const NO_LOG_STATE: &[u8] = &[];
+
+#[derive(Debug, Clone, Copy)]
+struct DataEntry {
+    index: u64,
+    term: u64,
+    base_offset: u64,
+}
+
+struct Inner {
+    log: Arc<Log>,
+    state_file: StateFile,
+    state: Mutex<RaftState>,
+    /// Data entries appended since open, oldest first, at most
+    /// `TAIL_CACHE_ENTRIES`.
+    tail: Mutex<VecDeque<DataEntry>>,
+    flush: mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
+}
+
+/// One group's Raft log. Cheap to clone (the clone is also its log reader).
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<Inner>,
+}
+
+impl Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore")
+            .field("log", &self.inner.log)
+            .finish_non_exhaustive()
+    }
+}
+
+fn log_id(term: u64, index: u64) -> LogId {
+    LogId::new(CommittedLeaderId::new(term, 0), index)
+}
+
+fn read_err(e: impl std::fmt::Display) -> StorageError {
+    io_error(ErrorSubject::Logs, ErrorVerb::Read, e)
+}
+
+fn write_err(e: impl std::fmt::Display) -> StorageError {
+    io_error(ErrorSubject::Logs, ErrorVerb::Write, e)
+}
+
+/// Runs blocking log work off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(f).await.map_err(write_err)?
+}
+
+impl LogStore {
+    /// Opens the Raft log of the group whose segment log is `log` and whose
+    /// state file lives in `dir` (blocking). Must be called inside a tokio
+    /// runtime: it starts the group's flusher task.
+    pub fn open(log: Arc<Log>, storage: Arc<dyn Storage>, dir: &Path) -> std::io::Result<LogStore> {
+        let state_file = StateFile::new(storage, dir);
+        let mut state = state_file.load()?;
+        let last_data = last_data_entry(&log).map_err(std::io::Error::other)?;
+        if drop_control_after_hole(&mut state, last_data.map(|e| e.index)) {
+            state_file.store(&state)?;
+        }
+        let (flush, rx) = mpsc::unbounded_channel();
+        tokio::spawn(flusher(log.clone(), rx));
+        let tail = last_data.into_iter().collect();
+        Ok(LogStore {
+            inner: Arc::new(Inner {
+                log,
+                state_file,
+                state: Mutex::new(state),
+                tail: Mutex::new(tail),
+                flush,
+            }),
+        })
+    }
+
+    pub fn log(&self) -> &Arc<Log> {
+        &self.inner.log
+    }
+}
+
+/// The newest data entry in the log, read from its last batch header.
+fn last_data_entry(log: &Log) -> Result<Option<DataEntry>, String> {
+    let end = log.end_offset();
+    if end == log.start_offset() {
+        return Ok(None);
+    }
+    let h = header_at(log, end - 1)?;
+    Ok(Some(DataEntry {
+        index: h.raft_index,
+        term: h.raft_term,
+        base_offset: h.base_offset,
+    }))
+}
+
+fn header_at(log: &Log, offset: u64) -> Result<BatchHeader, String> {
+    let chunk = log
+        .read(offset, 1, log.end_offset())
+        .map_err(|e| e.to_string())?;
+    BatchHeader::parse(&chunk.bytes).map_err(|e| format!("batch at offset {offset}: {e}"))
+}
+
+/// After a crash the state file (synced at once) may hold control entries
+/// newer than data entries that never reached the disk. The Raft log must be
+/// contiguous, so control entries past the first hole go: none of them was
+/// ever reported durable (the data before them was not). Returns whether
+/// anything was dropped.
+fn drop_control_after_hole(state: &mut RaftState, last_data: Option<u64>) -> bool {
+    let Some(last_data) = last_data else {
+        // Only control entries: they are contiguous by construction unless the
+        // data between them was lost, which would leave a gap here.
+        let mut expected = None;
+        let mut cut = None;
+        for &index in state.control.keys() {
+            match expected {
+                Some(e) if index != e => {
+                    cut = Some(index);
+                    break;
+                }
+                _ => expected = Some(index + 1),
+            }
+        }
+        return match cut {
+            Some(cut) => {
+                state.control.split_off(&cut);
+                true
+            }
+            None => false,
+        };
+    };
+    let mut expected = last_data + 1;
+    let mut cut = None;
+    for &index in state.control.range(last_data + 1..).map(|(i, _)| i) {
+        if index != expected {
+            cut = Some(index);
+            break;
+        }
+        expected += 1;
+    }
+    match cut {
+        Some(cut) => {
+            let dropped = state.control.split_off(&cut);
+            tracing::warn!(
+                entries = dropped.len(),
+                from = cut,
+                "dropped Raft control entries past data lost in a crash"
+            );
+            true
+        }
+        None => false,
+    }
+}
+
+async fn flusher(log: Arc<Log>, mut rx: mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>) {
+    while let Some(first) = rx.recv().await {
+        let mut waiting = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            waiting.push(more);
+        }
+        let log = log.clone();
+        let result = match tokio::task::spawn_blocking(move || log.flush()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        for waiter in waiting {
+            // A failed fsync poisons the log: every waiter hears it, and so
+            // does every later append.
+            waiter.log_io_completed(result.clone().map_err(std::io::Error::other));
+        }
+    }
+}
+
+impl Inner {
+    /// Writes `entries` (blocking); returns whether any data needs a flush.
+    fn write(&self, entries: Vec<Entry>) -> Result<bool, StorageError> {
+        let mut data = false;
+        let mut control_changed = false;
+        for entry in entries {
+            let id = entry.log_id;
+            match entry.payload {
+                EntryPayload::Normal(Payload(batch)) => {
+                    self.write_batch(id, &batch)?;
+                    data = true;
+                }
+                EntryPayload::Blank => {
+                    self.state.lock().control.insert(
+                        id.index,
+                        ControlEntry {
+                            log_id: id,
+                            membership: None,
+                        },
+                    );
+                    control_changed = true;
+                }
+                EntryPayload::Membership(m) => {
+                    self.state.lock().control.insert(
+                        id.index,
+                        ControlEntry {
+                            log_id: id,
+                            membership: Some(m),
+                        },
+                    );
+                    control_changed = true;
+                }
+            }
+        }
+        if control_changed {
+            let state = self.state.lock().clone();
+            self.state_file.store(&state).map_err(write_err)?;
+        }
+        Ok(data)
+    }
+
+    fn write_batch(&self, id: LogId, batch: &Bytes) -> Result<(), StorageError> {
+        let end = self.log.end_offset();
+        let header = BatchHeader::parse(batch).map_err(|e| write_err(format!("entry {id}: {e}")))?;
+        // A replicated batch arrives stamped by the leader: it must land at the
+        // same offset here, or replicas would disagree about offsets.
+        let stamped = header.raft_index == id.index && header.raft_index != 0;
+        if stamped && header.base_offset != end {
+            return Err(write_err(format!(
+                "entry {id} was stamped with offset {} by the leader but this log ends at {end}",
+                header.base_offset
+            )));
+        }
+        let mut bytes = batch.to_vec();
+        verify_and_stamp(&mut bytes, end, id.leader_id.term, id.index)
+            .map_err(|e| write_err(format!("entry {id}: {e}")))?;
+        let appended = self.log.append(&mut bytes).map_err(write_err)?;
+        let mut tail = self.tail.lock();
+        if tail.len() == TAIL_CACHE_ENTRIES {
+            tail.pop_front();
+        }
+        tail.push_back(DataEntry {
+            index: id.index,
+            term: id.leader_id.term,
+            base_offset: appended.base_offset,
+        });
+        Ok(())
+    }
+
+    /// The offset of the first data entry with index `>= index`, if any.
+    fn data_offset_from(&self, index: u64) -> Result<Option<u64>, StorageError> {
+        {
+            let tail = self.tail.lock();
+            if tail.front().is_some_and(|first| first.index <= index) {
+                let at = tail.partition_point(|e| e.index < index);
+                return Ok(tail.get(at).map(|e| e.base_offset));
+            }
+        }
+        // Binary search over offsets; every probe lands on a batch boundary.
+        let log = &self.log;
+        let (mut lo, mut hi) = (log.start_offset(), log.end_offset());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let h = header_at(log, mid).map_err(read_err)?;
+            if h.raft_index < index {
+                lo = h.next_offset();
+            } else {
+                hi = h.base_offset;
+            }
+        }
+        Ok((lo < log.end_offset()).then_some(lo))
+    }
+
+    /// Entries with indexes in `[start, end)`, at most `max_bytes` of data
+    /// entries (but at least one entry).
+    fn entries(&self, start: u64, end: u64, max_bytes: usize) -> Result<Vec<Entry>, StorageError> {
+        let (purged, control): (Option<LogId>, Vec<ControlEntry>) = {
+            let state = self.state.lock();
+            let from = state.purged.map_or(start, |p| start.max(p.index + 1));
+            if from >= end {
+                return Ok(Vec::new());
+            }
+            (
+                state.purged,
+                state.control.range(from..end).map(|(_, c)| c.clone()).collect(),
+            )
+        };
+        let start = purged.map_or(start, |p| start.max(p.index + 1));
+        let mut data = Vec::new();
+        let mut bytes = 0usize;
+        if let Some(mut offset) = self.data_offset_from(start)? {
+            let upper = self.log.end_offset();
+            'read: while offset < upper {
+                let chunk = self
+                    .log
+                    .read(offset, READ_CHUNK_BYTES, upper)
+                    .map_err(read_err)?;
+                if chunk.bytes.is_empty() {
+                    break;
+                }
+                for batch in Batches::new(chunk.bytes) {
+                    let (h, batch) = batch.map_err(read_err)?;
+                    if h.raft_index >= end || (bytes >= max_bytes && !data.is_empty()) {
+                        break 'read;
+                    }
+                    bytes += batch.len();
+                    data.push(Entry {
+                        log_id: log_id(h.raft_term, h.raft_index),
+                        payload: EntryPayload::Normal(Payload(batch)),
+                    });
+                }
+                offset = chunk.next_offset;
+            }
+        }
+        // When the byte limit cut the data short, stop the control entries
+        // there too: the result must stay contiguous.
+        let data_cut = (bytes >= max_bytes).then(|| data.last().map(|e| e.log_id.index)).flatten();
+        let mut out = Vec::with_capacity(data.len() + control.len());
+        let mut control = control.into_iter().peekable();
+        for entry in data {
+            while let Some(c) = control.next_if(|c| c.log_id.index < entry.log_id.index) {
+                out.push(control_entry(c));
+            }
+            out.push(entry);
+        }
+        for c in control {
+            if data_cut.is_some_and(|cut| c.log_id.index > cut) {
+                break;
+            }
+            out.push(control_entry(c));
+        }
+        Ok(out)
+    }
+
+    fn truncate(&self, from: LogId) -> Result<(), StorageError> {
+        {
+            let mut state = self.state.lock();
+            if state.control.range(from.index..).next().is_some() {
+                state.control.split_off(&from.index);
+                let snapshot = state.clone();
+                drop(state);
+                self.state_file.store(&snapshot).map_err(write_err)?;
+            }
+        }
+        if let Some(offset) = self.data_offset_from(from.index)? {
+            truncate_log(&self.log, offset).map_err(write_err)?;
+        }
+        let mut tail = self.tail.lock();
+        while tail.back().is_some_and(|e| e.index >= from.index) {
+            tail.pop_back();
+        }
+        if tail.is_empty() {
+            // Reload the newest surviving entry so the cache stays anchored.
+            if let Some(last) = last_data_entry(&self.log).map_err(read_err)? {
+                tail.push_back(last);
+            }
+        }
+        Ok(())
+    }
+
+    fn purge(&self, upto: LogId) -> Result<(), StorageError> {
+        let snapshot = {
+            let mut state = self.state.lock();
+            if state.purged.is_some_and(|p| p.index >= upto.index) {
+                return Ok(());
+            }
+            state.purged = Some(upto);
+            state.control = state.control.split_off(&(upto.index + 1));
+            state.clone()
+        };
+        self.state_file.store(&snapshot).map_err(write_err)?;
+        // The records stay: retention owns their lifetime. Purged entries are
+        // only hidden from Raft.
+        Ok(())
+    }
+
+    fn log_state(&self) -> Result<LogState<TypeConfig>, StorageError> {
+        let (purged, last_control) = {
+            let state = self.state.lock();
+            (state.purged, state.control.values().next_back().map(|c| c.log_id))
+        };
+        let last_data = match self.tail.lock().back() {
+            Some(e) => Some(*e),
+            None => last_data_entry(&self.log).map_err(read_err)?,
+        }
+        .map(|e| log_id(e.term, e.index));
+        let last = last_control.max(last_data).max(purged);
+        Ok(LogState {
+            last_purged_log_id: purged,
+            last_log_id: last,
+        })
+    }
+}
+
+fn control_entry(c: ControlEntry) -> Entry {
+    Entry {
+        log_id: c.log_id,
+        payload: match c.membership {
+            None => EntryPayload::Blank,
+            Some(m) => EntryPayload::Membership(m),
+        },
+    }
+}
+
+fn bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(&s) => s,
+        Bound::Excluded(&s) => s + 1,
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&e) => e.saturating_add(1),
+        Bound::Excluded(&e) => e,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let (start, end) = bounds(&range);
+        let inner = self.inner.clone();
+        blocking(move || inner.entries(start, end, usize::MAX)).await
+    }
+
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let inner = self.inner.clone();
+        blocking(move || inner.entries(start, end, MAX_REPLICATION_BYTES)).await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let inner = self.inner.clone();
+        blocking(move || inner.log_state()).await
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
+        let inner = self.inner.clone();
+        let vote = *vote;
+        blocking(move || {
+            let snapshot = {
+                let mut state = inner.state.lock();
+                state.vote = Some(vote);
+                state.clone()
+            };
+            inner
+                .state_file
+                .store(&snapshot)
+                .map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Write, e))
+        })
+        .await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
+        Ok(self.inner.state.lock().vote)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let inner = self.inner.clone();
+        let needs_flush = blocking(move || inner.write(entries)).await?;
+        if needs_flush {
+            self.inner
+                .flush
+                .send(callback)
+                .map_err(|_| write_err("the log flusher stopped"))?;
+        } else {
+            callback.log_io_completed(Ok(()));
+        }
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let inner = self.inner.clone();
+        blocking(move || inner.truncate(log_id)).await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let inner = self.inner.clone();
+        blocking(move || inner.purge(log_id)).await
+    }
+}
+
+// TEMPORARY until Log::truncate_from lands.
+fn truncate_log(log: &Log, offset: u64) -> Result<(), String> {
+    let _ = NO_LOG_STATE;
+    Err(format!("truncation to {offset} of {log:?} is not implemented yet"))
+}

@@ -1,0 +1,147 @@
+//! Raft glue (openraft): the segment log as the Raft log, the small state
+//! machines, and the tuning every group shares (DESIGN.md §6,
+//! docs/replication.md).
+//!
+//! Every group — one per partition, plus the metadata group — uses the same
+//! [`TypeConfig`]: a normal entry is one encoded record batch ([`Payload`]),
+//! stored once in the group's segment log with its Raft term and index in the
+//! batch header. Blank and membership entries carry no records; they live in
+//! the group's small state file ([`state_file`]) so that record offsets stay
+//! dense for consumers.
+
+pub mod groups;
+pub mod log_store;
+pub mod network;
+pub mod state_file;
+pub mod state_machine;
+pub mod wire;
+
+use std::fmt;
+use std::io::Cursor;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+pub use log_store::LogStore;
+pub use state_machine::{Machine, StateMachine};
+
+/// A node's id in every group (the `N` of `--node-id N`).
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// The openraft types of every Strata group.
+    pub TypeConfig:
+        D = Payload,
+        R = Applied,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type StorageError = openraft::StorageError<NodeId>;
+pub type Membership = openraft::Membership<NodeId, openraft::BasicNode>;
+
+/// A normal entry's payload: one encoded record batch, exactly as it is
+/// stored. Serialized as raw bytes (never as a list of numbers).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Payload(pub Bytes);
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Payload({} bytes)", self.0.len())
+    }
+}
+
+impl fmt::Display for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+impl Serialize for Payload {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Payload {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Payload;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<Payload, E> {
+                Ok(Payload(Bytes::copy_from_slice(v)))
+            }
+            fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Payload, E> {
+                Ok(Payload(Bytes::from(v)))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Payload, A::Error> {
+                let mut out = Vec::new();
+                while let Some(b) = seq.next_element::<u8>()? {
+                    out.push(b);
+                }
+                Ok(Payload(Bytes::from(out)))
+            }
+        }
+        d.deserialize_bytes(Visit)
+    }
+}
+
+/// What applying an entry answered: where its records landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Applied {
+    /// Offset of the batch's first record (for a metadata command: its index).
+    pub base_offset: u64,
+    /// The batch repeated one the state machine had already applied (a retry
+    /// that slipped past the leader's check); no new offsets were assigned to
+    /// it by the state machine, though its bytes are in the log.
+    pub duplicate: bool,
+}
+
+/// Raft timing shared by every group. Elections are a few hundred
+/// milliseconds: fast failover on a LAN without electing on a GC-free hiccup.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
+pub const ELECTION_TIMEOUT_MIN: Duration = Duration::from_millis(500);
+pub const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(1000);
+/// Entries per AppendEntries request; bytes are bounded separately by
+/// [`log_store::MAX_REPLICATION_BYTES`].
+pub const MAX_PAYLOAD_ENTRIES: u64 = 256;
+/// Build a snapshot of the (small) state machine every this many entries, so
+/// a restart re-applies at most this many entries' headers.
+pub const SNAPSHOT_EVERY_ENTRIES: u64 = 1024;
+
+/// The openraft config every group runs with.
+pub fn config(cluster_name: &str) -> openraft::Config {
+    openraft::Config {
+        cluster_name: cluster_name.to_string(),
+        heartbeat_interval: HEARTBEAT_INTERVAL.as_millis() as u64,
+        election_timeout_min: ELECTION_TIMEOUT_MIN.as_millis() as u64,
+        election_timeout_max: ELECTION_TIMEOUT_MAX.as_millis() as u64,
+        max_payload_entries: MAX_PAYLOAD_ENTRIES,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY_ENTRIES),
+        // Never purge: the log is the data. A follower far behind catches up
+        // from segments through AppendEntries, not from a snapshot that would
+        // carry none of the records; retention alone removes old segments.
+        max_in_snapshot_log_to_keep: u64::MAX,
+        ..Default::default()
+    }
+}
+
+/// Maps any displayable error into openraft's storage error for `subject`.
+pub(crate) fn io_error(
+    subject: openraft::ErrorSubject<NodeId>,
+    verb: openraft::ErrorVerb,
+    e: impl fmt::Display,
+) -> StorageError {
+    let io = std::io::Error::other(e.to_string());
+    openraft::StorageIOError::new(subject, verb, openraft::AnyError::new(&io)).into()
+}

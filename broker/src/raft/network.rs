@@ -1,0 +1,198 @@
+//! openraft's network on the peer port: one lazily connected HTTP/2 channel
+//! per peer address, shared by every group (requests are multiplexed and keyed
+//! by group id), so a thousand partitions do not mean a thousand connections.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{AnyError, BasicNode};
+use parking_lot::Mutex;
+use serde::de::DeserializeOwned;
+use strata_proto::limits::{HTTP2_CONNECTION_WINDOW_BYTES, HTTP2_STREAM_WINDOW_BYTES};
+use strata_proto::v1::peer_client::PeerClient;
+use strata_proto::v1::{RaftAppendRequest, RaftReply, RaftRequest};
+use tonic::transport::{Channel, Endpoint};
+
+use super::{NodeId, TypeConfig, wire};
+
+/// How long connecting to a peer may take before the attempt counts as
+/// unreachable (openraft then backs off).
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Largest peer message: a full AppendEntries of maximum batches.
+pub const MAX_PEER_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Channels to peers by address, shared by all groups of a node.
+#[derive(Clone, Default)]
+pub struct Peers {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Peers {
+    fn client(&self, addr: &str) -> Result<PeerClient<Channel>, String> {
+        let channel = {
+            let mut channels = self.channels.lock();
+            match channels.get(addr) {
+                Some(c) => c.clone(),
+                None => {
+                    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+                        .map_err(|e| format!("peer address {addr}: {e}"))?
+                        .connect_timeout(CONNECT_TIMEOUT)
+                        .tcp_nodelay(true)
+                        .initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)
+                        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES)
+                        .http2_keep_alive_interval(Duration::from_secs(5))
+                        .keep_alive_timeout(Duration::from_secs(5));
+                    let channel = endpoint.connect_lazy();
+                    channels.insert(addr.to_string(), channel.clone());
+                    channel
+                }
+            }
+        };
+        Ok(PeerClient::new(channel)
+            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES))
+    }
+
+    /// The network of one group.
+    pub fn group(&self, group: &str) -> GroupNetwork {
+        GroupNetwork {
+            peers: self.clone(),
+            group: group.to_string(),
+        }
+    }
+}
+
+/// Creates connections to the members of one group.
+#[derive(Clone)]
+pub struct GroupNetwork {
+    peers: Peers,
+    group: String,
+}
+
+impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
+        PeerConnection {
+            peers: self.peers.clone(),
+            group: self.group.clone(),
+            target,
+            addr: node.addr.clone(),
+        }
+    }
+}
+
+/// One group's link to one member.
+pub struct PeerConnection {
+    peers: Peers,
+    group: String,
+    target: NodeId,
+    addr: String,
+}
+
+type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, E>>;
+
+impl PeerConnection {
+    fn client<E: std::error::Error>(&self) -> RpcResult<PeerClient<Channel>, E> {
+        self.peers
+            .client(&self.addr)
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))
+    }
+
+    /// Turns a transport failure into the error openraft acts on: refused or
+    /// unreachable peers back off; anything else retries.
+    fn transport<E: std::error::Error>(status: tonic::Status) -> RPCError<NodeId, BasicNode, E> {
+        let io = std::io::Error::other(status.to_string());
+        match status.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+                RPCError::Unreachable(Unreachable::new(&io))
+            }
+            _ => RPCError::Network(NetworkError::new(&io)),
+        }
+    }
+
+    fn reply<T: DeserializeOwned, E: std::error::Error + DeserializeOwned>(
+        &self,
+        reply: RaftReply,
+    ) -> RpcResult<T, RaftError<NodeId, E>> {
+        let result: Result<T, RaftError<NodeId, E>> = serde_json::from_slice(&reply.json)
+            .map_err(|e| RPCError::Network(NetworkError::new(&AnyError::error(e))))?;
+        result.map_err(|e| {
+            RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                BasicNode::new(&self.addr),
+                e,
+            ))
+        })
+    }
+}
+
+fn with_timeout<T>(mut request: tonic::Request<T>, option: &RPCOption) -> tonic::Request<T> {
+    request.set_timeout(option.hard_ttl());
+    request
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
+        let (header_json, entries) = wire::encode_append(rpc);
+        let request = RaftAppendRequest {
+            group: self.group.clone(),
+            header_json: header_json.into(),
+            entries,
+        };
+        let reply = self
+            .client()?
+            .raft_append(with_timeout(tonic::Request::new(request), &option))
+            .await
+            .map_err(Self::transport)?;
+        self.reply(reply.into_inner())
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
+        let request = RaftRequest {
+            group: self.group.clone(),
+            json: serde_json::to_vec(&rpc).expect("a snapshot request serializes").into(),
+        };
+        let reply = self
+            .client()?
+            .raft_snapshot(with_timeout(tonic::Request::new(request), &option))
+            .await
+            .map_err(Self::transport)?;
+        self.reply(reply.into_inner())
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>, RaftError<NodeId>> {
+        let request = RaftRequest {
+            group: self.group.clone(),
+            json: serde_json::to_vec(&rpc).expect("a vote serializes").into(),
+        };
+        let reply = self
+            .client()?
+            .raft_vote(with_timeout(tonic::Request::new(request), &option))
+            .await
+            .map_err(Self::transport)?;
+        self.reply(reply.into_inner())
+    }
+}

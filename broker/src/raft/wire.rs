@@ -1,0 +1,89 @@
+//! How Raft RPCs travel on the peer port. AppendEntries carries record batches
+//! as the bytes they are stored as (no JSON of a megabyte of records); the
+//! small envelope and every other RPC are openraft's own types as JSON.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use openraft::raft::AppendEntriesRequest;
+use openraft::{CommittedLeaderId, EntryPayload, LogId, Vote};
+use serde::{Deserialize, Serialize};
+use strata_proto::batch::BatchHeader;
+
+use super::{Entry, NodeId, Payload, TypeConfig};
+
+const DATA_ENTRY: u8 = 0;
+const JSON_ENTRY: u8 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    vote: Vote<NodeId>,
+    prev_log_id: Option<LogId<NodeId>>,
+    leader_commit: Option<LogId<NodeId>>,
+}
+
+/// Splits an AppendEntries request into its JSON envelope and entries.
+pub fn encode_append(req: AppendEntriesRequest<TypeConfig>) -> (Vec<u8>, Vec<Bytes>) {
+    let envelope = Envelope {
+        vote: req.vote,
+        prev_log_id: req.prev_log_id,
+        leader_commit: req.leader_commit,
+    };
+    let header = serde_json::to_vec(&envelope).expect("the envelope serializes");
+    let entries = req.entries.into_iter().map(encode_entry).collect();
+    (header, entries)
+}
+
+fn encode_entry(entry: Entry) -> Bytes {
+    match entry.payload {
+        EntryPayload::Normal(Payload(batch)) => {
+            let mut out = BytesMut::with_capacity(1 + batch.len());
+            out.put_u8(DATA_ENTRY);
+            out.extend_from_slice(&batch);
+            out.freeze()
+        }
+        payload => {
+            let entry = Entry {
+                log_id: entry.log_id,
+                payload,
+            };
+            let mut out = vec![JSON_ENTRY];
+            serde_json::to_writer(&mut out, &entry).expect("a control entry serializes");
+            Bytes::from(out)
+        }
+    }
+}
+
+/// Rebuilds an AppendEntries request; a malformed one is a readable error.
+pub fn decode_append(
+    header: &[u8],
+    entries: Vec<Bytes>,
+) -> Result<AppendEntriesRequest<TypeConfig>, String> {
+    let envelope: Envelope =
+        serde_json::from_slice(header).map_err(|e| format!("append envelope: {e}"))?;
+    let entries = entries
+        .into_iter()
+        .map(decode_entry)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(AppendEntriesRequest {
+        vote: envelope.vote,
+        prev_log_id: envelope.prev_log_id,
+        leader_commit: envelope.leader_commit,
+        entries,
+    })
+}
+
+fn decode_entry(bytes: Bytes) -> Result<Entry, String> {
+    match bytes.first() {
+        Some(&DATA_ENTRY) => {
+            let batch = bytes.slice(1..);
+            let h = BatchHeader::parse(&batch).map_err(|e| format!("data entry: {e}"))?;
+            Ok(Entry {
+                log_id: LogId::new(CommittedLeaderId::new(h.raft_term, 0), h.raft_index),
+                payload: EntryPayload::Normal(Payload(batch)),
+            })
+        }
+        Some(&JSON_ENTRY) => {
+            serde_json::from_slice(&bytes[1..]).map_err(|e| format!("control entry: {e}"))
+        }
+        _ => Err("empty or unknown entry kind".into()),
+    }
+}
