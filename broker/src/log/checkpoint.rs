@@ -138,6 +138,14 @@ impl Checkpoint {
 
     /// Atomically replaces the checkpoint in `dir`.
     pub fn write(&self, storage: &dyn Storage, dir: &Path) -> Result<()> {
+        self.check_writable(dir)?;
+        replace_file(storage, dir, CHECKPOINT_FILE, &self.encode())
+            .map_err(LogError::io("write checkpoint", dir.join(CHECKPOINT_FILE)))
+    }
+
+    /// Fails if `write` would refuse this checkpoint; lets a caller check
+    /// before it does anything it cannot undo.
+    pub fn check_writable(&self, dir: &Path) -> Result<()> {
         // Never write a checkpoint `read` would refuse: that would look like
         // success and cost a full rescan at the next start.
         if self.state.len() > MAX_STATE_BYTES {
@@ -153,8 +161,7 @@ impl Checkpoint {
                 ),
             });
         }
-        replace_file(storage, dir, CHECKPOINT_FILE, &self.encode())
-            .map_err(LogError::io("write checkpoint", dir.join(CHECKPOINT_FILE)))
+        Ok(())
     }
 }
 

@@ -38,6 +38,16 @@ pub enum LogError {
     #[error("log is read-only after a failed fsync ({cause}); reopen it to recover")]
     Poisoned { cause: String },
 
+    /// A cut was asked for inside a batch: the log only removes whole batches.
+    #[error(
+        "offset {offset} is not a batch boundary: it lies inside the batch of offsets {batch_base}..{batch_next}"
+    )]
+    NotBatchBoundary {
+        offset: u64,
+        batch_base: u64,
+        batch_next: u64,
+    },
+
     /// A batch handed to the log is not well-formed.
     #[error("invalid batch: {0}")]
     InvalidBatch(#[from] BatchError),

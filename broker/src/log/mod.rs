@@ -11,7 +11,9 @@
 //! - readers see only whole batches (the active size is published after writes);
 //! - after a failed fsync the log accepts no writes until reopened: what the
 //!   disk holds is then unknown, and recovery must look again;
-//! - opening never reads record data before the recovery checkpoint.
+//! - opening never reads record data before the recovery checkpoint;
+//! - no read spans a cut (`truncate_from`, `reset_to`): reads hold `cut_lock`
+//!   shared, a cut holds it exclusively while it changes files.
 //!
 //! The API is blocking; async callers run it on blocking threads (see
 //! `partition::group_commit`).
@@ -27,6 +29,7 @@ mod retention;
 mod segment;
 pub mod storage;
 mod time_index;
+mod truncate;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -130,6 +133,12 @@ pub struct Log {
     open_sealed: Mutex<std::collections::VecDeque<u64>>,
     /// Base offset of the active segment (never closed by `using`).
     active_base: AtomicU64,
+    /// Reads hold it shared for their whole duration, so none ever sees bytes
+    /// a cut removes or rewrites. Retention and cuts hold it upgradable (one
+    /// at a time: retention decides from the checkpoint's segment, which a
+    /// cut moves back); a cut upgrades it while it changes files. Taken
+    /// before `writer`, never after.
+    cut_lock: RwLock<()>,
     poisoned: OnceLock<String>,
 }
 
@@ -327,6 +336,7 @@ impl Log {
             checkpoint_segment: AtomicU64::new(checkpoint_segment),
             open_sealed: Mutex::new(std::collections::VecDeque::new()),
             active_base: AtomicU64::new(active_base),
+            cut_lock: RwLock::new(()),
             poisoned: OnceLock::new(),
             config,
         };
@@ -593,6 +603,12 @@ impl Log {
     pub fn checkpoint(&self, state: &[u8]) -> Result<()> {
         let mut w = self.writer.lock();
         self.check_writable(&w)?;
+        self.checkpoint_locked(&mut w, state)
+    }
+
+    /// Makes the active segment durable, record data and index entries alike;
+    /// a failed fsync poisons the log.
+    fn sync_active(&self, w: &Writer) -> Result<()> {
         if let Err(e) = w.parts.log.sync() {
             let path = w.segment.log_path().clone();
             self.poison(format!("fsync of {} failed: {e}", path.display()));
@@ -605,7 +621,12 @@ impl Log {
         self.flushed_offset
             .fetch_max(w.next_offset, Ordering::AcqRel);
         w.parts.index.flush()?;
-        w.parts.time_index.flush()?;
+        w.parts.time_index.flush()
+    }
+
+    /// [`Log::checkpoint`] with the writer already held.
+    fn checkpoint_locked(&self, w: &mut Writer, state: &[u8]) -> Result<()> {
+        self.sync_active(w)?;
         let ckpt = Checkpoint {
             segment_base: w.segment.base_offset,
             position: w.size,
@@ -639,6 +660,7 @@ impl Log {
     /// `max_bytes` (but at least one whole batch), all ending at or below
     /// `upper` (the high watermark). Empty when `offset == upper`.
     pub fn read(&self, offset: u64, max_bytes: usize, upper: u64) -> Result<ReadChunk> {
+        let _no_cut = self.cut_lock.read();
         let upper = upper.min(self.end_offset());
         loop {
             let (segment, next) = {
@@ -700,6 +722,7 @@ impl Log {
     /// The offset of the first record with a timestamp at or after `timestamp`
     /// below `upper`; `None` if every record is older.
     pub fn offset_for_timestamp(&self, timestamp: i64, upper: u64) -> Result<Option<u64>> {
+        let _no_cut = self.cut_lock.read();
         let segments: Vec<_> = self.segments.read().values().cloned().collect();
         for segment in segments {
             if segment.base_offset >= upper {
@@ -718,6 +741,7 @@ impl Log {
     /// the active segment first if all of it has expired by age. Segments from
     /// the latest checkpoint's on are kept until a newer checkpoint covers them.
     pub fn enforce_retention(&self, now: i64) -> Result<RetentionReport> {
+        let _no_cut = self.cut_lock.upgradable_read();
         if self.config.retention_bytes.is_none() && self.config.retention_ms.is_none() {
             self.size_cache.store(self.size_bytes()?, Ordering::Relaxed);
             return Ok(RetentionReport::default());

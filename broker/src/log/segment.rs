@@ -106,6 +106,20 @@ pub struct ReadChunk {
     pub next_offset: u64,
 }
 
+/// Where a cut before the batch at some offset falls in a segment, and what of
+/// the segment stays valid in front of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Cut {
+    /// Bytes kept: the position of the first batch at or after the offset.
+    pub position: u64,
+    /// Largest timestamp of the kept batches; `i64::MIN` if none.
+    pub max_timestamp: i64,
+    /// Offset-index entries that point into the kept bytes.
+    pub index_entries: usize,
+    /// Time-index entries that describe only kept batches.
+    pub time_index_entries: usize,
+}
+
 #[derive(Debug)]
 pub(crate) struct Segment {
     pub base_offset: u64,
@@ -448,6 +462,77 @@ impl Segment {
             cursor.advance(&h);
         }
         Ok(None)
+    }
+
+    /// Where a cut that removes every batch with a base offset at or after
+    /// `offset` falls in this segment. `offset` must be the base offset of one
+    /// of its batches (or the end of its data), else `NotBatchBoundary`.
+    ///
+    /// Reads every header in front of the cut (at most one segment of data):
+    /// the kept batches' largest timestamp must be exact, and the sparse time
+    /// index only bounds it.
+    pub fn find_cut(&self, offset: u64) -> Result<Cut> {
+        debug_assert!(offset >= self.base_offset);
+        let parts = self.parts()?;
+        let end = parts.size.load(Ordering::Acquire);
+        let mut cursor = BatchCursor::new(parts.log.as_ref(), 0, end);
+        let mut max_timestamp = i64::MIN;
+        let mut expected = self.base_offset;
+        // The first batch whose base is `offset` (empty control batches may
+        // share their base with the batch after them: the cut goes before both).
+        let position = loop {
+            if expected == offset {
+                break cursor.position();
+            }
+            let Some(h) = cursor.header().map_err(|s| self.corrupt(s))? else {
+                return Err(self.corrupt(Stop::Invalid {
+                    position: cursor.position(),
+                    reason: format!("offsets {expected}..{offset} are missing"),
+                }));
+            };
+            if h.base_offset != expected {
+                return Err(self.corrupt(Stop::Invalid {
+                    position: cursor.position(),
+                    reason: format!(
+                        "batch has base offset {}, expected {expected}",
+                        h.base_offset
+                    ),
+                }));
+            }
+            if h.next_offset() > offset {
+                return Err(LogError::NotBatchBoundary {
+                    offset,
+                    batch_base: h.base_offset,
+                    batch_next: h.next_offset(),
+                });
+            }
+            max_timestamp = max_timestamp.max(h.max_timestamp);
+            expected = h.next_offset();
+            cursor.advance(&h);
+        };
+        let relative_cut = offset - self.base_offset;
+        let index_entries = parts
+            .index
+            .entries()
+            .iter()
+            .take_while(|e| u64::from(e.position) < position)
+            .count();
+        // An entry (T, o) speaks for the batches up to the one at `o`: it stays
+        // if that batch does, and if T is not a removed batch's timestamp.
+        let time_index_entries = parts
+            .time_index
+            .entries()
+            .iter()
+            .take_while(|e| {
+                u64::from(e.relative_offset) < relative_cut && e.timestamp <= max_timestamp
+            })
+            .count();
+        Ok(Cut {
+            position,
+            max_timestamp,
+            index_entries,
+            time_index_entries,
+        })
     }
 
     /// Deletes the segment's files. Open handles keep working until dropped.

@@ -141,7 +141,8 @@ impl StorageFile for LocalFile {
         let mut buf: Vec<u8> = Vec::with_capacity(len);
         let mut done = 0;
         while done < len {
-            let spare = &mut buf.spare_capacity_mut()[done..];
+            // The spare capacity starts at `buf.len()`, which is `done`.
+            let spare = buf.spare_capacity_mut();
             // SAFETY: pread writes at most `spare.len()` bytes into the spare
             // capacity; only the bytes it reports written become part of the
             // vector (`set_len` below), so nothing uninitialised is ever read.
@@ -463,5 +464,22 @@ impl Storage for FaultyStorage {
 
     fn file_len(&self, path: &Path) -> io::Result<u64> {
         FileStorage.file_len(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_read_is_an_eof_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("short");
+        std::fs::write(&path, [7u8; 100]).unwrap();
+        let file = FileStorage.open(&path, OpenMode::ReadOnly).unwrap();
+        assert_eq!(file.read_exact_vec(100, 0).unwrap(), vec![7u8; 100]);
+        // The first pread returns 100 of 150 bytes, the second none.
+        let err = file.read_exact_vec(150, 0).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
 }

@@ -33,6 +33,7 @@ pub fn classify(error: &Error) -> (Code, &'static str) {
             LogError::Corrupt { .. } => (Code::DataLoss, "corrupt"),
             LogError::Poisoned { .. } => (Code::Unavailable, "storage-failed"),
             LogError::InvalidBatch(_) => (Code::InvalidArgument, "invalid-batch"),
+            LogError::NotBatchBoundary { .. } => (Code::InvalidArgument, "not-batch-boundary"),
             LogError::Closed => (Code::Unavailable, "shutting-down"),
             e if e.is_disk_full() => (Code::ResourceExhausted, "disk-full"),
             _ => (Code::Internal, "storage-error"),
