@@ -75,7 +75,8 @@ fn codec(c: &mut Criterion) {
             b.iter(|| {
                 // A new term every time, so the CRC is always resealed.
                 term += 1;
-                verify_and_stamp(black_box(&mut stamped), term, term, term).expect("a well-formed batch")
+                verify_and_stamp(black_box(&mut stamped), term, term, term)
+                    .expect("a well-formed batch")
             })
         });
     }

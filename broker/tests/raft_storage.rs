@@ -122,8 +122,14 @@ async fn data_entries_are_the_segment_log() {
     for e in &got {
         if let EntryPayload::Normal(Payload(b)) = &e.payload {
             let h = BatchHeader::parse(b).unwrap();
-            assert_eq!((h.raft_term, h.raft_index), (e.log_id.leader_id.term, e.log_id.index));
-            assert_eq!(h.base_offset, next_offset, "offsets are dense across blank entries");
+            assert_eq!(
+                (h.raft_term, h.raft_index),
+                (e.log_id.leader_id.term, e.log_id.index)
+            );
+            assert_eq!(
+                h.base_offset, next_offset,
+                "offsets are dense across blank entries"
+            );
             next_offset = h.next_offset();
         }
     }
@@ -148,7 +154,7 @@ async fn data_entries_are_the_segment_log() {
     let state = store.get_log_state().await.unwrap();
     assert_eq!(state.last_log_id.unwrap().index, 59);
     let end_after_truncate = store.log().end_offset();
-    assert_eq!(end_after_truncate, 39 * 3 + 17 * 2);
+    assert_eq!(end_after_truncate, 39 * 3 + 18 * 2, "entries 42..=59 kept");
     append(&mut store, vec![data(3, 60, 5)]).await;
     drop(store);
     drop(sm);
@@ -156,7 +162,10 @@ async fn data_entries_are_the_segment_log() {
     // Reopen: nothing scanned, everything found by index.
     let (mut store, sm) = open(dir.path());
     let state = store.get_log_state().await.unwrap();
-    assert_eq!(state.last_log_id.unwrap(), LogId::new(CommittedLeaderId::new(3, 0), 60));
+    assert_eq!(
+        state.last_log_id.unwrap(),
+        LogId::new(CommittedLeaderId::new(3, 0), 60)
+    );
     let all = store.try_get_log_entries(0..).await.unwrap();
     assert_eq!(indexes(&all), (1..=60).collect::<Vec<_>>());
     let mid = store.try_get_log_entries(17..23).await.unwrap();
@@ -165,7 +174,10 @@ async fn data_entries_are_the_segment_log() {
     let EntryPayload::Normal(Payload(b)) = &last.payload else {
         panic!("entry 60 is data")
     };
-    assert_eq!(BatchHeader::parse(b).unwrap().base_offset, end_after_truncate);
+    assert_eq!(
+        BatchHeader::parse(b).unwrap().base_offset,
+        end_after_truncate
+    );
     // No snapshot was built, so the machine starts empty and Raft re-applies.
     assert_eq!(sm.with(|m| m.records), 0);
 
@@ -184,7 +196,12 @@ async fn snapshot_survives_reopen() {
     append(&mut store, vec![blank(1, 1), data(1, 2, 7), data(1, 3, 4)]).await;
     let entries = store.try_get_log_entries(1..4).await.unwrap();
     sm.apply(entries).await.unwrap();
-    let snap = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let snap = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
     assert_eq!(snap.meta.last_log_id.unwrap().index, 3);
     drop((store, sm));
     let (_store, mut sm) = open(dir.path());

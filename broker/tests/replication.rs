@@ -154,7 +154,10 @@ async fn acknowledged_batches_survive_leader_loss_exactly_once() {
     n1.replica.raft().initialize(members).await.unwrap();
     let all = [&n1, &n2, &n3];
     let first = wait_for_leader(&all).await;
-    assert_eq!(first, 1, "only the initialized node can win the first election");
+    assert_eq!(
+        first, 1,
+        "only the initialized node can win the first election"
+    );
 
     // 40 batches of 5 records from producer 7, acknowledged by a quorum.
     let mut acked = Vec::new();
@@ -202,7 +205,10 @@ async fn acknowledged_batches_survive_leader_loss_exactly_once() {
         assert_eq!(*value, format!("p7-s{i}"), "in order, none twice");
     }
     assert_eq!(records2, records3);
-    assert_eq!(raw2, raw3, "replicas are byte-identical up to the high watermark");
+    assert_eq!(
+        raw2, raw3,
+        "replicas are byte-identical up to the high watermark"
+    );
     n2.replica.shutdown().await;
     n3.replica.shutdown().await;
 }

@@ -10,8 +10,8 @@
 
 mod group_commit;
 pub mod machine;
-pub mod replica;
 pub mod producer_state;
+pub mod replica;
 
 use std::path::Path;
 use std::sync::Arc;

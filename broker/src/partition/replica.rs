@@ -105,7 +105,11 @@ impl Replica {
             })
             .await
             .map_err(|e| Error::Internal(format!("opening the Raft group failed: {e}")))?
-            .map_err(|e| Error::Internal(format!("opening the Raft group of {topic}/{partition}: {e}")))?
+            .map_err(|e| {
+                Error::Internal(format!(
+                    "opening the Raft group of {topic}/{partition}: {e}"
+                ))
+            })?
         };
         let config = Arc::new(
             crate::raft::config(&format!("{topic}/{partition}"))

@@ -25,7 +25,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
     CommittedLeaderId, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, Vote,
 };
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use strata_proto::batch::{BatchHeader, Batches, verify_and_stamp};
 use tokio::sync::mpsc;
 
@@ -64,6 +64,9 @@ struct Inner {
     /// `TAIL_CACHE_ENTRIES`.
     tail: Mutex<VecDeque<DataEntry>>,
     flush: mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
+    /// Held shared by a flush and exclusively by a truncation: a flush that
+    /// read the log end before a cut must not report it durable after.
+    cut: Arc<RwLock<()>>,
 }
 
 /// One group's Raft log. Cheap to clone (the clone is also its log reader).
@@ -111,7 +114,8 @@ impl LogStore {
             state_file.store(&state)?;
         }
         let (flush, rx) = mpsc::unbounded_channel();
-        tokio::spawn(flusher(log.clone(), rx));
+        let cut = Arc::new(RwLock::new(()));
+        tokio::spawn(flusher(log.clone(), cut.clone(), rx));
         let tail = last_data.into_iter().collect();
         Ok(LogStore {
             inner: Arc::new(Inner {
@@ -120,6 +124,7 @@ impl LogStore {
                 state: Mutex::new(state),
                 tail: Mutex::new(tail),
                 flush,
+                cut,
             }),
         })
     }
@@ -201,14 +206,29 @@ fn drop_control_after_hole(state: &mut RaftState, last_data: Option<u64>) -> boo
     }
 }
 
-async fn flusher(log: Arc<Log>, mut rx: mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>) {
+async fn flusher(
+    log: Arc<Log>,
+    cut: Arc<RwLock<()>>,
+    mut rx: mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>,
+) {
     while let Some(first) = rx.recv().await {
         let mut waiting = vec![first];
         while let Ok(more) = rx.try_recv() {
             waiting.push(more);
         }
-        let log = log.clone();
-        let result = match tokio::task::spawn_blocking(move || log.flush()).await {
+        let (log, cut) = (log.clone(), cut.clone());
+        let flushed = move || {
+            let _no_cut = cut.read();
+            let end = log.flush()?;
+            // Keep restarts cheap: recovery scans only what the latest
+            // checkpoint does not cover. The Raft state lives elsewhere, so
+            // the checkpoint carries none.
+            if log.checkpoint_due() {
+                log.checkpoint(NO_LOG_STATE)?;
+            }
+            Ok::<_, crate::log::LogError>(end)
+        };
+        let result = match tokio::task::spawn_blocking(flushed).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
             Err(e) => Err(e.to_string()),
@@ -264,7 +284,8 @@ impl Inner {
 
     fn write_batch(&self, id: LogId, batch: &Bytes) -> Result<(), StorageError> {
         let end = self.log.end_offset();
-        let header = BatchHeader::parse(batch).map_err(|e| write_err(format!("entry {id}: {e}")))?;
+        let header =
+            BatchHeader::parse(batch).map_err(|e| write_err(format!("entry {id}: {e}")))?;
         // A replicated batch arrives stamped by the leader: it must land at the
         // same offset here, or replicas would disagree about offsets.
         let stamped = header.raft_index == id.index && header.raft_index != 0;
@@ -325,7 +346,11 @@ impl Inner {
             }
             (
                 state.purged,
-                state.control.range(from..end).map(|(_, c)| c.clone()).collect(),
+                state
+                    .control
+                    .range(from..end)
+                    .map(|(_, c)| c.clone())
+                    .collect(),
             )
         };
         let start = purged.map_or(start, |p| start.max(p.index + 1));
@@ -357,7 +382,9 @@ impl Inner {
         }
         // When the byte limit cut the data short, stop the control entries
         // there too: the result must stay contiguous.
-        let data_cut = (bytes >= max_bytes).then(|| data.last().map(|e| e.log_id.index)).flatten();
+        let data_cut = (bytes >= max_bytes)
+            .then(|| data.last().map(|e| e.log_id.index))
+            .flatten();
         let mut out = Vec::with_capacity(data.len() + control.len());
         let mut control = control.into_iter().peekable();
         for entry in data {
@@ -376,6 +403,8 @@ impl Inner {
     }
 
     fn truncate(&self, from: LogId) -> Result<(), StorageError> {
+        let cut = self.cut.clone();
+        let _no_flush = cut.write();
         {
             let mut state = self.state.lock();
             if state.control.range(from.index..).next().is_some() {
@@ -386,7 +415,9 @@ impl Inner {
             }
         }
         if let Some(offset) = self.data_offset_from(from.index)? {
-            truncate_log(&self.log, offset).map_err(write_err)?;
+            self.log
+                .truncate_from(offset, NO_LOG_STATE)
+                .map_err(write_err)?;
         }
         let mut tail = self.tail.lock();
         while tail.back().is_some_and(|e| e.index >= from.index) {
@@ -420,7 +451,10 @@ impl Inner {
     fn log_state(&self) -> Result<LogState<TypeConfig>, StorageError> {
         let (purged, last_control) = {
             let state = self.state.lock();
-            (state.purged, state.control.values().next_back().map(|c| c.log_id))
+            (
+                state.purged,
+                state.control.values().next_back().map(|c| c.log_id),
+            )
         };
         let last_data = match self.tail.lock().back() {
             Some(e) => Some(*e),
@@ -512,7 +546,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.inner.state.lock().vote)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -540,10 +578,4 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let inner = self.inner.clone();
         blocking(move || inner.purge(log_id)).await
     }
-}
-
-// TEMPORARY until Log::truncate_from lands.
-fn truncate_log(log: &Log, offset: u64) -> Result<(), String> {
-    let _ = NO_LOG_STATE;
-    Err(format!("truncation to {offset} of {log:?} is not implemented yet"))
 }

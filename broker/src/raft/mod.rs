@@ -84,7 +84,10 @@ impl<'de> Deserialize<'de> for Payload {
             fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Payload, E> {
                 Ok(Payload(Bytes::from(v)))
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Payload, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Payload, A::Error> {
                 let mut out = Vec::new();
                 while let Some(b) = seq.next_element::<u8>()? {
                     out.push(b);

@@ -169,7 +169,9 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
         let request = RaftRequest {
             group: self.group.clone(),
-            json: serde_json::to_vec(&rpc).expect("a snapshot request serializes").into(),
+            json: serde_json::to_vec(&rpc)
+                .expect("a snapshot request serializes")
+                .into(),
         };
         let reply = self
             .client()?

@@ -270,7 +270,8 @@ impl<M: Machine> RaftStateMachine<TypeConfig> for StateMachine<M> {
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         let inner = self.inner.clone();
         let file = blocking(move || {
-            read_snapshot(inner.storage.as_ref(), &inner.dir).map_err(|e| sm_err(ErrorVerb::Read, e))
+            read_snapshot(inner.storage.as_ref(), &inner.dir)
+                .map_err(|e| sm_err(ErrorVerb::Read, e))
         })
         .await?;
         Ok(file.map(|(meta, data)| Snapshot {

@@ -152,12 +152,14 @@ pub fn serve(broker: &Broker, addrs: &ListenAddrs) -> Result<ServerHandle> {
     let control_routes = control_routes(broker, node, |routes| {
         routes.add_service(health_service);
     });
-    let peer_routes = Routes::new(PeerServer::new(PeerService::new(
-        broker.node_id(),
-        broker.raft_groups().clone(),
-    ))
-    .max_decoding_message_size(crate::raft::network::MAX_PEER_MESSAGE_BYTES)
-    .max_encoding_message_size(crate::raft::network::MAX_PEER_MESSAGE_BYTES));
+    let peer_routes = Routes::new(
+        PeerServer::new(PeerService::new(
+            broker.node_id(),
+            broker.raft_groups().clone(),
+        ))
+        .max_decoding_message_size(crate::raft::network::MAX_PEER_MESSAGE_BYTES)
+        .max_encoding_message_size(crate::raft::network::MAX_PEER_MESSAGE_BYTES),
+    );
 
     let threads = vec![
         spawn_listener(

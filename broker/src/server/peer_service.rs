@@ -3,9 +3,7 @@
 
 use serde::Serialize;
 use strata_proto::v1::peer_server::Peer;
-use strata_proto::v1::{
-    HelloRequest, HelloResponse, RaftAppendRequest, RaftReply, RaftRequest,
-};
+use strata_proto::v1::{HelloRequest, HelloResponse, RaftAppendRequest, RaftReply, RaftRequest};
 use tonic::{Request, Response, Status};
 
 use crate::raft::groups::Groups;
@@ -60,7 +58,10 @@ impl Peer for PeerService {
         reply(raft.append_entries(rpc).await)
     }
 
-    async fn raft_vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+    async fn raft_vote(
+        &self,
+        request: Request<RaftRequest>,
+    ) -> Result<Response<RaftReply>, Status> {
         let request = request.into_inner();
         let raft = self.group(&request.group)?;
         reply(raft.vote(parse(&request.json, "vote")?).await)
@@ -72,6 +73,9 @@ impl Peer for PeerService {
     ) -> Result<Response<RaftReply>, Status> {
         let request = request.into_inner();
         let raft = self.group(&request.group)?;
-        reply(raft.install_snapshot(parse(&request.json, "snapshot")?).await)
+        reply(
+            raft.install_snapshot(parse(&request.json, "snapshot")?)
+                .await,
+        )
     }
 }
