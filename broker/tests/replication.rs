@@ -32,11 +32,15 @@ struct Node {
     replica: Arc<Replica>,
     server: tokio::task::JoinHandle<()>,
     hw: Arc<watch::Sender<u64>>,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 async fn start_node(id: u64) -> Node {
-    let dir = tempfile::tempdir().unwrap();
+    start_node_in(id, tempfile::tempdir().unwrap(), "127.0.0.1:0").await
+}
+
+/// Starts node `id` on the data in `dir`, listening on `addr`.
+async fn start_node_in(id: u64, dir: TempDir, addr: &str) -> Node {
     let storage: Arc<dyn Storage> = Arc::new(FileStorage);
     let config = LogConfig {
         segment_bytes: 256 * 1024,
@@ -45,7 +49,7 @@ async fn start_node(id: u64) -> Node {
     let (log, _) = Log::open(&dir.path().join("log"), config, storage.clone(), &mut ()).unwrap();
     let hw = Arc::new(watch::Sender::new(0));
     let groups = Groups::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let replica = Replica::start(
         "orders",
@@ -75,7 +79,7 @@ async fn start_node(id: u64) -> Node {
         replica,
         server,
         hw,
-        _dir: dir,
+        dir,
     }
 }
 
@@ -172,6 +176,8 @@ async fn acknowledged_batches_survive_leader_loss_exactly_once() {
     // The leader dies (its Raft stops and its port goes away).
     n1.replica.shutdown().await;
     n1.server.abort();
+    let n1_addr = n1.addr.to_string();
+    let n1_dir = n1.dir;
     let survivors = [&n2, &n3];
     let second = wait_for_leader(&survivors).await;
     assert_ne!(second, 1);
