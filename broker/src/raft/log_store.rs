@@ -161,49 +161,29 @@ fn header_at(log: &Log, offset: u64) -> Result<BatchHeader, String> {
 /// ever reported durable (the data before them was not). Returns whether
 /// anything was dropped.
 fn drop_control_after_hole(state: &mut RaftState, last_data: Option<u64>) -> bool {
-    let Some(last_data) = last_data else {
-        // Only control entries: they are contiguous by construction unless the
-        // data between them was lost, which would leave a gap here.
-        let mut expected = None;
-        let mut cut = None;
-        for &index in state.control.keys() {
-            match expected {
-                Some(e) if index != e => {
-                    cut = Some(index);
-                    break;
-                }
-                _ => expected = Some(index + 1),
-            }
-        }
-        return match cut {
-            Some(cut) => {
-                state.control.split_off(&cut);
-                true
-            }
-            None => false,
-        };
+    let above = last_data.map_or(0, |d| d + 1);
+    let mut keys = state.control.range(above..).map(|(&i, _)| i);
+    let Some(first) = keys.next() else {
+        return false;
     };
-    let mut expected = last_data + 1;
-    let mut cut = None;
-    for &index in state.control.range(last_data + 1..).map(|(i, _)| i) {
-        if index != expected {
-            cut = Some(index);
-            break;
-        }
-        expected += 1;
-    }
-    match cut {
-        Some(cut) => {
-            let dropped = state.control.split_off(&cut);
-            tracing::warn!(
-                entries = dropped.len(),
-                from = cut,
-                "dropped Raft control entries past data lost in a crash"
-            );
-            true
-        }
-        None => false,
-    }
+    // With data, the entry after the last data entry must come next; with
+    // none, the control entries only need to be contiguous among themselves.
+    let start = last_data.map_or(first, |d| d + 1);
+    let cut = std::iter::once(first)
+        .chain(keys)
+        .zip(start..)
+        .find(|(index, expected)| index != expected)
+        .map(|(index, _)| index);
+    let Some(cut) = cut else {
+        return false;
+    };
+    let dropped = state.control.split_off(&cut);
+    tracing::warn!(
+        entries = dropped.len(),
+        from = cut,
+        "dropped Raft control entries past data lost in a crash"
+    );
+    true
 }
 
 async fn flusher(
