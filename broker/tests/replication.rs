@@ -24,6 +24,10 @@ use strata_proto::v1::peer_server::PeerServer;
 use tempfile::TempDir;
 use tokio::sync::watch;
 
+#[path = "../../tests/common/proxy.rs"]
+#[allow(dead_code)]
+mod proxy;
+
 const GROUP: &str = "orders/0";
 
 struct Node {
@@ -231,4 +235,131 @@ async fn acknowledged_batches_survive_leader_loss_exactly_once() {
     n1.replica.shutdown().await;
     n2.replica.shutdown().await;
     n3.replica.shutdown().await;
+}
+
+/// A node behind a proxy that can cut it off from its peers.
+struct Proxied {
+    proxy: proxy::Proxy,
+    upstream: watch::Sender<Option<SocketAddr>>,
+}
+
+async fn proxied() -> Proxied {
+    let (proxy, upstream) = proxy::Proxy::start().await;
+    Proxied { proxy, upstream }
+}
+
+/// A leader cut off from its followers appends batches nobody acknowledges;
+/// the others elect a new leader and commit more batches. When the old leader
+/// comes back it ends up byte-identical to the new leader, truncating whatever
+/// of its unacknowledged tail the new leader does not have. (Unacknowledged
+/// batches may still commit — a request buffered before the cut can land
+/// after it, and Raft lets a later leader commit what a majority holds — but
+/// never twice and never out of order.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leader_truncates_its_unacknowledged_tail() {
+    let links = [proxied().await, proxied().await, proxied().await];
+    let n1 = start_node(1).await;
+    let n2 = start_node(2).await;
+    let n3 = start_node(3).await;
+    for (link, node) in links.iter().zip([&n1, &n2, &n3]) {
+        link.upstream.send_replace(Some(node.addr));
+    }
+    let members: BTreeMap<u64, BasicNode> = links
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (i as u64 + 1, BasicNode::new(l.proxy.addr.to_string())))
+        .collect();
+    n1.replica.raft().initialize(members).await.unwrap();
+    let all = [&n1, &n2, &n3];
+    assert_eq!(wait_for_leader(&all).await, 1);
+    for i in 0..10u32 {
+        append(&all, &batch(7, i * 5, 5)).await;
+    }
+
+    // Cut the leader off: nobody reaches n2 or n3, so n1 cannot replicate.
+    links[1].proxy.down();
+    links[2].proxy.down();
+    let orphans: Vec<_> = (0..3u32)
+        .map(|i| {
+            let replica = n1.replica.clone();
+            let b = batch(9, i * 2, 2);
+            let header = verify(&b).unwrap();
+            tokio::spawn(async move { replica.append(b, header).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let n1_end = n1.replica.log().end_offset();
+    assert!(
+        n1_end > 50,
+        "the isolated leader wrote its unacknowledged tail"
+    );
+    n1.replica.shutdown().await;
+    for orphan in orphans {
+        let answer = orphan.await.unwrap();
+        assert!(
+            answer.is_err(),
+            "nothing was acknowledged without a quorum: {answer:?}"
+        );
+    }
+
+    // The others, reconnected, elect a leader and commit different batches.
+    links[0].proxy.down();
+    links[1].proxy.heal();
+    links[2].proxy.heal();
+    let survivors = [&n2, &n3];
+    wait_for_leader(&survivors).await;
+    for i in 10..20u32 {
+        append(&survivors, &batch(7, i * 5, 5)).await;
+    }
+
+    // The old leader restarts on its data and rejoins.
+    let n1_dir = n1.dir;
+    drop(n1.replica);
+    let n1 = start_node_in(1, n1_dir, "127.0.0.1:0").await;
+    links[0].upstream.send_replace(Some(n1.addr));
+    links[0].proxy.heal();
+    let leader_end = survivors
+        .iter()
+        .find(|n| n.replica.is_leader())
+        .map(|n| n.replica.log().end_offset())
+        .expect("a survivor leads");
+    for _ in 0..200 {
+        if [&n1, &n2, &n3].iter().all(|n| *n.hw.borrow() == leader_end) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (records1, raw1) = contents(&n1);
+    let (records2, raw2) = contents(&n2);
+    let acked: Vec<_> = records2
+        .iter()
+        .filter(|(_, v)| v.starts_with("p7-"))
+        .collect();
+    assert_eq!(acked.len(), 100, "every acknowledged record, once");
+    for (i, (_, value)) in acked.iter().enumerate() {
+        assert_eq!(*value, format!("p7-s{i}"), "acknowledged records in order");
+    }
+    let orphans: Vec<_> = records2
+        .iter()
+        .filter(|(_, v)| v.starts_with("p9-"))
+        .collect();
+    for (i, (_, value)) in orphans.iter().enumerate() {
+        assert_eq!(
+            *value,
+            format!("p9-s{i}"),
+            "unacknowledged records at most once, in order"
+        );
+    }
+    for (i, (offset, _)) in records2.iter().enumerate() {
+        assert_eq!(*offset, i as u64, "dense offsets");
+    }
+    assert_eq!(records1, records2);
+    assert_eq!(
+        raw1, raw2,
+        "the old leader's log now equals the new leader's"
+    );
+    assert_eq!(n1.replica.log().end_offset(), leader_end);
+    for n in [&n1, &n2, &n3] {
+        n.replica.shutdown().await;
+    }
 }
