@@ -115,6 +115,15 @@ struct Writer {
     closed: bool,
 }
 
+impl Writer {
+    /// Everything written is covered by a checkpoint just written.
+    fn checkpointed(&mut self) {
+        self.bytes_since_checkpoint = 0;
+        self.last_checkpoint = Instant::now();
+        self.checkpoint_forced = false;
+    }
+}
+
 pub struct Log {
     dir: PathBuf,
     config: LogConfig,
@@ -523,6 +532,25 @@ impl Log {
             || w.parts.time_index.len() + 1 >= self.config.max_index_entries() as usize
     }
 
+    /// Opens (creating if missing) the segment at `base_offset` as the active,
+    /// writable one, keeping its first index entries as given.
+    fn open_active_segment(
+        &self,
+        base_offset: u64,
+        index_entries: usize,
+        time_index_entries: usize,
+    ) -> Result<(Segment, Arc<Parts>)> {
+        Segment::open_writable(
+            self.storage.clone(),
+            &Arc::from(self.dir.as_path()),
+            base_offset,
+            self.config.index_interval_bytes,
+            self.config.max_index_entries() as usize,
+            index_entries,
+            time_index_entries,
+        )
+    }
+
     /// Seals the active segment and starts a new one at the log end.
     fn roll(&self, w: &mut Writer) -> Result<()> {
         let base = w.segment.base_offset;
@@ -534,15 +562,7 @@ impl Log {
         // The sealed segment is synced: everything before the new one is durable.
         self.flushed_offset
             .fetch_max(w.next_offset, Ordering::AcqRel);
-        let (segment, parts) = Segment::open_writable(
-            self.storage.clone(),
-            &Arc::from(self.dir.as_path()),
-            w.next_offset,
-            self.config.index_interval_bytes,
-            self.config.max_index_entries() as usize,
-            0,
-            0,
-        )?;
+        let (segment, parts) = self.open_active_segment(w.next_offset, 0, 0)?;
         self.storage
             .sync_dir(&self.dir)
             .map_err(LogError::io("fsync dir", &self.dir))?;
@@ -640,9 +660,7 @@ impl Log {
         ckpt.write(self.storage.as_ref(), &self.dir)?;
         self.checkpoint_segment
             .store(ckpt.segment_base, Ordering::Release);
-        w.bytes_since_checkpoint = 0;
-        w.last_checkpoint = Instant::now();
-        w.checkpoint_forced = false;
+        w.checkpointed();
         Ok(())
     }
 

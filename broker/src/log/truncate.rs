@@ -19,7 +19,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use parking_lot::RwLockUpgradableReadGuard;
 
@@ -126,9 +125,7 @@ impl Log {
         }
         w.next_offset = offset;
         w.created_ms = ckpt.segment_created_ms;
-        w.bytes_since_checkpoint = 0;
-        w.last_checkpoint = Instant::now();
-        w.checkpoint_forced = false;
+        w.checkpointed();
         self.checkpoint_segment
             .store(target.base_offset, Ordering::Release);
         let _ = self
@@ -189,12 +186,8 @@ impl Log {
         // batches; the rest is zeroed (a sealed index is grown back to its
         // capacity).
         target.unload();
-        let (segment, parts) = Segment::open_writable(
-            self.storage.clone(),
-            &Arc::from(self.dir.as_path()),
+        let (segment, parts) = self.open_active_segment(
             target.base_offset,
-            self.config.index_interval_bytes,
-            self.config.max_index_entries() as usize,
             cut.index_entries,
             cut.time_index_entries,
         )?;
@@ -276,15 +269,7 @@ impl Log {
         // With no segment on disk, recovery starts a new log at the
         // checkpoint's offset; so the segment is created only after it.
         ckpt.write(self.storage.as_ref(), &self.dir)?;
-        let (segment, parts) = Segment::open_writable(
-            self.storage.clone(),
-            &Arc::from(self.dir.as_path()),
-            start_offset,
-            self.config.index_interval_bytes,
-            self.config.max_index_entries() as usize,
-            0,
-            0,
-        )?;
+        let (segment, parts) = self.open_active_segment(start_offset, 0, 0)?;
         self.storage
             .sync_dir(&self.dir)
             .map_err(LogError::io("fsync dir", &self.dir))?;
@@ -307,9 +292,7 @@ impl Log {
         w.size = 0;
         w.next_offset = start_offset;
         w.created_ms = ckpt.segment_created_ms;
-        w.bytes_since_checkpoint = 0;
-        w.last_checkpoint = Instant::now();
-        w.checkpoint_forced = false;
+        w.checkpointed();
         Ok(())
     }
 }
