@@ -177,13 +177,20 @@ impl Replica {
 
     /// `None` when this node may take writes; otherwise why not.
     fn refuse_writes(&self) -> Option<Error> {
-        let m = self.raft.metrics().borrow().clone();
-        if m.current_leader != Some(self.node_id) {
-            return Some(self.not_leader(m.current_leader));
+        // Read in place: cloning the metrics (membership, replication map)
+        // on every append would cost more than the check.
+        let (leader, own_term_applied) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (
+                m.current_leader,
+                m.last_applied
+                    .is_some_and(|l| l.leader_id.term == m.current_term),
+            )
+        };
+        if leader != Some(self.node_id) {
+            return Some(self.not_leader(leader));
         }
-        let own_term_applied = m
-            .last_applied
-            .is_some_and(|l| l.leader_id.term == m.current_term);
         if !own_term_applied {
             // A new leader still committing its predecessor's tail; answer
             // like an election in progress so clients retry here shortly.

@@ -30,7 +30,7 @@ use strata_proto::batch::{BatchHeader, Batches, verify_and_stamp};
 use tokio::sync::mpsc;
 
 use super::state_file::{ControlEntry, RaftState, StateFile};
-use super::{Entry, LogId, NodeId, Payload, StorageError, TypeConfig, io_error};
+use super::{Entry, LogId, NodeId, Payload, StorageError, TypeConfig, blocking, io_error};
 use crate::log::Log;
 use crate::log::storage::Storage;
 
@@ -93,13 +93,6 @@ fn read_err(e: impl std::fmt::Display) -> StorageError {
 
 fn write_err(e: impl std::fmt::Display) -> StorageError {
     io_error(ErrorSubject::Logs, ErrorVerb::Write, e)
-}
-
-/// Runs blocking log work off the async workers.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
-) -> Result<T, StorageError> {
-    tokio::task::spawn_blocking(f).await.map_err(write_err)?
 }
 
 impl LogStore {
@@ -318,22 +311,16 @@ impl Inner {
     /// Entries with indexes in `[start, end)`, at most `max_bytes` of data
     /// entries (but at least one entry).
     fn entries(&self, start: u64, end: u64, max_bytes: usize) -> Result<Vec<Entry>, StorageError> {
-        let (purged, control): (Option<LogId>, Vec<ControlEntry>) = {
+        // Purged entries are hidden even where their records remain.
+        let (start, control): (u64, Vec<ControlEntry>) = {
             let state = self.state.lock();
-            let from = state.purged.map_or(start, |p| start.max(p.index + 1));
-            if from >= end {
+            let start = state.purged.map_or(start, |p| start.max(p.index + 1));
+            if start >= end {
                 return Ok(Vec::new());
             }
-            (
-                state.purged,
-                state
-                    .control
-                    .range(from..end)
-                    .map(|(_, c)| c.clone())
-                    .collect(),
-            )
+            let control = state.control.range(start..end).map(|(_, c)| c.clone());
+            (start, control.collect())
         };
-        let start = purged.map_or(start, |p| start.max(p.index + 1));
         let mut data = Vec::new();
         let mut bytes = 0usize;
         if let Some(mut offset) = self.data_offset_from(start)? {

@@ -13,6 +13,7 @@
 // that feed them return it as is rather than boxing and unboxing it.
 #![allow(clippy::result_large_err)]
 
+pub mod checked_file;
 pub mod groups;
 pub mod log_store;
 pub mod network;
@@ -151,4 +152,14 @@ pub(crate) fn io_error(
 ) -> StorageError {
     let io = std::io::Error::other(e.to_string());
     openraft::StorageIOError::new(subject, verb, openraft::AnyError::new(&io)).into()
+}
+
+/// Runs blocking storage work off the async workers. A task that panicked is
+/// a storage error of the whole store.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| io_error(openraft::ErrorSubject::Store, openraft::ErrorVerb::Write, e))?
 }

@@ -3,6 +3,7 @@
 //! by group id), so a thousand partitions do not mean a thousand connections.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -121,10 +122,25 @@ impl PeerConnection {
         }
     }
 
-    fn reply<T: DeserializeOwned, E: std::error::Error + DeserializeOwned>(
+    /// Sends one request with `send` under openraft's deadline and decodes
+    /// the peer's `Result` (a remote error stays the peer's error).
+    async fn call<Req, Fut, T, E>(
         &self,
-        reply: RaftReply,
-    ) -> RpcResult<T, RaftError<NodeId, E>> {
+        request: Req,
+        option: &RPCOption,
+        send: impl FnOnce(PeerClient<Channel>, tonic::Request<Req>) -> Fut,
+    ) -> RpcResult<T, RaftError<NodeId, E>>
+    where
+        Fut: Future<Output = Result<tonic::Response<RaftReply>, tonic::Status>>,
+        T: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(option.hard_ttl());
+        let reply = send(self.client()?, request)
+            .await
+            .map_err(Self::transport)?
+            .into_inner();
         let result: Result<T, RaftError<NodeId, E>> = serde_json::from_slice(&reply.json)
             .map_err(|e| RPCError::Network(NetworkError::new(&AnyError::error(e))))?;
         result.map_err(|e| {
@@ -135,11 +151,16 @@ impl PeerConnection {
             ))
         })
     }
-}
 
-fn with_timeout<T>(mut request: tonic::Request<T>, option: &RPCOption) -> tonic::Request<T> {
-    request.set_timeout(option.hard_ttl());
-    request
+    /// A request other than AppendEntries: openraft's own type as JSON.
+    fn json_request(&self, rpc: &impl serde::Serialize) -> RaftRequest {
+        RaftRequest {
+            group: self.group.clone(),
+            json: serde_json::to_vec(rpc)
+                .expect("openraft requests serialize")
+                .into(),
+        }
+    }
 }
 
 impl RaftNetwork<TypeConfig> for PeerConnection {
@@ -154,12 +175,10 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             header_json: header_json.into(),
             entries,
         };
-        let reply = self
-            .client()?
-            .raft_append(with_timeout(tonic::Request::new(request), &option))
-            .await
-            .map_err(Self::transport)?;
-        self.reply(reply.into_inner())
+        self.call(request, &option, |mut c, r| async move {
+            c.raft_append(r).await
+        })
+        .await
     }
 
     async fn install_snapshot(
@@ -167,18 +186,11 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
-        let request = RaftRequest {
-            group: self.group.clone(),
-            json: serde_json::to_vec(&rpc)
-                .expect("a snapshot request serializes")
-                .into(),
-        };
-        let reply = self
-            .client()?
-            .raft_snapshot(with_timeout(tonic::Request::new(request), &option))
-            .await
-            .map_err(Self::transport)?;
-        self.reply(reply.into_inner())
+        let request = self.json_request(&rpc);
+        self.call(request, &option, |mut c, r| async move {
+            c.raft_snapshot(r).await
+        })
+        .await
     }
 
     async fn vote(
@@ -186,15 +198,12 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>, RaftError<NodeId>> {
-        let request = RaftRequest {
-            group: self.group.clone(),
-            json: serde_json::to_vec(&rpc).expect("a vote serializes").into(),
-        };
-        let reply = self
-            .client()?
-            .raft_vote(with_timeout(tonic::Request::new(request), &option))
-            .await
-            .map_err(Self::transport)?;
-        self.reply(reply.into_inner())
+        let request = self.json_request(&rpc);
+        self.call(
+            request,
+            &option,
+            |mut c, r| async move { c.raft_vote(r).await },
+        )
+        .await
     }
 }

@@ -8,7 +8,8 @@
 //! out of the segment log keeps record offsets dense: a consumer never sees a
 //! hole where a leader change happened.
 //!
-//! File: `raft.state`, a CRC32 (little endian) of the JSON document that follows.
+//! File: `raft.state`, a CRC32 (little endian) of the JSON document that
+//! follows ([`checked_file`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,8 +17,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::checked_file;
 use super::{LogId, Membership, NodeId};
-use crate::log::storage::{OpenMode, Storage, replace_file};
+use crate::log::storage::Storage;
 
 pub const FILE_NAME: &str = "raft.state";
 
@@ -56,35 +58,16 @@ impl StateFile {
     /// Reads the state; a missing file is the empty state of a new group.
     pub fn load(&self) -> std::io::Result<RaftState> {
         let path = self.dir.join(FILE_NAME);
-        if !self.storage.exists(&path)? {
-            return Ok(RaftState::default());
+        match checked_file::read(self.storage.as_ref(), &path, MAX_STATE_FILE_BYTES)? {
+            None => Ok(RaftState::default()),
+            Some(json) => serde_json::from_slice(&json)
+                .map_err(|e| checked_file::corrupt(&path, e.to_string())),
         }
-        let file = self.storage.open(&path, OpenMode::ReadOnly)?;
-        let len = file.len()?;
-        if !(4..=MAX_STATE_FILE_BYTES).contains(&len) {
-            return Err(corrupt(&path, format!("size {len} bytes")));
-        }
-        let bytes = file.read_exact_vec(len as usize, 0)?;
-        let stored = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes"));
-        if crc32fast::hash(&bytes[4..]) != stored {
-            return Err(corrupt(&path, "CRC mismatch".into()));
-        }
-        serde_json::from_slice(&bytes[4..]).map_err(|e| corrupt(&path, e.to_string()))
     }
 
     /// Replaces the state durably.
     pub fn store(&self, state: &RaftState) -> std::io::Result<()> {
         let json = serde_json::to_vec(state).map_err(std::io::Error::other)?;
-        let mut bytes = Vec::with_capacity(4 + json.len());
-        bytes.extend_from_slice(&crc32fast::hash(&json).to_le_bytes());
-        bytes.extend_from_slice(&json);
-        replace_file(self.storage.as_ref(), &self.dir, FILE_NAME, &bytes)
+        checked_file::write(self.storage.as_ref(), &self.dir, FILE_NAME, &json)
     }
-}
-
-fn corrupt(path: &Path, why: String) -> std::io::Error {
-    std::io::Error::new(
-        std::io::ErrorKind::InvalidData,
-        format!("{}: {why}", path.display()),
-    )
 }

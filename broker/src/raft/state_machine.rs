@@ -7,7 +7,8 @@
 //! `snapshot.bin` and reloaded on open, so a restart re-applies only the
 //! entries after the last snapshot (at most `SNAPSHOT_EVERY_ENTRIES`).
 //!
-//! File: CRC32 (LE) of the rest, meta length u32 (LE), meta JSON, machine bytes.
+//! File ([`checked_file`]): CRC32 (LE) of the rest, meta length u32 (LE),
+//! meta JSON, machine bytes.
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
@@ -21,8 +22,9 @@ use openraft::{
 use parking_lot::Mutex;
 use strata_proto::batch::BatchHeader;
 
-use super::{Applied, Entry, LogId, NodeId, Payload, StorageError, TypeConfig, io_error};
-use crate::log::storage::{OpenMode, Storage, replace_file};
+use super::checked_file;
+use super::{Applied, Entry, LogId, NodeId, Payload, StorageError, TypeConfig, blocking, io_error};
+use crate::log::storage::Storage;
 
 pub const SNAPSHOT_FILE: &str = "snapshot.bin";
 
@@ -131,31 +133,22 @@ impl<M: Machine> StateMachine<M> {
 
 fn read_snapshot(storage: &dyn Storage, dir: &Path) -> std::io::Result<Option<SnapshotFile>> {
     let path = dir.join(SNAPSHOT_FILE);
-    if !storage.exists(&path)? {
+    let Some(bytes) = checked_file::read(storage, &path, MAX_SNAPSHOT_BYTES)? else {
         return Ok(None);
-    }
-    let corrupt = |why: String| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("{}: {why}", path.display()),
-        )
     };
-    let file = storage.open(&path, OpenMode::ReadOnly)?;
-    let len = file.len()?;
-    if !(8..=MAX_SNAPSHOT_BYTES).contains(&len) {
-        return Err(corrupt(format!("size {len} bytes")));
-    }
-    let bytes = file.read_exact_vec(len as usize, 0)?;
-    let stored = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes"));
-    if crc32fast::hash(&bytes[4..]) != stored {
-        return Err(corrupt("CRC mismatch".into()));
-    }
-    let meta_len = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes")) as usize;
-    let Some(meta) = bytes.get(8..8 + meta_len) else {
-        return Err(corrupt(format!("meta length {meta_len} past the end")));
+    let Some((meta_len, rest)) = bytes.split_first_chunk::<4>() else {
+        return Err(checked_file::corrupt(&path, "no meta length".into()));
     };
-    let meta = serde_json::from_slice(meta).map_err(|e| corrupt(e.to_string()))?;
-    Ok(Some((meta, bytes[8 + meta_len..].to_vec())))
+    let meta_len = u32::from_le_bytes(*meta_len) as usize;
+    let Some(meta) = rest.get(..meta_len) else {
+        return Err(checked_file::corrupt(
+            &path,
+            format!("meta length {meta_len} past the end"),
+        ));
+    };
+    let meta =
+        serde_json::from_slice(meta).map_err(|e| checked_file::corrupt(&path, e.to_string()))?;
+    Ok(Some((meta, rest[meta_len..].to_vec())))
 }
 
 fn write_snapshot(
@@ -165,22 +158,11 @@ fn write_snapshot(
     data: &[u8],
 ) -> std::io::Result<()> {
     let meta = serde_json::to_vec(meta).map_err(std::io::Error::other)?;
-    let mut bytes = Vec::with_capacity(8 + meta.len() + data.len());
-    bytes.extend_from_slice(&[0; 4]);
-    bytes.extend_from_slice(&(meta.len() as u32).to_le_bytes());
-    bytes.extend_from_slice(&meta);
-    bytes.extend_from_slice(data);
-    let crc = crc32fast::hash(&bytes[4..]);
-    bytes[..4].copy_from_slice(&crc.to_le_bytes());
-    replace_file(storage, dir, SNAPSHOT_FILE, &bytes)
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
-) -> Result<T, StorageError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| sm_err(ErrorVerb::Write, e))?
+    let mut payload = Vec::with_capacity(4 + meta.len() + data.len());
+    payload.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    payload.extend_from_slice(&meta);
+    payload.extend_from_slice(data);
+    checked_file::write(storage, dir, SNAPSHOT_FILE, &payload)
 }
 
 impl<M: Machine> RaftSnapshotBuilder<TypeConfig> for StateMachine<M> {
