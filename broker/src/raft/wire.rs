@@ -2,16 +2,14 @@
 //! as the bytes they are stored as (no JSON of a megabyte of records); the
 //! small envelope and every other RPC are openraft's own types as JSON.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use openraft::raft::AppendEntriesRequest;
 use openraft::{CommittedLeaderId, EntryPayload, LogId, Vote};
 use serde::{Deserialize, Serialize};
 use strata_proto::batch::BatchHeader;
+use strata_proto::v1::RaftEntry;
 
 use super::{Entry, NodeId, Payload, TypeConfig};
-
-const DATA_ENTRY: u8 = 0;
-const JSON_ENTRY: u8 = 1;
 
 #[derive(Serialize, Deserialize)]
 struct Envelope {
@@ -21,7 +19,7 @@ struct Envelope {
 }
 
 /// Splits an AppendEntries request into its JSON envelope and entries.
-pub fn encode_append(req: AppendEntriesRequest<TypeConfig>) -> (Vec<u8>, Vec<Bytes>) {
+pub fn encode_append(req: AppendEntriesRequest<TypeConfig>) -> (Vec<u8>, Vec<RaftEntry>) {
     let envelope = Envelope {
         vote: req.vote,
         prev_log_id: req.prev_log_id,
@@ -32,22 +30,22 @@ pub fn encode_append(req: AppendEntriesRequest<TypeConfig>) -> (Vec<u8>, Vec<Byt
     (header, entries)
 }
 
-fn encode_entry(entry: Entry) -> Bytes {
+fn encode_entry(entry: Entry) -> RaftEntry {
     match entry.payload {
-        EntryPayload::Normal(Payload(batch)) => {
-            let mut out = BytesMut::with_capacity(1 + batch.len());
-            out.put_u8(DATA_ENTRY);
-            out.extend_from_slice(&batch);
-            out.freeze()
-        }
+        EntryPayload::Normal(Payload(batch)) => RaftEntry {
+            batch,
+            json: Bytes::new(),
+        },
         payload => {
             let entry = Entry {
                 log_id: entry.log_id,
                 payload,
             };
-            let mut out = vec![JSON_ENTRY];
-            serde_json::to_writer(&mut out, &entry).expect("a control entry serializes");
-            Bytes::from(out)
+            let json = serde_json::to_vec(&entry).expect("a control entry serializes");
+            RaftEntry {
+                batch: Bytes::new(),
+                json: json.into(),
+            }
         }
     }
 }
@@ -55,7 +53,7 @@ fn encode_entry(entry: Entry) -> Bytes {
 /// Rebuilds an AppendEntries request; a malformed one is a readable error.
 pub fn decode_append(
     header: &[u8],
-    entries: Vec<Bytes>,
+    entries: Vec<RaftEntry>,
 ) -> Result<AppendEntriesRequest<TypeConfig>, String> {
     let envelope: Envelope =
         serde_json::from_slice(header).map_err(|e| format!("append envelope: {e}"))?;
@@ -71,19 +69,18 @@ pub fn decode_append(
     })
 }
 
-fn decode_entry(bytes: Bytes) -> Result<Entry, String> {
-    match bytes.first() {
-        Some(&DATA_ENTRY) => {
-            let batch = bytes.slice(1..);
-            let h = BatchHeader::parse(&batch).map_err(|e| format!("data entry: {e}"))?;
+fn decode_entry(entry: RaftEntry) -> Result<Entry, String> {
+    match (entry.batch.is_empty(), entry.json.is_empty()) {
+        (false, true) => {
+            let h = BatchHeader::parse(&entry.batch).map_err(|e| format!("data entry: {e}"))?;
             Ok(Entry {
                 log_id: LogId::new(CommittedLeaderId::new(h.raft_term, 0), h.raft_index),
-                payload: EntryPayload::Normal(Payload(batch)),
+                payload: EntryPayload::Normal(Payload(entry.batch)),
             })
         }
-        Some(&JSON_ENTRY) => {
-            serde_json::from_slice(&bytes[1..]).map_err(|e| format!("control entry: {e}"))
+        (true, false) => {
+            serde_json::from_slice(&entry.json).map_err(|e| format!("control entry: {e}"))
         }
-        _ => Err("empty or unknown entry kind".into()),
+        _ => Err("an entry must carry exactly one of batch and json".into()),
     }
 }
