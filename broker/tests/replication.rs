@@ -125,7 +125,23 @@ async fn wait_for_leader(nodes: &[&Node]) -> u64 {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("no leader elected within 10 s");
+    let states: Vec<String> = nodes
+        .iter()
+        .map(|n| {
+            let m = n.replica.raft().metrics().borrow().clone();
+            format!(
+                "node {}: {:?} term {} leader {:?} last log {:?} applied {:?} vote {}",
+                n.id,
+                m.state,
+                m.current_term,
+                m.current_leader,
+                m.last_log_index,
+                m.last_applied,
+                m.vote
+            )
+        })
+        .collect();
+    panic!("no leader elected within 10 s:\n{}", states.join("\n"));
 }
 
 /// Every record value below the high watermark, in offset order, and the raw

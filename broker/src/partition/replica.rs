@@ -112,7 +112,7 @@ impl Replica {
             })?
         };
         let config = Arc::new(
-            crate::raft::config(&format!("{topic}/{partition}"))
+            crate::raft::config(&format!("{topic}/{partition}"), node_id)
                 .validate()
                 .map_err(|e| Error::Internal(format!("raft config: {e}")))?,
         );

@@ -118,8 +118,21 @@ pub struct Applied {
 /// Raft timing shared by every group. Elections are a few hundred
 /// milliseconds: fast failover on a LAN without electing on a GC-free hiccup.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
+/// The shortest election timeout of any node.
 pub const ELECTION_TIMEOUT_MIN: Duration = Duration::from_millis(500);
-pub const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(1000);
+/// Each node draws its election timeout from its own window of this width…
+pub const ELECTION_WINDOW: Duration = Duration::from_millis(100);
+/// …with windows this far apart, by node id modulo [`ELECTION_WINDOWS`].
+///
+/// openraft 0.9 draws a node's election timeout once, at start-up, not per
+/// election. Two nodes that drew nearly the same one, with vote requests
+/// slower than the gap, start every election together, each votes for
+/// itself, and no leader is ever elected (seen in the three-replica test: two
+/// candidates still splitting the vote after 13 terms). Disjoint windows keep
+/// any two nodes of a group at least `ELECTION_WINDOW_STRIDE − ELECTION_WINDOW`
+/// apart.
+pub const ELECTION_WINDOW_STRIDE: Duration = Duration::from_millis(150);
+pub const ELECTION_WINDOWS: u64 = 5;
 /// Entries per AppendEntries request; bytes are bounded separately by
 /// [`log_store::MAX_REPLICATION_BYTES`].
 pub const MAX_PAYLOAD_ENTRIES: u64 = 256;
@@ -127,13 +140,14 @@ pub const MAX_PAYLOAD_ENTRIES: u64 = 256;
 /// a restart re-applies at most this many entries' headers.
 pub const SNAPSHOT_EVERY_ENTRIES: u64 = 1024;
 
-/// The openraft config every group runs with.
-pub fn config(cluster_name: &str) -> openraft::Config {
+/// The openraft config every group runs with on node `node_id`.
+pub fn config(cluster_name: &str, node_id: NodeId) -> openraft::Config {
+    let min = ELECTION_TIMEOUT_MIN + ELECTION_WINDOW_STRIDE * (node_id % ELECTION_WINDOWS) as u32;
     openraft::Config {
         cluster_name: cluster_name.to_string(),
         heartbeat_interval: HEARTBEAT_INTERVAL.as_millis() as u64,
-        election_timeout_min: ELECTION_TIMEOUT_MIN.as_millis() as u64,
-        election_timeout_max: ELECTION_TIMEOUT_MAX.as_millis() as u64,
+        election_timeout_min: min.as_millis() as u64,
+        election_timeout_max: (min + ELECTION_WINDOW).as_millis() as u64,
         max_payload_entries: MAX_PAYLOAD_ENTRIES,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY_ENTRIES),
         // Never purge: the log is the data. A follower far behind catches up
