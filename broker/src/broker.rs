@@ -22,6 +22,10 @@ use tokio::task::JoinHandle;
 use strata_proto::target::{LocalConnector, Target, local_pair};
 
 use crate::budget::ByteBudget;
+use crate::cluster::metadata::{
+    ClusterState, Command, NodeAddrs, TopicAssignment, assign_replicas,
+};
+use crate::cluster::metadata_group::{MetadataGroup, PROPOSE_TIMEOUT, initialize};
 use crate::cluster::producer_ids::ProducerIds;
 use crate::cluster::topics::{TopicSettings, TopicSpec, TopicStore};
 use crate::config::BrokerConfig;
@@ -33,23 +37,47 @@ use crate::lock::DirLock;
 use crate::log::now_ms;
 use crate::log::storage::{FileStorage, Storage};
 use crate::metrics::Metrics;
+use crate::partition::replica::{ReplicaConfig, ResolveLeader};
 use crate::partition::{Acks, Appended, Partition};
+use crate::raft::NodeId;
+use crate::raft::groups::{METADATA_GROUP, partition_group};
+use crate::raft::network::Peers;
 
-/// A topic and its open partitions.
+/// Replicas per partition when a topic in a cluster does not say.
+pub const DEFAULT_REPLICATION_FACTOR: usize = 3;
+
+/// Producer ids handed out by node N carry N in their bits from here up.
+const PRODUCER_ID_NODE_SHIFT: u32 = 48;
+
+/// A topic and the partitions this node holds.
 #[derive(Debug)]
 pub struct Topic {
     pub spec: TopicSpec,
+    /// Per partition, the nodes holding it (the preferred leader first).
+    pub replicas: Vec<Vec<u32>>,
+    /// The partitions held here, by index: all of them on a single node, those
+    /// whose replica list names this node in a cluster.
     pub partitions: Vec<Arc<Partition>>,
 }
 
 impl Topic {
+    /// The partition `index`, if this node holds it; `NotLeader` (without a
+    /// hint; the broker adds one) if the topic has it but another node holds it.
     pub fn partition(&self, index: u32) -> Result<&Arc<Partition>> {
-        self.partitions
-            .get(index as usize)
-            .ok_or_else(|| Error::PartitionNotFound {
+        if index >= self.spec.partitions {
+            return Err(Error::PartitionNotFound {
                 topic: self.spec.name.clone(),
                 partition: index,
                 count: self.spec.partitions,
+            });
+        }
+        self.partitions
+            .binary_search_by_key(&index, |p| p.index())
+            .map(|at| &self.partitions[at])
+            .map_err(|_| Error::NotLeader {
+                topic: self.spec.name.clone(),
+                partition: index,
+                leader: None,
             })
     }
 }
@@ -75,6 +103,12 @@ pub(crate) struct Inner {
     local: LocalConnector,
     /// Raft groups this node runs, for the peer service.
     raft_groups: crate::raft::groups::Groups,
+    /// In a cluster: this node's member of the metadata group, and the
+    /// channels to the other nodes that every group shares.
+    metadata: Option<Arc<MetadataGroup>>,
+    peers: Peers,
+    /// The metadata index this node's open partitions reflect.
+    reconciled: watch::Sender<u64>,
     _lock: DirLock,
 }
 
@@ -157,6 +191,32 @@ impl Broker {
         };
         let specs: Vec<TopicSpec> = store.topics().cloned().collect();
         let (connector, listener) = local_pair();
+        let raft_groups = crate::raft::groups::Groups::default();
+        let peers = Peers::with_addresses(
+            config
+                .peers
+                .iter()
+                .map(|(&id, addr)| (NodeId::from(id), addr.clone())),
+        );
+        let metadata = if config.is_clustered() {
+            let members = config
+                .peers
+                .iter()
+                .map(|(&id, addr)| (NodeId::from(id), addr.clone()))
+                .collect();
+            let group = MetadataGroup::start(
+                config.node_id.into(),
+                members,
+                peers.clone(),
+                &dir.join("cluster"),
+                storage.clone(),
+            )
+            .await?;
+            raft_groups.insert(METADATA_GROUP.to_owned(), group.raft().clone());
+            Some(group)
+        } else {
+            None
+        };
         let broker = Broker {
             inner: Arc::new(Inner {
                 produce_budget: ByteBudget::new(
@@ -183,7 +243,10 @@ impl Broker {
                 shutdown_signal: watch::Sender::new(false),
                 maintenance: Mutex::new(None),
                 local: connector,
-                raft_groups: Default::default(),
+                raft_groups,
+                metadata,
+                peers,
+                reconciled: watch::Sender::new(0),
                 _lock: lock,
                 config,
             }),
@@ -204,8 +267,28 @@ impl Broker {
             );
             tokio::time::sleep(delay).await;
         }
+        if let Some(metadata) = self.inner.metadata.clone() {
+            // The cluster's topics, not this node's file, say what to open.
+            metadata.wait_joined().await;
+            let mut states = metadata.watch();
+            let first = states.borrow_and_update().clone();
+            self.reconcile(&first).await;
+            tokio::spawn(reconcile_forever(self.downgrade(), states));
+        }
+        let specs = if self.is_clustered() {
+            Vec::new()
+        } else {
+            specs
+        };
         for spec in specs {
-            match open_topic(self.data_dir(), spec, self.inner.storage.clone()).await {
+            match open_topic(
+                self.data_dir(),
+                spec,
+                self.inner.storage.clone(),
+                self.node_id(),
+            )
+            .await
+            {
                 Ok(topic) => {
                     self.inner
                         .topics
@@ -274,6 +357,55 @@ impl Broker {
 
     pub fn node_id(&self) -> u32 {
         self.inner.config.node_id
+    }
+
+    /// Whether this node is one of a Raft-replicated cluster.
+    pub fn is_clustered(&self) -> bool {
+        self.inner.metadata.is_some()
+    }
+
+    /// This node's member of the cluster metadata group (clusters only).
+    pub fn metadata_group(&self) -> Option<&Arc<MetadataGroup>> {
+        self.inner.metadata.as_ref()
+    }
+
+    /// Where each node listens: the registered nodes of a cluster, or nothing
+    /// on a single node (which knows its own addresses from its listeners).
+    pub fn cluster_nodes(&self) -> BTreeMap<NodeId, NodeAddrs> {
+        self.inner
+            .metadata
+            .as_ref()
+            .map(|m| m.state().nodes.clone())
+            .unwrap_or_default()
+    }
+
+    /// The node leading `partition` of `topic`, as far as this node knows: its
+    /// own Raft view when it holds a replica, else the preferred leader.
+    pub fn partition_leader(&self, topic: &Topic, partition: u32) -> u32 {
+        let preferred = topic
+            .replicas
+            .get(partition as usize)
+            .and_then(|r| r.first().copied())
+            .unwrap_or(self.node_id());
+        match topic.partition(partition).ok().and_then(|p| p.replica()) {
+            Some(replica) => replica
+                .raft()
+                .metrics()
+                .borrow()
+                .current_leader
+                .map_or(preferred, |l| l as u32),
+            None => preferred,
+        }
+    }
+
+    /// The data address of `node`, if it has registered one.
+    fn data_addr_of(&self, node: u32) -> Option<String> {
+        self.inner.metadata.as_ref().and_then(|m| {
+            m.state()
+                .nodes
+                .get(&NodeId::from(node))
+                .map(|n| n.data.clone())
+        })
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -389,8 +521,25 @@ impl Broker {
         }
     }
 
+    /// A partition this node holds. For one held elsewhere, `NotLeader` with
+    /// the address of its preferred leader (which redirects again if another
+    /// replica leads now).
     pub fn partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>> {
-        Ok(self.topic(topic)?.partition(partition)?.clone())
+        let t = self.topic(topic)?;
+        match t.partition(partition) {
+            Ok(p) => Ok(p.clone()),
+            Err(Error::NotLeader {
+                topic, partition, ..
+            }) => {
+                let leader = self.data_addr_of(self.partition_leader(&t, partition));
+                Err(Error::NotLeader {
+                    topic,
+                    partition,
+                    leader,
+                })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Partition counts of all topics (for group assignment).
@@ -403,9 +552,13 @@ impl Broker {
             .collect()
     }
 
-    /// Creates a topic and opens its partitions.
+    /// Creates a topic and opens its partitions (in a cluster: commits it to
+    /// the metadata group, and returns once this node has opened its replicas).
     pub async fn create_topic(&self, name: &str, settings: TopicSettings) -> Result<Arc<Topic>> {
         self.check_open()?;
+        if let Some(metadata) = &self.inner.metadata {
+            return self.create_clustered_topic(metadata, name, settings).await;
+        }
         let live_nodes = 1;
         if settings.replication_factor > live_nodes {
             return Err(Error::InvalidArgument(format!(
@@ -418,7 +571,15 @@ impl Broker {
         let owned_name = name.to_owned();
         let spec =
             blocking(move || store.lock().create(&owned_name, &settings, default_segment)).await?;
-        let topic = Arc::new(open_topic(self.data_dir(), spec, self.inner.storage.clone()).await?);
+        let topic = Arc::new(
+            open_topic(
+                self.data_dir(),
+                spec,
+                self.inner.storage.clone(),
+                self.node_id(),
+            )
+            .await?,
+        );
         self.inner
             .topics
             .write()
@@ -435,15 +596,38 @@ impl Broker {
     /// are closed, and its data is removed in the background.
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
         self.check_open()?;
+        if let Some(metadata) = &self.inner.metadata {
+            if let Some(why) = strata_proto::limits::topic_name_error(name) {
+                return Err(Error::InvalidArgument(why));
+            }
+            let command = Command::DeleteTopic {
+                name: name.to_owned(),
+            };
+            let applied = metadata.propose(&command).await?;
+            if applied.duplicate {
+                return Err(Error::TopicNotFound(name.to_owned()));
+            }
+            return self.wait_reconciled(applied.base_offset).await;
+        }
         let store = self.inner.topic_store.clone();
         let owned_name = name.to_owned();
         blocking(move || store.lock().delete(&owned_name).map(|_| ())).await?;
         let Some(topic) = self.inner.topics.write().remove(name) else {
             return Ok(());
         };
+        self.retire_topic(topic).await
+    }
+
+    /// Closes a topic already removed from the map, forgets its offsets and
+    /// removes its data.
+    async fn retire_topic(&self, topic: Arc<Topic>) -> Result<()> {
+        let name = topic.spec.name.as_str();
         for p in &topic.partitions {
             if let Err(e) = p.close().await {
                 tracing::warn!(topic = name, partition = p.index(), error = %e, "closing a deleted partition");
+            }
+            if p.replica().is_some() {
+                self.raft_groups().remove(&partition_group(name, p.index()));
             }
         }
         let offsets = self.inner.offsets.clone();
@@ -464,6 +648,168 @@ impl Broker {
         .await?;
         tracing::info!(topic = name, "topic deleted");
         Ok(())
+    }
+
+    async fn create_clustered_topic(
+        &self,
+        metadata: &MetadataGroup,
+        name: &str,
+        settings: TopicSettings,
+    ) -> Result<Arc<Topic>> {
+        let nodes: Vec<NodeId> = metadata.members().keys().copied().collect();
+        let factor = match settings.replication_factor {
+            0 => nodes.len().min(DEFAULT_REPLICATION_FACTOR),
+            f => f as usize,
+        };
+        if factor > nodes.len() {
+            return Err(Error::InvalidArgument(format!(
+                "replication factor {factor} is more than the {} nodes of this cluster",
+                nodes.len()
+            )));
+        }
+        let settings = TopicSettings {
+            replication_factor: factor as u32,
+            ..settings
+        };
+        let spec = TopicSpec::new(name, &settings, 0, self.config().default_segment_bytes)?;
+        let state = metadata.state();
+        if state.topics.contains_key(name) {
+            return Err(Error::TopicExists(name.to_owned()));
+        }
+        let replicas = assign_replicas(&nodes, spec.partitions, factor, state.next_topic_id);
+        let applied = metadata
+            .propose(&Command::CreateTopic { spec, replicas })
+            .await?;
+        if applied.duplicate {
+            return Err(Error::TopicExists(name.to_owned()));
+        }
+        self.wait_reconciled(applied.base_offset).await?;
+        let topic = self.topic(name)?;
+        tracing::info!(
+            topic = name,
+            partitions = topic.spec.partitions,
+            replication_factor = factor,
+            "topic created"
+        );
+        Ok(topic)
+    }
+
+    /// Waits until this node's partitions reflect metadata index `index`.
+    async fn wait_reconciled(&self, index: u64) -> Result<()> {
+        let mut reconciled = self.inner.reconciled.subscribe();
+        let reached = reconciled.wait_for(|&r| r >= index);
+        match tokio::time::timeout(PROPOSE_TIMEOUT, reached).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(Error::NoQuorum(format!(
+                "metadata change {index} was not applied on this node within {} s",
+                PROPOSE_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    /// Brings this node's open partitions in line with the cluster metadata:
+    /// opens the replicas of new topics held here, retires topics that were
+    /// deleted (or deleted and created again).
+    async fn reconcile(&self, state: &ClusterState) {
+        let stale: Vec<Arc<Topic>> = self
+            .topics()
+            .into_iter()
+            .filter(|t| {
+                state
+                    .topics
+                    .get(&t.spec.name)
+                    .is_none_or(|a| a.spec.id != t.spec.id)
+            })
+            .collect();
+        for topic in stale {
+            self.inner.topics.write().remove(&topic.spec.name);
+            if let Err(e) = self.retire_topic(topic).await {
+                tracing::warn!(error = %e, "removing a deleted topic");
+            }
+        }
+        let mut complete = true;
+        for (name, assignment) in &state.topics {
+            let open = self.inner.topics.read().get(name).map(|t| t.spec.id);
+            if open == Some(assignment.spec.id) {
+                continue;
+            }
+            match self.open_replicated_topic(assignment).await {
+                Ok(topic) => {
+                    self.inner
+                        .topics
+                        .write()
+                        .insert(name.clone(), Arc::new(topic));
+                }
+                Err(e) => {
+                    complete = false;
+                    tracing::error!(topic = %name, error = %e, "opening the replicas of a topic failed");
+                }
+            }
+        }
+        if complete {
+            self.inner.reconciled.send_replace(state.applied_index);
+        }
+    }
+
+    /// Opens (creating if new) this node's replicas of a topic and starts
+    /// their Raft groups.
+    async fn open_replicated_topic(&self, assignment: &TopicAssignment) -> Result<Topic> {
+        let spec = assignment.spec.clone();
+        let me = NodeId::from(self.node_id());
+        let opens = assignment
+            .replicas
+            .iter()
+            .enumerate()
+            .filter_map(|(index, replicas)| {
+                let rank = replicas.iter().position(|&n| n == me)?;
+                Some((index as u32, rank, replicas.clone()))
+            })
+            .map(|(index, rank, replicas)| {
+                let spec = &spec;
+                async move {
+                    let group = partition_group(&spec.name, index);
+                    let members: BTreeMap<NodeId, String> = replicas
+                        .iter()
+                        .map(|&n| (n, self.inner.peers.address(n).unwrap_or_default()))
+                        .collect();
+                    let states = self.metadata_group().expect("clustered").watch();
+                    let resolve: ResolveLeader = Arc::new(move |node| {
+                        states.borrow().nodes.get(&node).map(|n| n.data.clone())
+                    });
+                    let dir = partition_dir(self.data_dir(), &spec.name, index);
+                    let raft_dir = dir.with_extension("raft");
+                    let (partition, _) = Partition::open_replicated(
+                        &dir,
+                        &raft_dir,
+                        spec.log_config(),
+                        self.inner.storage.clone(),
+                        ReplicaConfig {
+                            topic: spec.name.clone(),
+                            partition: index,
+                            node_id: me,
+                            rank: rank as u64,
+                            network: self.inner.peers.group(&group),
+                            resolve,
+                        },
+                    )
+                    .await?;
+                    let replica = partition.replica().expect("replicated").clone();
+                    self.raft_groups().insert(group, replica.raft().clone());
+                    initialize(replica.raft(), &members).await?;
+                    Ok::<_, Error>(Arc::new(partition))
+                }
+            });
+        let partitions = futures::future::try_join_all(opens).await?;
+        let replicas = assignment
+            .replicas
+            .iter()
+            .map(|r| r.iter().map(|&n| n as u32).collect())
+            .collect();
+        Ok(Topic {
+            spec,
+            replicas,
+            partitions,
+        })
     }
 
     fn remove_deleted_topics(&self) {
@@ -518,11 +864,18 @@ impl Broker {
         result
     }
 
-    /// A fresh idempotent producer id (epoch 0).
+    /// A fresh idempotent producer id (epoch 0). In a cluster the node id is
+    /// in the top bits, so ids from different nodes never collide.
     pub async fn init_producer(&self) -> Result<(u64, u16)> {
         self.check_open()?;
         let ids = self.inner.producer_ids.clone();
-        Ok((blocking(move || ids.allocate()).await?, 0))
+        let id = blocking(move || ids.allocate()).await?;
+        let node_bits = if self.is_clustered() {
+            u64::from(self.node_id()) << PRODUCER_ID_NODE_SHIFT
+        } else {
+            0
+        };
+        Ok((node_bits | id, 0))
     }
 
     /// Stops accepting work, finishes in-flight appends, flushes every
@@ -543,6 +896,11 @@ impl Broker {
                     first_error.get_or_insert(e);
                 }
             }
+        }
+        if let Some(metadata) = &self.inner.metadata
+            && let Err(e) = metadata.shutdown().await
+        {
+            first_error.get_or_insert(e);
         }
         let offsets = self.inner.offsets.clone();
         if let Err(e) = blocking(move || offsets.close()).await {
@@ -573,6 +931,7 @@ async fn open_topic(
     data_dir: &std::path::Path,
     spec: TopicSpec,
     storage: Arc<dyn Storage>,
+    node_id: u32,
 ) -> Result<Topic> {
     let opens = (0..spec.partitions).map(|index| {
         let dir = partition_dir(data_dir, &spec.name, index);
@@ -593,7 +952,29 @@ async fn open_topic(
         })
     });
     let partitions = futures::future::try_join_all(opens).await?;
-    Ok(Topic { spec, partitions })
+    Ok(Topic {
+        replicas: vec![vec![node_id]; spec.partitions as usize],
+        spec,
+        partitions,
+    })
+}
+
+/// Reconciles partitions with every new cluster metadata state, until the
+/// broker is gone or shutting down.
+async fn reconcile_forever(
+    inner: std::sync::Weak<Inner>,
+    mut states: watch::Receiver<Arc<ClusterState>>,
+) {
+    while states.changed().await.is_ok() {
+        let state = states.borrow_and_update().clone();
+        let Some(broker) = Broker::upgrade(&inner) else {
+            return;
+        };
+        if broker.is_shutting_down() {
+            return;
+        }
+        broker.reconcile(&state).await;
+    }
 }
 
 /// Background upkeep: retention, checkpoints, expiry of group members and

@@ -1,6 +1,7 @@
 //! Everything a node can be configured with, and the documented defaults
 //! (DESIGN.md §2, §7). docs/operations.md lists each setting.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -88,6 +89,10 @@ pub struct BrokerConfig {
     /// Data address given to clients, if not the one listened on (NAT,
     /// proxies, containers).
     pub advertised_data_addr: Option<String>,
+    /// Every member of the cluster (this node included) and the peer address
+    /// this node reaches it at. Empty or just this node: a single node,
+    /// without Raft. More: a cluster, formed from this static list.
+    pub peers: BTreeMap<u32, String>,
     /// Record request metrics (on by default; off only to measure their cost).
     pub metrics_enabled: bool,
     /// Fault injection for tests: wait this long before recovering partitions,
@@ -109,6 +114,7 @@ impl Default for BrokerConfig {
             default_segment_bytes: crate::log::SEGMENT_SIZE_BYTES,
             group_session_timeout: Duration::from_millis(GROUP_SESSION_TIMEOUT_MS),
             advertised_data_addr: None,
+            peers: BTreeMap::new(),
             metrics_enabled: true,
             debug_recovery_delay: None,
         }
@@ -121,5 +127,10 @@ impl BrokerConfig {
             data_dir: data_dir.into(),
             ..Default::default()
         }
+    }
+
+    /// Whether this node is one of several (replicated through Raft).
+    pub fn is_clustered(&self) -> bool {
+        self.peers.keys().any(|&id| id != self.node_id)
     }
 }

@@ -72,6 +72,11 @@ pub enum Error {
         leader: Option<String>,
     },
 
+    /// The cluster cannot agree on a change now (no metadata leader, or no
+    /// quorum of nodes reachable); retrying later may succeed.
+    #[error("no quorum: {0}")]
+    NoQuorum(String),
+
     /// A storage failure. Whether a write that failed this way is durable is
     /// unknown; an idempotent retry is safe.
     #[error("storage: {0}")]

@@ -15,7 +15,7 @@ use strata_broker::Error;
 use strata_broker::log::storage::{FileStorage, Storage};
 use strata_broker::log::{Log, LogConfig};
 use strata_broker::partition::Appended;
-use strata_broker::partition::replica::Replica;
+use strata_broker::partition::replica::{Replica, ReplicaConfig};
 use strata_broker::raft::groups::Groups;
 use strata_broker::raft::network::Peers;
 use strata_broker::server::peer_service::PeerService;
@@ -56,15 +56,18 @@ async fn start_node_in(id: u64, dir: TempDir, addr: &str) -> Node {
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let replica = Replica::start(
-        "orders",
-        0,
-        id,
+        ReplicaConfig {
+            topic: "orders".into(),
+            partition: 0,
+            node_id: id,
+            rank: id,
+            network: Peers::default().group(GROUP),
+            resolve: Arc::new(|id| Some(format!("node-{id}"))),
+        },
         Arc::new(log),
         storage,
         dir.path(),
         hw.clone(),
-        Peers::default().group(GROUP),
-        Arc::new(|id| Some(format!("node-{id}"))),
     )
     .await
     .unwrap();

@@ -2,6 +2,7 @@
 //! cleanly: stops accepting work, finishes in-flight appends, flushes, writes
 //! each partition's clean-shutdown marker, and exits 0.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -38,7 +39,8 @@ pub struct ServeArgs {
     /// Data address to tell clients, if not --data-addr (NAT, proxies).
     #[arg(long)]
     advertised_data_addr: Option<String>,
-    /// Cluster members, `1=host:peer,2=host:peer,...`.
+    /// Cluster members and their peer addresses, `1=host:7402,2=host:7402,...`,
+    /// this node included; the same list on every node forms a Raft cluster.
     #[arg(long)]
     peers: Option<String>,
     /// A TOML file with any of the settings above (flags win).
@@ -80,9 +82,13 @@ struct FileConfig {
     maintenance_interval_ms: Option<u64>,
 }
 
+/// Log filter without RUST_LOG: openraft reports every vote and heartbeat
+/// decision at info, which would drown the broker's own lines.
+const DEFAULT_LOG_FILTER: &str = "info,openraft=warn";
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -94,9 +100,10 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// Parses `--peers`; returns the other members.
-fn parse_peers(peers: &str, node_id: u32) -> CliResult<Vec<(u32, String)>> {
-    let mut out = Vec::new();
+/// Parses `--peers` into every member and its peer address; the list must
+/// name this node (every node gets the same list).
+fn parse_peers(peers: &str, node_id: u32) -> CliResult<BTreeMap<u32, String>> {
+    let mut out = BTreeMap::new();
     for entry in peers.split(',').map(str::trim).filter(|e| !e.is_empty()) {
         let (id, addr) = entry.split_once('=').ok_or_else(|| {
             CliError(format!(
@@ -106,9 +113,14 @@ fn parse_peers(peers: &str, node_id: u32) -> CliResult<Vec<(u32, String)>> {
         let id: u32 = id
             .parse()
             .map_err(|_| CliError(format!("bad node id in --peers entry {entry:?}")))?;
-        if id != node_id {
-            out.push((id, addr.to_owned()));
+        if out.insert(id, addr.to_owned()).is_some() {
+            return Err(CliError(format!("--peers names node {id} twice")));
         }
+    }
+    if !out.is_empty() && !out.contains_key(&node_id) {
+        return Err(CliError(format!(
+            "--peers does not name this node ({node_id}); give every node the same list, itself included"
+        )));
     }
     Ok(out)
 }
@@ -169,15 +181,11 @@ pub async fn run(args: ServeArgs) -> CliResult {
             .or(file.peer_addr)
             .unwrap_or_else(|| parse(PEER_ADDR)),
     };
-    if let Some(peers) = args.peers.or(file.peers) {
-        let others = parse_peers(&peers, node_id)?;
-        if !others.is_empty() {
-            return Err(CliError(format!(
-                "--peers names {} other node(s), but replication is not available in this build yet; run a single node",
-                others.len()
-            )));
-        }
-    }
+    let peers = match args.peers.or(file.peers) {
+        Some(peers) => parse_peers(&peers, node_id)?,
+        None => BTreeMap::new(),
+    };
+    let config = BrokerConfig { peers, ..config };
     // Listen first, recover after: health and readiness are observable while
     // partitions recover.
     let broker = Broker::start(config).await?;

@@ -25,7 +25,9 @@ enum TopicCommand {
         name: String,
         #[arg(long)]
         partitions: u32,
-        #[arg(long, default_value_t = 1)]
+        /// Copies of each partition [default: 3, or the number of nodes if
+        /// fewer; 1 on a single node].
+        #[arg(long, default_value_t = 0)]
         replication_factor: u32,
         /// Delete old segments while the partition is larger than this.
         #[arg(long)]

@@ -90,7 +90,7 @@ impl Node {
             .args(["--control-addr", &self.control.to_string()])
             .args(["--peer-addr", &self.peer.to_string()])
             .args(&self.extra)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))

@@ -1,6 +1,9 @@
 //! What a node knows about the cluster: its topics, and the identities it hands
-//! out. In a single node this state lives in `<data-dir>/meta/`; replication
-//! moves it into the metadata Raft group.
+//! out. A single node keeps this state in `<data-dir>/meta/`; a cluster keeps
+//! topics, partition placement and node addresses in the metadata Raft group
+//! (`<data-dir>/cluster/`).
 
+pub mod metadata;
+pub mod metadata_group;
 pub mod producer_ids;
 pub mod topics;

@@ -1,9 +1,10 @@
-//! One partition of a topic: its log, the group-commit writer in front of it,
-//! the idempotent-producer table, and the high watermark readers wait on.
+//! One partition of a topic: its log, the writer in front of it, the
+//! idempotent-producer table, and the high watermark readers wait on.
 //!
-//! This is the append interface the server talks to. In a single node the high
-//! watermark is the flushed end of the log; replication will move it to the
-//! quorum-committed end without changing this interface.
+//! This is the append interface the server talks to. Behind it is one of two
+//! writers: on a single node the group-commit writer, with the high watermark
+//! at the flushed end of the log; in a cluster the partition's Raft group
+//! ([`replica`]), with the high watermark at the quorum-committed end.
 //!
 //! Blocking log work runs on blocking threads; every method here is safe to
 //! call from async tasks.
@@ -24,6 +25,7 @@ use tokio::sync::{oneshot, watch};
 pub use group_commit::CommitStats;
 use group_commit::{GroupCommit, Work};
 use producer_state::ProducerStates;
+use replica::{Replica, ReplicaConfig};
 
 use crate::error::{Error, Result};
 use crate::log::storage::Storage;
@@ -70,11 +72,23 @@ impl Replay for ProducerReplay {
     }
 }
 
+/// Who writes the partition's log.
+enum Writer {
+    /// A single node: the group-commit writer, which owns the producer table.
+    Local(Arc<GroupCommit>),
+    /// A cluster: the partition's Raft group.
+    Replicated(Arc<Replica>),
+}
+
+/// Statistics of a writer that does no group commit of its own.
+static NO_COMMIT_STATS: std::sync::LazyLock<CommitStats> =
+    std::sync::LazyLock::new(CommitStats::default);
+
 pub struct Partition {
     topic: Arc<str>,
     index: u32,
     log: Arc<Log>,
-    commit: Arc<GroupCommit>,
+    writer: Writer,
     high_watermark: Arc<watch::Sender<u64>>,
     /// What opening the log found (recovery facts for metrics).
     opened: OpenReport,
@@ -115,7 +129,52 @@ impl Partition {
             topic: topic.into(),
             index,
             log,
-            commit,
+            writer: Writer::Local(commit),
+            high_watermark,
+            opened: report.clone(),
+        };
+        Ok((partition, report))
+    }
+
+    /// Opens the partition's log in `dir` and starts its Raft group, which
+    /// from then on is the only writer of the log. The group's own files live
+    /// in `raft_dir`. The high watermark starts at what the group's state
+    /// machine restores and moves as entries commit.
+    pub async fn open_replicated(
+        dir: &Path,
+        raft_dir: &Path,
+        config: LogConfig,
+        storage: Arc<dyn Storage>,
+        replica: ReplicaConfig,
+    ) -> Result<(Partition, OpenReport)> {
+        let (log, report) = {
+            let (dir, raft_dir, storage) =
+                (dir.to_path_buf(), raft_dir.to_path_buf(), storage.clone());
+            tokio::task::spawn_blocking(move || {
+                std::fs::create_dir_all(&raft_dir).map_err(|e| {
+                    Error::Internal(format!("creating {}: {e}", raft_dir.display()))
+                })?;
+                Ok::<_, Error>(Log::open(&dir, config, storage, &mut ())?)
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("open task failed: {e}")))??
+        };
+        let log = Arc::new(log);
+        let high_watermark = Arc::new(watch::Sender::new(log.start_offset()));
+        let (topic, index) = (replica.topic.clone(), replica.partition);
+        let replica = Replica::start(
+            replica,
+            log.clone(),
+            storage,
+            raft_dir,
+            high_watermark.clone(),
+        )
+        .await?;
+        let partition = Partition {
+            topic: topic.as_str().into(),
+            index,
+            log,
+            writer: Writer::Replicated(replica),
             high_watermark,
             opened: report.clone(),
         };
@@ -124,6 +183,14 @@ impl Partition {
 
     pub fn topic(&self) -> &str {
         &self.topic
+    }
+
+    /// The partition's Raft member, when it is replicated.
+    pub fn replica(&self) -> Option<&Arc<Replica>> {
+        match &self.writer {
+            Writer::Replicated(r) => Some(r),
+            Writer::Local(_) => None,
+        }
     }
 
     pub fn index(&self) -> u32 {
@@ -154,15 +221,25 @@ impl Partition {
     }
 
     pub fn commit_stats(&self) -> &CommitStats {
-        &self.commit.stats
+        match &self.writer {
+            Writer::Local(commit) => &commit.stats,
+            Writer::Replicated(_) => &NO_COMMIT_STATS,
+        }
     }
 
     pub fn producer_count(&self) -> usize {
-        self.commit.producer_count()
+        match &self.writer {
+            Writer::Local(commit) => commit.producer_count(),
+            Writer::Replicated(r) => r.machine().with(|m| m.producers().len()),
+        }
     }
 
     /// Verifies `batch` and appends it; resolves as `acks` says. A retry of a
     /// batch already in the log resolves to its original offset.
+    ///
+    /// A replicated partition answers every acks mode once a quorum has the
+    /// batch fsynced: answering earlier would hand out an offset that a
+    /// leader change can give to another batch.
     pub async fn append(&self, batch: Bytes, acks: Acks) -> Result<Appended> {
         let header = verify(&batch)?;
         if header.is_control() {
@@ -170,6 +247,10 @@ impl Partition {
                 "control batches are written by the broker, not producers".into(),
             ));
         }
+        let commit = match &self.writer {
+            Writer::Local(commit) => commit,
+            Writer::Replicated(replica) => return replica.append(batch, header).await,
+        };
         let (reply, answer) = match acks {
             Acks::None => (None, None),
             _ => {
@@ -177,7 +258,7 @@ impl Partition {
                 (Some(tx), Some(rx))
             }
         };
-        self.commit.submit(Work::Append {
+        commit.submit(Work::Append {
             batch: batch.to_vec(),
             header,
             acks,
@@ -262,14 +343,25 @@ impl Partition {
     }
 
     /// Applies retention, and asks the writer for a checkpoint if one is due.
+    ///
+    /// A replicated partition keeps its segments for now: deleting one a
+    /// lagging follower still has to fetch would need the group to agree on
+    /// the cut (openraft's purge), which is not built yet. Its Raft flusher
+    /// checkpoints the log itself.
     pub async fn maintain(&self, now_ms: i64) -> Result<RetentionReport> {
+        if self.replica().is_some() {
+            return Ok(RetentionReport::default());
+        }
         let log = self.log.clone();
         let report = tokio::task::spawn_blocking(move || log.enforce_retention(now_ms))
             .await
             .map_err(|e| Error::Internal(format!("retention task failed: {e}")))??;
-        if self.log.checkpoint_due() && !self.log.is_poisoned() {
+        if let Writer::Local(commit) = &self.writer
+            && self.log.checkpoint_due()
+            && !self.log.is_poisoned()
+        {
             // Through the writer, so the producer table matches the log end.
-            let _ = self.commit.submit(Work::Checkpoint);
+            let _ = commit.submit(Work::Checkpoint);
         }
         Ok(report)
     }
@@ -277,8 +369,21 @@ impl Partition {
     /// Finishes queued appends, flushes, checkpoints and marks the log cleanly
     /// closed. Appends after this fail with `ShuttingDown`.
     pub async fn close(&self) -> Result<()> {
+        let commit = match &self.writer {
+            Writer::Local(commit) => commit,
+            Writer::Replicated(replica) => {
+                // Raft first, so nothing appends while the log closes; the
+                // group's flusher has made every acknowledged entry durable.
+                replica.shutdown().await;
+                let log = self.log.clone();
+                return tokio::task::spawn_blocking(move || log.close(&[]))
+                    .await
+                    .map_err(|e| Error::Internal(format!("close task failed: {e}")))?
+                    .map_err(Error::from);
+            }
+        };
         let (reply, done) = oneshot::channel();
-        self.commit.submit(Work::Close { reply })?;
+        commit.submit(Work::Close { reply })?;
         done.await
             .map_err(|_| Error::Internal("group commit stopped".into()))?
     }

@@ -31,6 +31,18 @@ use crate::raft::{LogStore, NodeId, Payload, Raft, StateMachine};
 /// Finds a node's client-facing (data) address, for `NOT_LEADER` answers.
 pub type ResolveLeader = Arc<dyn Fn(NodeId) -> Option<String> + Send + Sync>;
 
+/// Which group member a replica is, and how it reaches the others.
+pub struct ReplicaConfig {
+    pub topic: String,
+    pub partition: u32,
+    pub node_id: NodeId,
+    /// This node's position in the partition's replica list (0: preferred
+    /// leader), which orders election timeouts.
+    pub rank: u64,
+    pub network: GroupNetwork,
+    pub resolve: ResolveLeader,
+}
+
 type Answer = Result<Appended>;
 
 struct Proposal {
@@ -82,19 +94,22 @@ pub struct Replica {
 
 impl Replica {
     /// Starts the partition's Raft group on `log` (opened by the caller, and
-    /// written only through Raft from now on).
-    #[allow(clippy::too_many_arguments)]
+    /// written only through Raft from now on), with its state files in `dir`.
     pub async fn start(
-        topic: &str,
-        partition: u32,
-        node_id: NodeId,
+        config: ReplicaConfig,
         log: Arc<Log>,
         storage: Arc<dyn Storage>,
         dir: &Path,
         high_watermark: Arc<watch::Sender<u64>>,
-        network: GroupNetwork,
-        resolve: ResolveLeader,
     ) -> Result<Arc<Replica>> {
+        let ReplicaConfig {
+            topic,
+            partition,
+            node_id,
+            rank,
+            network,
+            resolve,
+        } = config;
         let (store, machine) = {
             let (log, storage, dir) = (log.clone(), storage.clone(), dir.to_path_buf());
             let machine = PartitionMachine::new(high_watermark);
@@ -112,7 +127,7 @@ impl Replica {
             })?
         };
         let config = Arc::new(
-            crate::raft::config(&format!("{topic}/{partition}"), node_id)
+            crate::raft::config(&format!("{topic}/{partition}"), rank)
                 .validate()
                 .map_err(|e| Error::Internal(format!("raft config: {e}")))?,
         );
@@ -121,7 +136,7 @@ impl Replica {
             .map_err(|e| Error::Internal(format!("starting Raft for {topic}/{partition}: {e}")))?;
         let (proposals, rx) = mpsc::unbounded_channel();
         let replica = Arc::new(Replica {
-            topic: topic.into(),
+            topic: topic.as_str().into(),
             partition,
             node_id,
             raft,

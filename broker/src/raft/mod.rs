@@ -122,7 +122,8 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 pub const ELECTION_TIMEOUT_MIN: Duration = Duration::from_millis(500);
 /// Each node draws its election timeout from its own window of this width…
 pub const ELECTION_WINDOW: Duration = Duration::from_millis(100);
-/// …with windows this far apart, by node id modulo [`ELECTION_WINDOWS`].
+/// …with windows this far apart, by the member's rank in the group modulo
+/// [`ELECTION_WINDOWS`].
 ///
 /// openraft 0.9 draws a node's election timeout once, at start-up, not per
 /// election. Two nodes that drew nearly the same one, with vote requests
@@ -140,9 +141,12 @@ pub const MAX_PAYLOAD_ENTRIES: u64 = 256;
 /// a restart re-applies at most this many entries' headers.
 pub const SNAPSHOT_EVERY_ENTRIES: u64 = 1024;
 
-/// The openraft config every group runs with on node `node_id`.
-pub fn config(cluster_name: &str, node_id: NodeId) -> openraft::Config {
-    let min = ELECTION_TIMEOUT_MIN + ELECTION_WINDOW_STRIDE * (node_id % ELECTION_WINDOWS) as u32;
+/// The openraft config of one group's member whose `rank` is its position
+/// in the group's replica list (the preferred leader is rank 0). The lowest
+/// rank has the shortest election timeout, so the preferred leader usually
+/// wins the first election and leadership spreads as replica lists do.
+pub fn config(cluster_name: &str, rank: u64) -> openraft::Config {
+    let min = ELECTION_TIMEOUT_MIN + ELECTION_WINDOW_STRIDE * (rank % ELECTION_WINDOWS) as u32;
     openraft::Config {
         cluster_name: cluster_name.to_string(),
         heartbeat_interval: HEARTBEAT_INTERVAL.as_millis() as u64,

@@ -32,14 +32,33 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Largest peer message: a full AppendEntries of maximum batches.
 pub const MAX_PEER_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
-/// Channels to peers by address, shared by all groups of a node.
+/// Channels to peers by address, shared by all groups of a node, and the
+/// node's own book of where each peer listens.
+///
+/// The book wins over the address in a group's membership: membership is
+/// replicated, so it holds whatever address the node that wrote it used, while
+/// each node may reach a peer differently (through a proxy, a NAT, a renamed
+/// host). Membership addresses are the fallback for nodes not in the book.
 #[derive(Clone, Default)]
 pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    book: Arc<parking_lot::RwLock<HashMap<NodeId, String>>>,
 }
 
 impl Peers {
-    fn client(&self, addr: &str) -> Result<PeerClient<Channel>, String> {
+    /// Peers reached at the given addresses.
+    pub fn with_addresses(book: impl IntoIterator<Item = (NodeId, String)>) -> Peers {
+        let peers = Peers::default();
+        peers.book.write().extend(book);
+        peers
+    }
+
+    /// Where this node reaches `node`, if it knows.
+    pub fn address(&self, node: NodeId) -> Option<String> {
+        self.book.read().get(&node).cloned()
+    }
+
+    pub(crate) fn client(&self, addr: &str) -> Result<PeerClient<Channel>, String> {
         let channel = {
             let mut channels = self.channels.lock();
             match channels.get(addr) {
@@ -85,10 +104,13 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
         PeerConnection {
+            addr: self
+                .peers
+                .address(target)
+                .unwrap_or_else(|| node.addr.clone()),
             peers: self.peers.clone(),
             group: self.group.clone(),
             target,
-            addr: node.addr.clone(),
         }
     }
 }

@@ -25,7 +25,29 @@ impl ControlService {
     }
 }
 
-fn topic_info(topic: &Topic, node_id: u32) -> TopicInfo {
+impl ControlService {
+    /// Every node of the cluster (just this one on a single node). A cluster
+    /// node that has not registered yet is missing until it has.
+    fn nodes(&self) -> Vec<NodeInfo> {
+        if !self.broker.is_clustered() {
+            return vec![self.node.clone()];
+        }
+        self.broker
+            .cluster_nodes()
+            .into_iter()
+            .map(|(id, n)| NodeInfo {
+                node_id: id as u32,
+                data_addr: n.data,
+                control_addr: n.control,
+                peer_addr: n.peer,
+            })
+            .collect()
+    }
+}
+
+/// A topic as this node sees it: every partition with its replicas and
+/// leader; offsets and sizes for the partitions held here (zero for others).
+fn topic_info(broker: &Broker, topic: &Topic) -> TopicInfo {
     let spec = &topic.spec;
     TopicInfo {
         name: spec.name.clone(),
@@ -36,18 +58,26 @@ fn topic_info(topic: &Topic, node_id: u32) -> TopicInfo {
             retention_ms: spec.retention_ms.unwrap_or(0),
             segment_bytes: spec.segment_bytes,
         }),
-        partitions: topic
-            .partitions
-            .iter()
-            .map(|p| PartitionInfo {
-                partition: p.index(),
-                leader: node_id,
-                replicas: vec![node_id],
-                log_start_offset: p.start_offset(),
-                high_watermark: p.high_watermark(),
-                log_end_offset: p.end_offset(),
-                size_bytes: p.log().cached_size_bytes(),
-                segments: p.log().segment_count() as u32,
+        partitions: (0..spec.partitions)
+            .map(|index| {
+                let mut info = PartitionInfo {
+                    partition: index,
+                    leader: broker.partition_leader(topic, index),
+                    replicas: topic
+                        .replicas
+                        .get(index as usize)
+                        .cloned()
+                        .unwrap_or_default(),
+                    ..Default::default()
+                };
+                if let Ok(p) = topic.partition(index) {
+                    info.log_start_offset = p.start_offset();
+                    info.high_watermark = p.high_watermark();
+                    info.log_end_offset = p.end_offset();
+                    info.size_bytes = p.log().cached_size_bytes();
+                    info.segments = p.log().segment_count() as u32;
+                }
+                info
             })
             .collect(),
     }
@@ -134,7 +164,7 @@ impl Control for ControlService {
             .create_topic(&r.name, settings)
             .await
             .map_err(|e| to_status(&e))?;
-        Ok(Response::new(topic_info(&topic, self.broker.node_id())))
+        Ok(Response::new(topic_info(&self.broker, &topic)))
     }
 
     async fn delete_topic(
@@ -155,12 +185,11 @@ impl Control for ControlService {
         _: Request<ListTopicsRequest>,
     ) -> Result<Response<ListTopicsResponse>, Status> {
         self.counted();
-        let node = self.broker.node_id();
         let topics = self
             .broker
             .topics()
             .iter()
-            .map(|t| topic_info(t, node))
+            .map(|t| topic_info(&self.broker, t))
             .collect();
         Ok(Response::new(ListTopicsResponse { topics }))
     }
@@ -174,7 +203,7 @@ impl Control for ControlService {
             .broker
             .topic(&request.into_inner().name)
             .map_err(|e| to_status(&e))?;
-        Ok(Response::new(topic_info(&topic, self.broker.node_id())))
+        Ok(Response::new(topic_info(&self.broker, &topic)))
     }
 
     async fn metadata(
@@ -192,16 +221,15 @@ impl Control for ControlService {
                 .collect::<Result<_, _>>()
                 .map_err(|e| to_status(&e))?
         };
-        let node = self.broker.node_id();
         Ok(Response::new(MetadataResponse {
-            nodes: vec![self.node.clone()],
+            nodes: self.nodes(),
             partitions: topics
                 .iter()
                 .flat_map(|t| {
                     (0..t.spec.partitions).map(move |p| PartitionLeader {
                         topic: t.spec.name.clone(),
                         partition: p,
-                        leader: node,
+                        leader: self.broker.partition_leader(t, p),
                     })
                 })
                 .collect(),
@@ -220,15 +248,14 @@ impl Control for ControlService {
         _: Request<ClusterStatusRequest>,
     ) -> Result<Response<ClusterStatusResponse>, Status> {
         self.counted();
-        let node = self.broker.node_id();
         Ok(Response::new(ClusterStatusResponse {
-            node_id: node,
-            nodes: vec![self.node.clone()],
+            node_id: self.broker.node_id(),
+            nodes: self.nodes(),
             topics: self
                 .broker
                 .topics()
                 .iter()
-                .map(|t| topic_info(t, node))
+                .map(|t| topic_info(&self.broker, t))
                 .collect(),
             ready: self.broker.is_ready(),
             uptime_ms: self.broker.uptime().as_millis() as u64,

@@ -141,6 +141,13 @@ pub fn serve(broker: &Broker, addrs: &ListenAddrs) -> Result<ServerHandle> {
         control_addr: bound.control.to_string(),
         peer_addr: bound.peer.to_string(),
     };
+    if let Some(metadata) = broker.metadata_group() {
+        metadata.register(crate::cluster::metadata::NodeAddrs {
+            data: node.data_addr.clone(),
+            control: node.control_addr.clone(),
+            peer: node.peer_addr.clone(),
+        });
+    }
     let (stop, stopped) = watch::channel(false);
     let workers = match broker.config().data_worker_threads {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -153,10 +160,10 @@ pub fn serve(broker: &Broker, addrs: &ListenAddrs) -> Result<ServerHandle> {
         routes.add_service(health_service);
     });
     let peer_routes = Routes::new(
-        PeerServer::new(PeerService::new(
-            broker.node_id(),
-            broker.raft_groups().clone(),
-        ))
+        PeerServer::new(
+            PeerService::new(broker.node_id(), broker.raft_groups().clone())
+                .with_metadata(broker.metadata_group().cloned()),
+        )
         .max_decoding_message_size(crate::raft::network::MAX_PEER_MESSAGE_BYTES)
         .max_encoding_message_size(crate::raft::network::MAX_PEER_MESSAGE_BYTES),
     );

@@ -1,11 +1,15 @@
 //! The peer-port service: traffic between nodes. Raft RPCs of every group are
 //! multiplexed here and routed by group id (DESIGN.md §6).
 
+use std::sync::Arc;
+
 use serde::Serialize;
 use strata_proto::v1::peer_server::Peer;
 use strata_proto::v1::{HelloRequest, HelloResponse, RaftAppendRequest, RaftReply, RaftRequest};
 use tonic::{Request, Response, Status};
 
+use crate::cluster::metadata::Command;
+use crate::cluster::metadata_group::MetadataGroup;
 use crate::raft::groups::Groups;
 use crate::raft::{Raft, wire};
 
@@ -13,11 +17,22 @@ use crate::raft::{Raft, wire};
 pub struct PeerService {
     node_id: u32,
     groups: Groups,
+    metadata: Option<Arc<MetadataGroup>>,
 }
 
 impl PeerService {
     pub fn new(node_id: u32, groups: Groups) -> Self {
-        PeerService { node_id, groups }
+        PeerService {
+            node_id,
+            groups,
+            metadata: None,
+        }
+    }
+
+    /// Accepts metadata commands forwarded by other nodes.
+    pub fn with_metadata(mut self, metadata: Option<Arc<MetadataGroup>>) -> Self {
+        self.metadata = metadata;
+        self
     }
 
     fn group(&self, group: &str) -> Result<Raft, Status> {
@@ -77,5 +92,23 @@ impl Peer for PeerService {
             raft.install_snapshot(parse(&request.json, "snapshot")?)
                 .await,
         )
+    }
+
+    async fn propose(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let request = request.into_inner();
+        let metadata = self
+            .metadata
+            .as_ref()
+            .filter(|_| request.group == crate::raft::groups::METADATA_GROUP)
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no metadata group {:?} on this node",
+                    request.group
+                ))
+            })?;
+        let command: Command = parse(&request.json, "metadata command")?;
+        // Only the leader applies; a node that lost leadership meanwhile says
+        // so, and the sender looks for the new one.
+        reply(metadata.propose_here(&command).await)
     }
 }

@@ -28,6 +28,7 @@ pub fn classify(error: &Error) -> (Code, &'static str) {
         Error::ProducerFenced { .. } => (Code::FailedPrecondition, "producer-fenced"),
         Error::Overloaded { .. } => (Code::ResourceExhausted, "overloaded"),
         Error::NotLeader { .. } => (Code::Unavailable, "not-leader"),
+        Error::NoQuorum(_) => (Code::Unavailable, "no-quorum"),
         Error::Storage(e) => match e {
             LogError::OffsetOutOfRange { .. } => (Code::OutOfRange, "offset-out-of-range"),
             LogError::Corrupt { .. } => (Code::DataLoss, "corrupt"),

@@ -1,0 +1,264 @@
+//! The cluster metadata group's state machine: which nodes exist and where
+//! they listen, which topics exist, and which nodes hold each partition.
+//!
+//! Every node runs this machine on the same committed commands, so every node
+//! can answer metadata requests from memory. A command is one JSON record in
+//! an ordinary record batch, so the metadata group's log is a segment log like
+//! any partition's. Applying is deterministic: topic ids come from a counter
+//! in the state, and the creation time travels in the command.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use strata_proto::batch::{BatchBuilder, BatchHeader, Record, Records};
+use tokio::sync::watch;
+
+use super::topics::TopicSpec;
+use crate::raft::{Applied, LogId, Machine, NodeId};
+
+/// Where a node listens, as it registered itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAddrs {
+    /// Data port address given to clients (may be the advertised one).
+    pub data: String,
+    pub control: String,
+    pub peer: String,
+}
+
+/// A topic and the nodes that hold each of its partitions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicAssignment {
+    pub spec: TopicSpec,
+    /// Per partition, its replicas; the first is the preferred leader.
+    pub replicas: Vec<Vec<NodeId>>,
+}
+
+/// Everything the metadata group agrees on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub nodes: BTreeMap<NodeId, NodeAddrs>,
+    pub topics: BTreeMap<String, TopicAssignment>,
+    pub next_topic_id: u64,
+    /// Raft index of the last command applied (0 before any).
+    pub applied_index: u64,
+}
+
+/// A change to the cluster metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// A node announces (or changes) its addresses.
+    RegisterNode {
+        id: NodeId,
+        addrs: NodeAddrs,
+    },
+    /// Creates a topic; its `spec.id` is assigned when applied.
+    CreateTopic {
+        spec: TopicSpec,
+        replicas: Vec<Vec<NodeId>>,
+    },
+    DeleteTopic {
+        name: String,
+    },
+}
+
+impl Command {
+    /// The command as a record batch, the form every group's log stores.
+    pub fn encode(&self) -> Bytes {
+        let json = serde_json::to_vec(self).expect("commands serialize");
+        let mut batch = BatchBuilder::control();
+        batch
+            .push(&Record::new(crate::log::now_ms(), json))
+            .expect("a metadata command fits in a batch");
+        batch.finish()
+    }
+
+    /// The command in a stored batch.
+    pub fn decode(batch: &Bytes) -> Result<Command, String> {
+        let mut records = Records::new(batch.clone()).map_err(|e| e.to_string())?;
+        let (_, record) = records
+            .next()
+            .ok_or("metadata batch holds no record")?
+            .map_err(|e| e.to_string())?;
+        let value = record.value.ok_or("metadata record has no value")?;
+        serde_json::from_slice(&value).map_err(|e| format!("metadata command: {e}"))
+    }
+}
+
+/// The metadata group's [`Machine`]. Publishes every new state on a watch
+/// channel, which the broker reconciles its partitions against.
+pub struct MetadataMachine {
+    state: ClusterState,
+    published: Arc<watch::Sender<Arc<ClusterState>>>,
+}
+
+impl MetadataMachine {
+    pub fn new(published: Arc<watch::Sender<Arc<ClusterState>>>) -> Self {
+        MetadataMachine {
+            state: ClusterState::default(),
+            published,
+        }
+    }
+
+    pub fn state(&self) -> &ClusterState {
+        &self.state
+    }
+
+    fn publish(&self) {
+        self.published.send_replace(Arc::new(self.state.clone()));
+    }
+
+    /// Applies `command`; false when it changed nothing (a topic that already
+    /// exists, or one already deleted).
+    fn apply_command(&mut self, command: Command) -> bool {
+        let state = &mut self.state;
+        match command {
+            Command::RegisterNode { id, addrs } => {
+                state.nodes.insert(id, addrs.clone()) != Some(addrs)
+            }
+            Command::CreateTopic { mut spec, replicas } => {
+                if state.topics.contains_key(&spec.name) {
+                    return false;
+                }
+                state.next_topic_id += 1;
+                spec.id = state.next_topic_id;
+                state
+                    .topics
+                    .insert(spec.name.clone(), TopicAssignment { spec, replicas });
+                true
+            }
+            Command::DeleteTopic { name } => state.topics.remove(&name).is_some(),
+        }
+    }
+}
+
+impl Machine for MetadataMachine {
+    fn apply(&mut self, log_id: &LogId, _header: &BatchHeader, batch: &Bytes) -> Applied {
+        let changed = match Command::decode(batch) {
+            Ok(command) => self.apply_command(command),
+            Err(why) => {
+                // Only the broker writes this log; a command it cannot read is
+                // from a newer version. Skipping it on every node keeps them equal.
+                tracing::error!(index = log_id.index, %why, "skipping an unreadable metadata command");
+                false
+            }
+        };
+        self.state.applied_index = log_id.index;
+        self.publish();
+        Applied {
+            base_offset: log_id.index,
+            duplicate: !changed,
+        }
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.state).expect("state serializes")
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        self.state = serde_json::from_slice(snapshot).map_err(|e| e.to_string())?;
+        self.publish();
+        Ok(())
+    }
+}
+
+/// Replicas for each of `partitions` partitions of a topic: `factor` distinct
+/// nodes each, the preferred leader first, rotated by partition (and by topic
+/// id, so that many one-partition topics do not all lead on one node).
+pub fn assign_replicas(
+    nodes: &[NodeId],
+    partitions: u32,
+    factor: usize,
+    seed: u64,
+) -> Vec<Vec<NodeId>> {
+    let n = nodes.len();
+    (0..partitions as usize)
+        .map(|p| {
+            let first = (p + seed as usize) % n;
+            (0..factor).map(|r| nodes[(first + r) % n]).collect()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::topics::TopicSettings;
+
+    fn spec(name: &str) -> TopicSpec {
+        let settings = TopicSettings {
+            partitions: 3,
+            replication_factor: 2,
+            ..Default::default()
+        };
+        TopicSpec::new(name, &settings, 0, 1 << 20).unwrap()
+    }
+
+    fn apply(m: &mut MetadataMachine, index: u64, c: &Command) -> Applied {
+        let batch = c.encode();
+        let header = strata_proto::batch::verify(&batch).unwrap();
+        let id = LogId::new(openraft::CommittedLeaderId::new(1, 0), index);
+        m.apply(&id, &header, &batch)
+    }
+
+    #[test]
+    fn commands_apply_deterministically_and_publish() {
+        let (tx, rx) = watch::channel(Arc::new(ClusterState::default()));
+        let mut a = MetadataMachine::new(Arc::new(tx));
+        let mut b = MetadataMachine::new(Arc::new(watch::channel(Default::default()).0));
+        let create = Command::CreateTopic {
+            spec: spec("orders"),
+            replicas: assign_replicas(&[1, 2, 3], 3, 2, 0),
+        };
+        for m in [&mut a, &mut b] {
+            assert!(!apply(m, 1, &create).duplicate);
+            assert!(
+                apply(m, 2, &create).duplicate,
+                "second create changes nothing"
+            );
+        }
+        assert_eq!(a.state(), b.state());
+        assert_eq!(rx.borrow().topics["orders"].spec.id, 1);
+        assert_eq!(rx.borrow().applied_index, 2);
+        let delete = Command::DeleteTopic {
+            name: "orders".into(),
+        };
+        assert!(!apply(&mut a, 3, &delete).duplicate);
+        assert!(apply(&mut a, 4, &delete).duplicate);
+        // A re-created topic is a new incarnation.
+        apply(&mut a, 5, &create);
+        assert_eq!(rx.borrow().topics["orders"].spec.id, 2);
+    }
+
+    #[test]
+    fn snapshot_restores_the_same_state() {
+        let mut a = MetadataMachine::new(Arc::new(watch::channel(Default::default()).0));
+        let addrs = NodeAddrs {
+            data: "d".into(),
+            control: "c".into(),
+            peer: "p".into(),
+        };
+        apply(&mut a, 1, &Command::RegisterNode { id: 7, addrs });
+        let mut b = MetadataMachine::new(Arc::new(watch::channel(Default::default()).0));
+        b.restore(&a.snapshot()).unwrap();
+        assert_eq!(a.state(), b.state());
+    }
+
+    #[test]
+    fn replicas_are_distinct_and_leaders_spread() {
+        let nodes = [1, 2, 3];
+        let replicas = assign_replicas(&nodes, 6, 3, 0);
+        for r in &replicas {
+            let mut sorted = r.clone();
+            sorted.sort();
+            sorted.dedup();
+            assert_eq!(sorted.len(), 3);
+        }
+        let mut leaders = [0; 4];
+        for r in &replicas {
+            leaders[r[0] as usize] += 1;
+        }
+        assert_eq!(&leaders[1..], &[2, 2, 2]);
+    }
+}
