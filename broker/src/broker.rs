@@ -43,6 +43,9 @@ use crate::raft::NodeId;
 use crate::raft::groups::{METADATA_GROUP, partition_group};
 use crate::raft::network::Peers;
 
+/// The leader id reported while a partition has none (ids start at 1).
+pub const NO_LEADER: u32 = 0;
+
 /// Replicas per partition when a topic in a cluster does not say.
 pub const DEFAULT_REPLICATION_FACTOR: usize = 3;
 
@@ -380,7 +383,8 @@ impl Broker {
     }
 
     /// The node leading `partition` of `topic`, as far as this node knows: its
-    /// own Raft view when it holds a replica, else the preferred leader.
+    /// own Raft view when it holds a replica (0 while no leader is known, as
+    /// during an election), else the preferred leader.
     pub fn partition_leader(&self, topic: &Topic, partition: u32) -> u32 {
         let preferred = topic
             .replicas
@@ -393,7 +397,7 @@ impl Broker {
                 .metrics()
                 .borrow()
                 .current_leader
-                .map_or(preferred, |l| l as u32),
+                .map_or(NO_LEADER, |l| l as u32),
             None => preferred,
         }
     }

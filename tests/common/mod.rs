@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod proxy;
 
 use std::io::{BufRead, BufReader, Write};
@@ -20,6 +21,8 @@ pub const STRATA: &str = env!("CARGO_BIN_EXE_strata");
 
 pub struct Node {
     child: Option<Child>,
+    /// Phases ("listening", "serving") the running process has announced.
+    events: Option<mpsc::Receiver<(&'static str, Addrs)>>,
     pub dir: PathBuf,
     pub data: SocketAddr,
     pub control: SocketAddr,
@@ -28,8 +31,10 @@ pub struct Node {
     log: PathBuf,
 }
 
+type Addrs = (SocketAddr, SocketAddr, SocketAddr);
+
 /// Parses `strata <phase> node=.. data=.. control=.. peer=..`.
-fn parse_line(line: &str, phase: &str) -> Option<(SocketAddr, SocketAddr, SocketAddr)> {
+fn parse_line(line: &str, phase: &str) -> Option<Addrs> {
     let rest = line
         .strip_prefix("strata ")?
         .strip_prefix(phase)?
@@ -67,6 +72,7 @@ impl Node {
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
         Node {
             child: None,
+            events: None,
             dir: dir.to_path_buf(),
             data: any,
             control: any,
@@ -100,26 +106,51 @@ impl Node {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addrs) = parse_line(&line, phase) {
-                    let _ = tx.send(addrs);
+                for phase in ["listening", "serving"] {
+                    if let Some(addrs) = parse_line(&line, phase) {
+                        let _ = tx.send((phase, addrs));
+                    }
                 }
             }
         });
-        match rx.recv_timeout(START_TIMEOUT) {
-            Ok((data, control, peer)) => {
-                self.data = data;
-                self.control = control;
-                self.peer = peer;
-            }
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "strata did not start; log:\n{}",
-                    std::fs::read_to_string(&self.log).unwrap_or_default()
-                );
+        self.events = Some(rx);
+        self.child = Some(child);
+        self.wait_for(phase);
+    }
+
+    /// Waits until the node announces `phase`; learns its addresses from it.
+    fn wait_for(&mut self, phase: &str) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let events = self.events.as_ref().expect("spawned");
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match events.recv_timeout(left) {
+                Ok((p, (data, control, peer))) => {
+                    self.data = data;
+                    self.control = control;
+                    self.peer = peer;
+                    if p == phase {
+                        return;
+                    }
+                }
+                Err(_) => {
+                    if let Some(mut child) = self.child.take() {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                    }
+                    panic!(
+                        "strata did not reach {phase:?}; log:\n{}",
+                        std::fs::read_to_string(&self.log).unwrap_or_default()
+                    );
+                }
             }
         }
-        self.child = Some(child);
+    }
+
+    /// Waits for a node started with `start_listening` to serve (a cluster
+    /// node serves once a quorum of its peers has elected a metadata leader).
+    pub fn wait_serving(&mut self) {
+        self.wait_for("serving");
     }
 
     /// The control address clients bootstrap from.

@@ -26,22 +26,25 @@ impl ControlService {
 }
 
 impl ControlService {
-    /// Every node of the cluster (just this one on a single node). A cluster
-    /// node that has not registered yet is missing until it has.
+    /// Every node of the cluster (just this one on a single node). Another
+    /// node that has not registered its addresses yet is missing until it
+    /// has; this one is always listed, from its own listeners.
     fn nodes(&self) -> Vec<NodeInfo> {
-        if !self.broker.is_clustered() {
-            return vec![self.node.clone()];
-        }
-        self.broker
+        let mut nodes: Vec<NodeInfo> = self
+            .broker
             .cluster_nodes()
             .into_iter()
+            .filter(|(id, _)| *id != u64::from(self.node.node_id))
             .map(|(id, n)| NodeInfo {
                 node_id: id as u32,
                 data_addr: n.data,
                 control_addr: n.control,
                 peer_addr: n.peer,
             })
-            .collect()
+            .collect();
+        nodes.push(self.node.clone());
+        nodes.sort_by_key(|n| n.node_id);
+        nodes
     }
 }
 

@@ -1,0 +1,325 @@
+//! Three real `strata serve` processes forming a Raft cluster on loopback
+//! (DESIGN.md §4, §6): producers with acks=all keep going while the leader
+//! is killed with SIGKILL, restarted, and cut off from its peers; afterwards
+//! every acknowledged record is in the log exactly once, at the offset it was
+//! acknowledged with, and every replica's log is byte-identical.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::cluster::{Cluster, record_values, stored_batches};
+use parking_lot::Mutex;
+use strata_client::{Admin, NewTopic, Producer, ProducerRecord};
+use strata_proto::batch::{BatchBuilder, Record};
+use strata_proto::v1::data_client::DataClient;
+use strata_proto::v1::{Acks, ProduceRequest};
+use tonic::Code;
+
+const TOPIC: &str = "orders";
+const PARTITIONS: u32 = 2;
+/// Records per round; a round is sent, then all its acks awaited.
+const ROUND: usize = 50;
+/// How long one phase of the test may take to show progress.
+const PHASE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the producer task saw: record number → (partition, offset) for each
+/// acknowledged record; and how many it sent.
+#[derive(Default)]
+struct History {
+    acked: Mutex<HashMap<u64, (u32, u64)>>,
+    sent: AtomicU64,
+    failed: AtomicU64,
+    stop: AtomicBool,
+}
+
+impl History {
+    fn acked(&self) -> usize {
+        self.acked.lock().len()
+    }
+
+    /// Blocks until `more` records beyond now are acknowledged.
+    fn wait_for_progress(&self, more: usize, what: &str) {
+        let target = self.acked() + more;
+        let deadline = Instant::now() + PHASE_TIMEOUT;
+        while self.acked() < target {
+            assert!(
+                Instant::now() < deadline,
+                "no progress {what}: {} acked, waiting for {target}",
+                self.acked()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Produces numbered records in rounds until told to stop.
+async fn produce(producer: Producer, history: Arc<History>) {
+    let mut next = 0u64;
+    while !history.stop.load(Ordering::Acquire) {
+        let mut round = Vec::with_capacity(ROUND);
+        for _ in 0..ROUND {
+            let record = ProducerRecord::new(TOPIC, format!("r{next}")).key(format!("k{next}"));
+            round.push((next, producer.enqueue(record).await.expect("enqueue")));
+            next += 1;
+        }
+        history.sent.store(next, Ordering::Release);
+        for (n, delivery) in round {
+            match delivery.await {
+                Ok(meta) => {
+                    let offset = meta.offset.expect("acks=all answers with an offset");
+                    history.acked.lock().insert(n, (meta.partition, offset));
+                }
+                Err(e) => {
+                    // Allowed (its fate is unknown), but it must never be duplicated.
+                    history.failed.fetch_add(1, Ordering::AcqRel);
+                    eprintln!("record {n} failed: {e}");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    producer.close().await.expect("close");
+}
+
+/// The index of the node leading `partition` as `bootstrap` sees it, if
+/// it knows of one.
+fn leader_of(cluster: &Cluster, bootstrap: &str, partition: u32) -> Option<usize> {
+    cluster.rt.block_on(async {
+        let admin = Admin::connect(bootstrap).await.unwrap();
+        let topic = admin.describe_topic(TOPIC).await.unwrap();
+        (topic.partitions[partition as usize].leader as usize).checked_sub(1)
+    })
+}
+
+/// The leader of `partition` once every node agrees on it (a new group's
+/// first election may still be running).
+fn agreed_leader(cluster: &Cluster, partition: u32) -> usize {
+    let deadline = Instant::now() + PHASE_TIMEOUT;
+    loop {
+        let views: Vec<Option<usize>> = cluster
+            .control_addrs()
+            .iter()
+            .map(|addr| leader_of(cluster, addr, partition))
+            .collect();
+        if let Some(leader) = views[0]
+            && views.iter().all(|&l| l == views[0])
+        {
+            return leader;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nodes disagree on the leader: {views:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until every node reports the same high watermark and log end for
+/// every partition, with nothing uncommitted: the replicas have converged.
+fn wait_converged(cluster: &Cluster) -> Vec<u64> {
+    let deadline = Instant::now() + PHASE_TIMEOUT;
+    loop {
+        let views: Vec<Vec<(u64, u64)>> = cluster.rt.block_on(async {
+            let mut views = Vec::new();
+            for addr in cluster.control_addrs() {
+                let admin = Admin::connect(addr.as_str()).await.unwrap();
+                let topic = admin.describe_topic(TOPIC).await.unwrap();
+                views.push(
+                    topic
+                        .partitions
+                        .iter()
+                        .map(|p| (p.high_watermark, p.log_end_offset))
+                        .collect(),
+                );
+            }
+            views
+        });
+        let settled =
+            views.iter().all(|v| v == &views[0]) && views[0].iter().all(|(hw, end)| hw == end);
+        if settled {
+            return views[0].iter().map(|(hw, _)| *hw).collect();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas never converged: {views:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn acknowledged_records_survive_leader_kill_restart_and_partition() {
+    let mut cluster = Cluster::start(3);
+    let first = cluster.control_addrs()[0].clone();
+    cluster.rt.block_on(async {
+        let admin = Admin::connect(first.as_str()).await.unwrap();
+        admin
+            .create_topic(TOPIC, NewTopic::new(PARTITIONS).replication_factor(3))
+            .await
+            .unwrap();
+    });
+    // Kill the leader of partition 0; clients bootstrap from another node.
+    let victim = agreed_leader(&cluster, 0);
+    let bootstrap_node = (victim + 1) % 3;
+    let bootstrap = cluster.control_addrs()[bootstrap_node].clone();
+    let history = Arc::new(History::default());
+    let producer = cluster.rt.block_on(async {
+        Producer::builder(bootstrap.as_str())
+            .request_timeout(Duration::from_secs(2))
+            .delivery_timeout(Duration::from_secs(120))
+            .linger(Duration::from_millis(2))
+            .build()
+            .await
+            .unwrap()
+    });
+    let task = cluster.rt.spawn(produce(producer, history.clone()));
+
+    history.wait_for_progress(500, "before any fault");
+    cluster.nodes[victim].kill9();
+    history.wait_for_progress(500, "after the leader was killed");
+    cluster.nodes[victim].restart();
+    history.wait_for_progress(500, "after the old leader restarted");
+
+    // Cut off a leader other than the client's bootstrap node (whose metadata
+    // the client relies on), both ways; the rest elect a new one.
+    let isolated = (0..PARTITIONS)
+        .filter_map(|p| leader_of(&cluster, &bootstrap, p))
+        .find(|&l| l != bootstrap_node)
+        .unwrap_or((bootstrap_node + 1) % 3);
+    cluster.isolate(isolated);
+    history.wait_for_progress(500, "with a leader cut off");
+    cluster.heal();
+    history.wait_for_progress(500, "after the partition healed");
+
+    history.stop.store(true, Ordering::Release);
+    cluster.rt.block_on(task).unwrap();
+    let high_watermarks = wait_converged(&cluster);
+    for node in &mut cluster.nodes {
+        assert!(node.sigterm().success(), "clean shutdown");
+    }
+
+    let acked = history.acked.lock().clone();
+    let sent = history.sent.load(Ordering::Acquire);
+    assert!(acked.len() >= 2500, "only {} acked", acked.len());
+    for partition in 0..PARTITIONS {
+        let logs: Vec<_> = (0..3)
+            .map(|i| stored_batches(&cluster.data_dir(i), TOPIC, partition))
+            .collect();
+        for (i, log) in logs.iter().enumerate().skip(1) {
+            assert!(
+                log == &logs[0],
+                "partition {partition}: node {} holds {} batches, node 1 holds {}, or their bytes differ",
+                i + 1,
+                log.len(),
+                logs[0].len()
+            );
+        }
+        let records = record_values(&logs[0]);
+        assert_eq!(
+            records.len() as u64,
+            high_watermarks[partition as usize],
+            "offsets are dense up to the high watermark"
+        );
+        let mut seen: HashMap<u64, u64> = HashMap::new();
+        for (offset, value) in &records {
+            let n: u64 = value.strip_prefix('r').unwrap().parse().unwrap();
+            assert!(n < sent, "record {n} was never sent");
+            if let Some(first) = seen.insert(n, *offset) {
+                panic!("record {n} is stored twice: at {first} and {offset}");
+            }
+        }
+        for (n, (p, offset)) in &acked {
+            if *p == partition {
+                assert_eq!(
+                    seen.get(n),
+                    Some(offset),
+                    "acknowledged record {n} is not at its acknowledged offset {p}/{offset}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn followers_redirect_to_the_leader_and_replication_is_bounded_by_nodes() {
+    let cluster = Cluster::start(3);
+    let first = cluster.control_addrs()[0].clone();
+    cluster.rt.block_on(async {
+        let admin = Admin::connect(first.as_str()).await.unwrap();
+        let err = admin
+            .create_topic("wide", NewTopic::new(1).replication_factor(4))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("replication factor 4") && err.to_string().contains("3 nodes"),
+            "{err}"
+        );
+        let info = admin
+            .create_topic(TOPIC, NewTopic::new(1).replication_factor(3))
+            .await
+            .unwrap();
+        assert_eq!(info.partitions[0].replicas.len(), 3);
+    });
+    let leader = agreed_leader(&cluster, 0);
+    let follower = (leader + 1) % 3;
+    cluster.rt.block_on(async {
+        // A leader may need a moment to commit its first entry of its term.
+        let mut batch = BatchBuilder::default();
+        batch.push(&Record::new(1, "x")).unwrap();
+        let batch = batch.finish();
+        let request = ProduceRequest {
+            topic: TOPIC.into(),
+            partition: 0,
+            batch: batch.clone(),
+            acks: Acks::All as i32,
+        };
+        let mut client = DataClient::connect(format!("http://{}", cluster.nodes[follower].data))
+            .await
+            .unwrap();
+        let leader_data = cluster.nodes[leader].data.to_string();
+        // Until the first election of the new group ends, a follower does not
+        // know the leader and says NOT_LEADER without a hint.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = client.produce(request.clone()).await.unwrap_err();
+            assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+            assert_eq!(status.metadata().get("strata-error").unwrap(), "not-leader");
+            let hint = status
+                .metadata()
+                .get("strata-leader")
+                .map(|v| v.to_str().unwrap().to_owned());
+            if let Some(hint) = hint {
+                assert_eq!(
+                    hint, leader_data,
+                    "NOT_LEADER names the leader's data address"
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the follower never learned the leader"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut at_leader = DataClient::connect(format!("http://{leader_data}"))
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match at_leader.produce(request.clone()).await {
+                Ok(r) => {
+                    assert_eq!(r.into_inner().base_offset, 0);
+                    break;
+                }
+                Err(s) if s.code() == Code::Unavailable && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(s) => panic!("the leader refused: {s:?}"),
+            }
+        }
+    });
+}

@@ -1,0 +1,169 @@
+//! A cluster of real `strata serve` processes on loopback whose peer traffic
+//! runs through one proxy per direction, so a test can cut a node off from
+//! the others (both ways) while clients still reach it.
+//!
+//! Node `i` (index) has id `i + 1`. Every node names the others by the address
+//! of the proxy that carries its traffic to them, so the peer lists differ per
+//! node, as they may in production (NAT, per-host names).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use strata_broker::log::storage::FileStorage;
+use strata_broker::log::{Log, LogConfig};
+use strata_proto::batch::{Batches, Records};
+
+use super::Node;
+use super::proxy::Proxy;
+
+pub struct Cluster {
+    pub rt: tokio::runtime::Runtime,
+    pub nodes: Vec<Node>,
+    /// `links[from][to]`: the proxy `from` reaches `to` through.
+    links: Vec<Vec<Option<Proxy>>>,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `n` nodes and returns once each serves (a metadata leader is
+    /// elected and every node has joined).
+    pub fn start(n: usize) -> Cluster {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut links: Vec<Vec<Option<Proxy>>> = Vec::new();
+        let mut upstreams = Vec::new();
+        for from in 0..n {
+            let mut row = Vec::new();
+            for to in 0..n {
+                if from == to {
+                    row.push(None);
+                    continue;
+                }
+                let (proxy, upstream) = rt.block_on(Proxy::start());
+                upstreams.push((to, upstream));
+                row.push(Some(proxy));
+            }
+            links.push(row);
+        }
+        let mut nodes = Vec::new();
+        for (i, row) in links.iter().enumerate() {
+            let peers: Vec<String> = row
+                .iter()
+                .enumerate()
+                .map(|(j, link)| match link {
+                    Some(p) => format!("{}={}", j + 1, p.addr),
+                    // Its own entry is never dialled.
+                    None => format!("{}=127.0.0.1:0", j + 1),
+                })
+                .collect();
+            let id = (i + 1).to_string();
+            let peers = peers.join(",");
+            let node_dir = dir.path().join(format!("n{}", i + 1));
+            nodes.push(Node::start_listening(
+                &node_dir,
+                &["--node-id", &id, "--peers", &peers],
+            ));
+        }
+        for (to, upstream) in upstreams {
+            upstream.send_replace(Some(nodes[to].peer));
+        }
+        for node in &mut nodes {
+            node.wait_serving();
+        }
+        let cluster = Cluster {
+            rt,
+            nodes,
+            links,
+            dir,
+        };
+        cluster.wait_all_registered();
+        cluster
+    }
+
+    /// Waits until every node lists every node's addresses (each registers
+    /// through the metadata group once it listens).
+    pub fn wait_all_registered(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        for addr in self.control_addrs() {
+            loop {
+                let listed = self.rt.block_on(async {
+                    let admin = strata_client::Admin::connect(addr.as_str()).await.ok()?;
+                    Some(admin.cluster_status().await.ok()?.nodes.len())
+                });
+                if listed == Some(self.nodes.len()) {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "node at {addr} lists {listed:?} of {} nodes",
+                    self.nodes.len()
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// Every node's control address, comma-separated (a bootstrap list).
+    pub fn control_addrs(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.control.to_string()).collect()
+    }
+
+    /// Cuts node `i` off from every other node, both ways.
+    pub fn isolate(&self, i: usize) {
+        for (from, row) in self.links.iter().enumerate() {
+            for (to, link) in row.iter().enumerate() {
+                if let Some(p) = link
+                    && (from == i || to == i)
+                {
+                    p.down();
+                }
+            }
+        }
+    }
+
+    /// Restores every link.
+    pub fn heal(&self) {
+        for p in self.links.iter().flatten().flatten() {
+            p.heal();
+        }
+    }
+
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("n{}", i + 1))
+    }
+}
+
+/// Every batch of a partition's log in `data_dir` (read with the node
+/// stopped), as stored: (base offset, bytes).
+pub fn stored_batches(data_dir: &Path, topic: &str, partition: u32) -> Vec<(u64, Bytes)> {
+    let dir = data_dir
+        .join("topics")
+        .join(topic)
+        .join(partition.to_string());
+    let (log, _) = Log::open(&dir, LogConfig::default(), Arc::new(FileStorage), &mut ()).unwrap();
+    let mut out = Vec::new();
+    let mut offset = log.start_offset();
+    while offset < log.end_offset() {
+        let chunk = log.read(offset, 1 << 20, log.end_offset()).unwrap();
+        for item in Batches::new(chunk.bytes) {
+            let (header, batch) = item.unwrap();
+            offset = header.next_offset();
+            out.push((header.base_offset, batch));
+        }
+    }
+    out
+}
+
+/// The records of `batches` as (offset, value).
+pub fn record_values(batches: &[(u64, Bytes)]) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    for (_, batch) in batches {
+        for record in Records::new(batch.clone()).unwrap() {
+            let (offset, record) = record.unwrap();
+            let value = record.value.unwrap_or_default();
+            out.push((offset, String::from_utf8(value.to_vec()).unwrap()));
+        }
+    }
+    out
+}
