@@ -322,4 +322,24 @@ fn followers_redirect_to_the_leader_and_replication_is_bounded_by_nodes() {
             }
         }
     });
+    // The leader reports the group's Raft state and each follower's lag.
+    let (status, text) = common::http_get(cluster.nodes[leader].control, "/metrics");
+    assert_eq!(status, 200);
+    let group = format!("{{group=\"{TOPIC}/0\"}}");
+    assert_eq!(
+        common::metric(&text, &format!("strata_raft_leader{group}")),
+        Some((leader + 1) as f64)
+    );
+    assert!(common::metric(&text, &format!("strata_raft_term{group}")).unwrap() >= 1.0);
+    assert!(common::metric(&text, &format!("strata_raft_applied_index{group}")).unwrap() >= 1.0);
+    let lag_series = text
+        .lines()
+        .filter(|l| {
+            l.starts_with(&format!(
+                "strata_raft_replication_lag_entries{{group=\"{TOPIC}/0\""
+            ))
+        })
+        .count();
+    assert_eq!(lag_series, 2, "one lag series per follower:\n{text}");
+    assert!(text.contains("strata_raft_term{group=\"__metadata\"}"));
 }

@@ -221,7 +221,99 @@ pub fn render(broker: &Broker) -> String {
         scanned as f64,
     );
     render_groups(&mut out, &broker.group_monitor().latest());
+    render_raft(&mut out, broker);
     out
+}
+
+/// Raft series of every group on this node (one per replicated partition,
+/// plus `__metadata`): label cardinality is bounded by partitions × replicas.
+fn render_raft(out: &mut String, broker: &Broker) {
+    let groups = broker.raft_groups().all();
+    if groups.is_empty() {
+        return;
+    }
+    let views: Vec<_> = groups
+        .iter()
+        .map(|(name, member)| {
+            let m = member.raft.metrics().borrow().clone();
+            (name.as_str(), member, m)
+        })
+        .collect();
+    type Get = fn(&openraft::RaftMetrics<u64, openraft::BasicNode>) -> f64;
+    let series: [(&str, &str, &str, Get); 4] = [
+        (
+            "strata_raft_term",
+            "gauge",
+            "Current Raft term of the group.",
+            |m| m.current_term as f64,
+        ),
+        (
+            "strata_raft_leader",
+            "gauge",
+            "Node id of the group's leader as this node knows it (0: none).",
+            |m| m.current_leader.unwrap_or(0) as f64,
+        ),
+        (
+            "strata_raft_last_log_index",
+            "gauge",
+            "Index of the last entry in this node's log of the group.",
+            |m| m.last_log_index.unwrap_or(0) as f64,
+        ),
+        (
+            "strata_raft_applied_index",
+            "gauge",
+            "Index of the last entry this node applied (committed).",
+            |m| m.last_applied.map_or(0, |l| l.index) as f64,
+        ),
+    ];
+    for (name, kind, text, get) in series {
+        help(out, name, text, kind);
+        for (group, _, m) in &views {
+            sample(out, name, &[("group", group)], get(m));
+        }
+    }
+    help(
+        out,
+        "strata_raft_leader_changes_total",
+        "Times the leader this node knows of changed, since start.",
+        "counter",
+    );
+    for (group, member, _) in &views {
+        let changes = member
+            .leader_changes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        sample(
+            out,
+            "strata_raft_leader_changes_total",
+            &[("group", group)],
+            changes as f64,
+        );
+    }
+    help(
+        out,
+        "strata_raft_replication_lag_entries",
+        "On a leader: entries a follower still lacks (last log index minus its matched index).",
+        "gauge",
+    );
+    for (group, _, m) in &views {
+        let Some(replication) = &m.replication else {
+            continue;
+        };
+        let last = m.last_log_index.unwrap_or(0);
+        for (follower, matched) in replication {
+            if Some(*follower) == m.current_leader {
+                continue;
+            }
+            let lag = last.saturating_sub(matched.map_or(0, |l| l.index));
+            let follower = follower.to_string();
+            sample(
+                out,
+                "strata_raft_replication_lag_entries",
+                &[("group", group), ("follower", &follower)],
+                lag as f64,
+            );
+        }
+    }
 }
 
 /// Consumer group series, from the maintenance loop's last evaluation.
