@@ -16,7 +16,9 @@ use parking_lot::Mutex;
 use strata_client::{Admin, NewTopic, Producer, ProducerRecord};
 use strata_proto::batch::{BatchBuilder, Record};
 use strata_proto::v1::data_client::DataClient;
-use strata_proto::v1::{Acks, ProduceRequest};
+use strata_proto::v1::{
+    Acks, CommitOffsetsRequest, FetchOffsetsRequest, PartitionOffset, ProduceRequest,
+};
 use tonic::Code;
 
 const TOPIC: &str = "orders";
@@ -342,4 +344,67 @@ fn followers_redirect_to_the_leader_and_replication_is_bounded_by_nodes() {
         .count();
     assert_eq!(lag_series, 2, "one lag series per follower:\n{text}");
     assert!(text.contains("strata_raft_term{group=\"__metadata\"}"));
+}
+
+#[test]
+fn committed_offsets_are_replicated_to_every_node() {
+    let mut cluster = Cluster::start(3);
+    let first = cluster.control_addrs()[0].clone();
+    let data: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| format!("http://{}", n.data))
+        .collect();
+    cluster.rt.block_on(async {
+        let admin = Admin::connect(first.as_str()).await.unwrap();
+        admin.create_topic(TOPIC, NewTopic::new(1)).await.unwrap();
+        let producer = Producer::builder(first.as_str()).build().await.unwrap();
+        for i in 0..3 {
+            producer
+                .send(ProducerRecord::new(TOPIC, format!("r{i}")))
+                .await
+                .unwrap();
+        }
+        producer.close().await.unwrap();
+        let mut node1 = DataClient::connect(data[0].clone()).await.unwrap();
+        node1
+            .commit_offsets(CommitOffsetsRequest {
+                group: "billing".into(),
+                member_id: String::new(),
+                generation: 0,
+                offsets: vec![PartitionOffset {
+                    topic: TOPIC.into(),
+                    partition: 0,
+                    offset: 2,
+                    metadata: "m".into(),
+                }],
+            })
+            .await
+            .unwrap();
+    });
+    // Node 1, which took the commit, dies; the others still have it.
+    cluster.nodes[0].kill9();
+    for addr in &data[1..] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let offsets = cluster.rt.block_on(async {
+                let mut client = DataClient::connect(addr.clone()).await.unwrap();
+                client
+                    .fetch_offsets(FetchOffsetsRequest {
+                        group: "billing".into(),
+                        partitions: vec![],
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .offsets
+            });
+            if let Some(o) = offsets.first() {
+                assert_eq!((o.offset, o.metadata.as_str()), (2, "m"), "at {addr}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "{addr} never saw the commit");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }

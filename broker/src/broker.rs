@@ -23,7 +23,7 @@ use strata_proto::target::{LocalConnector, Target, local_pair};
 
 use crate::budget::ByteBudget;
 use crate::cluster::metadata::{
-    ClusterState, Command, NodeAddrs, TopicAssignment, assign_replicas,
+    ClusterState, Command, NodeAddrs, OffsetEntry, TopicAssignment, assign_replicas,
 };
 use crate::cluster::metadata_group::{MetadataGroup, PROPOSE_TIMEOUT, initialize};
 use crate::cluster::producer_ids::ProducerIds;
@@ -32,7 +32,7 @@ use crate::config::BrokerConfig;
 use crate::error::{Error, Result};
 use crate::groups::coordinator::GroupCoordinator;
 use crate::groups::monitor::GroupMonitor;
-use crate::groups::offsets::{OffsetCommit, OffsetStore};
+use crate::groups::offsets::{MAX_COMMIT_METADATA_BYTES, OffsetCommit, OffsetStore, Offsets};
 use crate::lock::DirLock;
 use crate::log::now_ms;
 use crate::log::storage::{FileStorage, Storage};
@@ -91,7 +91,7 @@ pub(crate) struct Inner {
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     topic_store: Arc<Mutex<TopicStore>>,
     producer_ids: Arc<ProducerIds>,
-    offsets: Arc<OffsetStore>,
+    offsets: Offsets,
     groups: GroupCoordinator,
     group_monitor: GroupMonitor,
     produce_budget: ByteBudget,
@@ -181,13 +181,21 @@ impl Broker {
             blocking(move || DirLock::acquire(&dir)).await?
         };
         let meta = dir.join("meta");
-        let (store, producer_ids, offsets) = {
+        let clustered = config.is_clustered();
+        let (store, producer_ids, local_offsets) = {
             let storage = storage.clone();
             let dir = dir.clone();
             blocking(move || {
                 let store = TopicStore::load(storage.clone(), &meta)?;
                 let ids = ProducerIds::load(storage.clone(), &meta)?;
-                let offsets = OffsetStore::open(&dir.join("groups").join("offsets"), storage)?;
+                // A cluster keeps offsets in the metadata group instead.
+                let offsets = match clustered {
+                    true => None,
+                    false => Some(OffsetStore::open(
+                        &dir.join("groups").join("offsets"),
+                        storage,
+                    )?),
+                };
                 Ok((store, ids, offsets))
             })
             .await?
@@ -201,7 +209,7 @@ impl Broker {
                 .iter()
                 .map(|(&id, addr)| (NodeId::from(id), addr.clone())),
         );
-        let metadata = if config.is_clustered() {
+        let metadata = if clustered {
             let members = config
                 .peers
                 .iter()
@@ -219,6 +227,11 @@ impl Broker {
             Some(group)
         } else {
             None
+        };
+        let offsets = match (&metadata, local_offsets) {
+            (Some(group), _) => Offsets::Replicated(group.offsets()),
+            (None, Some(store)) => Offsets::Local(Arc::new(store)),
+            (None, None) => unreachable!("a single node opens its offsets store"),
         };
         let broker = Broker {
             inner: Arc::new(Inner {
@@ -238,7 +251,7 @@ impl Broker {
                 topics: RwLock::new(BTreeMap::new()),
                 topic_store: Arc::new(Mutex::new(store)),
                 producer_ids: Arc::new(producer_ids),
-                offsets: Arc::new(offsets),
+                offsets,
                 storage,
                 started,
                 recovery: watch::Sender::new(Recovery::Recovering),
@@ -473,7 +486,16 @@ impl Broker {
         }
         let mut high_watermarks = Vec::with_capacity(commits.len());
         for c in &commits {
-            let p = self.partition(&c.topic, c.partition)?;
+            let p = match self.partition(&c.topic, c.partition) {
+                Ok(p) => p,
+                // Held by other nodes only: its high watermark is not known
+                // here, so the offset is taken as given.
+                Err(Error::NotLeader { .. }) => {
+                    high_watermarks.push(c.offset);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let hw = p.high_watermark();
             if c.offset > hw {
                 return Err(Error::OffsetOutOfRange {
@@ -491,10 +513,41 @@ impl Broker {
             .map(|c| (c.topic.clone(), c.partition))
             .collect();
         self.groups().check_commit(group, member_id, &tps)?;
-        let offsets = self.inner.offsets.clone();
-        let owned_group = group.to_owned();
-        let stored = commits.clone();
-        blocking(move || offsets.commit(&owned_group, &stored)).await?;
+        match (&self.inner.offsets, &self.inner.metadata) {
+            (Offsets::Local(store), _) => {
+                let (store, owned_group, stored) =
+                    (store.clone(), group.to_owned(), commits.clone());
+                blocking(move || store.commit(&owned_group, &stored)).await?;
+            }
+            (Offsets::Replicated(_), Some(metadata)) => {
+                if let Some(c) = commits
+                    .iter()
+                    .find(|c| c.metadata.len() > MAX_COMMIT_METADATA_BYTES)
+                {
+                    return Err(Error::InvalidArgument(format!(
+                        "commit metadata is {} bytes; the limit is {MAX_COMMIT_METADATA_BYTES}",
+                        c.metadata.len()
+                    )));
+                }
+                let command = Command::CommitOffsets {
+                    group: group.to_owned(),
+                    commits: commits
+                        .iter()
+                        .map(|c| OffsetEntry {
+                            topic: c.topic.clone(),
+                            partition: c.partition,
+                            offset: c.offset,
+                            metadata: c.metadata.clone(),
+                        })
+                        .collect(),
+                    time_ms: now_ms(),
+                };
+                let applied = metadata.propose(&command).await?;
+                // Read-your-writes: a fetch on this node right after sees it.
+                metadata.wait_applied(applied.base_offset).await?;
+            }
+            (Offsets::Replicated(_), None) => unreachable!("replicated offsets need a cluster"),
+        }
         let now = now_ms();
         for (c, hw) in commits.iter().zip(high_watermarks) {
             self.group_monitor()
@@ -503,7 +556,8 @@ impl Broker {
         Ok(())
     }
 
-    pub fn offsets(&self) -> &Arc<OffsetStore> {
+    /// Committed offsets of every group (this node's store, or the cluster's).
+    pub fn offsets(&self) -> &Offsets {
         &self.inner.offsets
     }
 
@@ -634,9 +688,11 @@ impl Broker {
                 self.raft_groups().remove(&partition_group(name, p.index()));
             }
         }
-        let offsets = self.inner.offsets.clone();
-        let owned_name = name.to_owned();
-        blocking(move || offsets.delete_topic(&owned_name)).await?;
+        // A cluster's metadata group forgets the offsets as it deletes the topic.
+        if let Offsets::Local(store) = &self.inner.offsets {
+            let (store, owned_name) = (store.clone(), name.to_owned());
+            blocking(move || store.delete_topic(&owned_name)).await?;
+        }
         self.group_monitor().forget_topic(name);
         let from = self.data_dir().join("topics").join(name);
         let to = self
@@ -906,9 +962,11 @@ impl Broker {
         {
             first_error.get_or_insert(e);
         }
-        let offsets = self.inner.offsets.clone();
-        if let Err(e) = blocking(move || offsets.close()).await {
-            first_error.get_or_insert(e);
+        if let Offsets::Local(store) = &self.inner.offsets {
+            let store = store.clone();
+            if let Err(e) = blocking(move || store.close()).await {
+                first_error.get_or_insert(e);
+            }
         }
         tracing::info!(dir = %self.data_dir().display(), "broker shut down");
         first_error.map_or(Ok(()), Err)

@@ -1,5 +1,6 @@
 //! The cluster metadata group's state machine: which nodes exist and where
-//! they listen, which topics exist, and which nodes hold each partition.
+//! they listen, which topics exist, which nodes hold each partition, and the
+//! consumer groups' committed offsets.
 //!
 //! Every node runs this machine on the same committed commands, so every node
 //! can answer metadata requests from memory. A command is one JSON record in
@@ -15,7 +16,10 @@ use serde::{Deserialize, Serialize};
 use strata_proto::batch::{BatchBuilder, BatchHeader, Record, Records};
 use tokio::sync::watch;
 
+use parking_lot::RwLock;
+
 use super::topics::TopicSpec;
+use crate::groups::offsets::{CommittedOffset, OffsetMap};
 use crate::raft::{Applied, LogId, Machine, NodeId};
 
 /// Where a node listens, as it registered itself.
@@ -49,18 +53,29 @@ pub struct ClusterState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// A node announces (or changes) its addresses.
-    RegisterNode {
-        id: NodeId,
-        addrs: NodeAddrs,
-    },
+    RegisterNode { id: NodeId, addrs: NodeAddrs },
     /// Creates a topic; its `spec.id` is assigned when applied.
     CreateTopic {
         spec: TopicSpec,
         replicas: Vec<Vec<NodeId>>,
     },
-    DeleteTopic {
-        name: String,
+    /// Deletes a topic and every group's committed offsets for it.
+    DeleteTopic { name: String },
+    /// Commits consumer positions of `group` (stamped with the proposer's clock).
+    CommitOffsets {
+        group: String,
+        commits: Vec<OffsetEntry>,
+        time_ms: i64,
     },
+}
+
+/// One committed position in a [`Command::CommitOffsets`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffsetEntry {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+    pub metadata: String,
 }
 
 impl Command {
@@ -87,17 +102,25 @@ impl Command {
 }
 
 /// The metadata group's [`Machine`]. Publishes every new state on a watch
-/// channel, which the broker reconciles its partitions against.
+/// channel, which the broker reconciles its partitions against. Committed
+/// offsets, which change far more often than the rest, are not in the
+/// published state (that would copy them on every commit): they live in a
+/// map the broker shares and reads in place.
 pub struct MetadataMachine {
     state: ClusterState,
     published: Arc<watch::Sender<Arc<ClusterState>>>,
+    offsets: Arc<RwLock<OffsetMap>>,
 }
 
 impl MetadataMachine {
-    pub fn new(published: Arc<watch::Sender<Arc<ClusterState>>>) -> Self {
+    pub fn new(
+        published: Arc<watch::Sender<Arc<ClusterState>>>,
+        offsets: Arc<RwLock<OffsetMap>>,
+    ) -> Self {
         MetadataMachine {
             state: ClusterState::default(),
             published,
+            offsets,
         }
     }
 
@@ -128,7 +151,26 @@ impl MetadataMachine {
                     .insert(spec.name.clone(), TopicAssignment { spec, replicas });
                 true
             }
-            Command::DeleteTopic { name } => state.topics.remove(&name).is_some(),
+            Command::DeleteTopic { name } => {
+                self.offsets.write().remove_topic(&name);
+                state.topics.remove(&name).is_some()
+            }
+            Command::CommitOffsets {
+                group,
+                commits,
+                time_ms,
+            } => {
+                let mut offsets = self.offsets.write();
+                for c in commits {
+                    let committed = CommittedOffset {
+                        offset: c.offset,
+                        metadata: c.metadata,
+                        commit_time_ms: time_ms,
+                    };
+                    offsets.set(&group, &c.topic, c.partition, committed);
+                }
+                true
+            }
         }
     }
 }
@@ -152,12 +194,27 @@ impl Machine for MetadataMachine {
         }
     }
 
+    /// `state_len u32 (LE) | state JSON | offsets` (the offsets store's
+    /// checkpoint format).
     fn snapshot(&self) -> Vec<u8> {
-        serde_json::to_vec(&self.state).expect("state serializes")
+        let state = serde_json::to_vec(&self.state).expect("state serializes");
+        let mut out = (state.len() as u32).to_le_bytes().to_vec();
+        out.extend_from_slice(&state);
+        out.extend_from_slice(&self.offsets.read().encode());
+        out
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
-        self.state = serde_json::from_slice(snapshot).map_err(|e| e.to_string())?;
+        let (len, rest) = snapshot
+            .split_first_chunk::<4>()
+            .ok_or("metadata snapshot shorter than its header")?;
+        let len = u32::from_le_bytes(*len) as usize;
+        if rest.len() < len {
+            return Err("metadata snapshot truncated".into());
+        }
+        let (state, offsets) = rest.split_at(len);
+        self.state = serde_json::from_slice(state).map_err(|e| e.to_string())?;
+        *self.offsets.write() = OffsetMap::decode(offsets)?;
         self.publish();
         Ok(())
     }
@@ -205,8 +262,8 @@ mod tests {
     #[test]
     fn commands_apply_deterministically_and_publish() {
         let (tx, rx) = watch::channel(Arc::new(ClusterState::default()));
-        let mut a = MetadataMachine::new(Arc::new(tx));
-        let mut b = MetadataMachine::new(Arc::new(watch::channel(Default::default()).0));
+        let mut a = MetadataMachine::new(Arc::new(tx), Default::default());
+        let mut b = machine();
         let create = Command::CreateTopic {
             spec: spec("orders"),
             replicas: assign_replicas(&[1, 2, 3], 3, 2, 0),
@@ -231,18 +288,64 @@ mod tests {
         assert_eq!(rx.borrow().topics["orders"].spec.id, 2);
     }
 
+    fn machine() -> MetadataMachine {
+        MetadataMachine::new(
+            Arc::new(watch::channel(Default::default()).0),
+            Default::default(),
+        )
+    }
+
+    fn commit(group: &str, topic: &str, offset: u64) -> Command {
+        Command::CommitOffsets {
+            group: group.into(),
+            commits: vec![OffsetEntry {
+                topic: topic.into(),
+                partition: 0,
+                offset,
+                metadata: "m".into(),
+            }],
+            time_ms: 42,
+        }
+    }
+
     #[test]
-    fn snapshot_restores_the_same_state() {
-        let mut a = MetadataMachine::new(Arc::new(watch::channel(Default::default()).0));
+    fn snapshot_restores_the_same_state_and_offsets() {
+        let mut a = machine();
         let addrs = NodeAddrs {
             data: "d".into(),
             control: "c".into(),
             peer: "p".into(),
         };
         apply(&mut a, 1, &Command::RegisterNode { id: 7, addrs });
-        let mut b = MetadataMachine::new(Arc::new(watch::channel(Default::default()).0));
+        apply(&mut a, 2, &commit("g", "orders", 5));
+        let mut b = machine();
         b.restore(&a.snapshot()).unwrap();
         assert_eq!(a.state(), b.state());
+        assert_eq!(*a.offsets.read(), *b.offsets.read());
+        assert_eq!(b.offsets.read().fetch("g", None)[0].2.offset, 5);
+        assert!(b.restore(&a.snapshot()[..3]).is_err());
+    }
+
+    #[test]
+    fn deleting_a_topic_forgets_its_offsets() {
+        let mut m = machine();
+        let create = Command::CreateTopic {
+            spec: spec("orders"),
+            replicas: assign_replicas(&[1], 3, 1, 0),
+        };
+        apply(&mut m, 1, &create);
+        apply(&mut m, 2, &commit("g", "orders", 5));
+        apply(&mut m, 3, &commit("g", "other", 9));
+        apply(
+            &mut m,
+            4,
+            &Command::DeleteTopic {
+                name: "orders".into(),
+            },
+        );
+        let left = m.offsets.read().fetch("g", None);
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].0, "other");
     }
 
     #[test]

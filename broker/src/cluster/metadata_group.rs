@@ -14,12 +14,14 @@ use std::time::{Duration, Instant};
 
 use openraft::BasicNode;
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use strata_proto::v1::RaftRequest;
 use tokio::sync::watch;
 
 use super::metadata::{ClusterState, Command, MetadataMachine, NodeAddrs};
 use crate::error::{Error, Result};
+use crate::groups::offsets::OffsetMap;
 use crate::log::storage::Storage;
 use crate::log::{Log, LogConfig};
 use crate::raft::groups::METADATA_GROUP;
@@ -52,6 +54,8 @@ pub struct MetadataGroup {
     raft: Raft,
     log: Arc<Log>,
     state: watch::Receiver<Arc<ClusterState>>,
+    /// Consumer groups' committed offsets, kept by the state machine.
+    offsets: Arc<RwLock<OffsetMap>>,
     peers: Peers,
 }
 
@@ -68,7 +72,8 @@ impl MetadataGroup {
         storage: Arc<dyn Storage>,
     ) -> Result<Arc<MetadataGroup>> {
         let (published, state) = watch::channel(Arc::new(ClusterState::default()));
-        let machine = MetadataMachine::new(Arc::new(published));
+        let offsets = Arc::new(RwLock::new(OffsetMap::default()));
+        let machine = MetadataMachine::new(Arc::new(published), offsets.clone());
         let (log, store, machine) = {
             let dir = dir.to_path_buf();
             tokio::task::spawn_blocking(move || -> std::io::Result<_> {
@@ -108,6 +113,7 @@ impl MetadataGroup {
             raft,
             log,
             state,
+            offsets,
             peers,
         }))
     }
@@ -124,6 +130,11 @@ impl MetadataGroup {
     /// The latest applied state.
     pub fn state(&self) -> Arc<ClusterState> {
         self.state.borrow().clone()
+    }
+
+    /// Every group's committed offsets, as applied on this node.
+    pub fn offsets(&self) -> Arc<RwLock<OffsetMap>> {
+        self.offsets.clone()
     }
 
     /// A receiver that sees every applied state.

@@ -39,12 +39,63 @@ pub struct CommittedOffset {
 
 type GroupOffsets = BTreeMap<(String, u32), CommittedOffset>;
 
+/// Every group's committed offsets, in memory. The single-node store keeps
+/// it in front of its log; in a cluster the metadata group's state machine
+/// owns it and every node applies the same commits.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-struct OffsetMap {
+pub struct OffsetMap {
     groups: HashMap<String, GroupOffsets>,
 }
 
 impl OffsetMap {
+    /// Records `committed` for `group` on `topic`/`partition`.
+    pub fn set(&mut self, group: &str, topic: &str, partition: u32, committed: CommittedOffset) {
+        self.groups
+            .entry(group.to_owned())
+            .or_default()
+            .insert((topic.to_owned(), partition), committed);
+    }
+
+    /// Forgets every group's offsets for `topic` (it was deleted).
+    pub fn remove_topic(&mut self, topic: &str) {
+        for offsets in self.groups.values_mut() {
+            offsets.retain(|(t, _), _| t != topic);
+        }
+        self.groups.retain(|_, offsets| !offsets.is_empty());
+    }
+
+    /// Committed offsets of `group`, all or only those in `partitions`.
+    pub fn fetch(
+        &self,
+        group: &str,
+        partitions: Option<&[(String, u32)]>,
+    ) -> Vec<(String, u32, CommittedOffset)> {
+        let Some(offsets) = self.groups.get(group) else {
+            return Vec::new();
+        };
+        match partitions {
+            None => offsets
+                .iter()
+                .map(|((t, p), c)| (t.clone(), *p, c.clone()))
+                .collect(),
+            Some(wanted) => wanted
+                .iter()
+                .filter_map(|(t, p)| {
+                    offsets
+                        .get(&(t.clone(), *p))
+                        .map(|c| (t.clone(), *p, c.clone()))
+                })
+                .collect(),
+        }
+    }
+
+    /// Groups that have committed offsets, sorted.
+    pub fn groups(&self) -> Vec<String> {
+        let mut groups: Vec<_> = self.groups.keys().cloned().collect();
+        groups.sort();
+        groups
+    }
+
     fn apply(&mut self, key: &[u8], value: Option<&[u8]>) -> std::result::Result<(), String> {
         let mut k = Reader(key);
         let group = k.string16()?;
@@ -78,7 +129,8 @@ impl OffsetMap {
         Ok(())
     }
 
-    fn encode(&self) -> Vec<u8> {
+    /// The whole map in the store's checkpoint format.
+    pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![STATE_VERSION];
         let mut groups: Vec<_> = self.groups.iter().collect();
         groups.sort_by(|a, b| a.0.cmp(b.0));
@@ -95,7 +147,7 @@ impl OffsetMap {
         out
     }
 
-    fn decode(bytes: &[u8]) -> std::result::Result<Self, String> {
+    pub fn decode(bytes: &[u8]) -> std::result::Result<Self, String> {
         let mut map = OffsetMap::default();
         if bytes.is_empty() {
             return Ok(map);
@@ -328,31 +380,12 @@ impl OffsetStore {
         group: &str,
         partitions: Option<&[(String, u32)]>,
     ) -> Vec<(String, u32, CommittedOffset)> {
-        let map = self.map.read();
-        let Some(offsets) = map.groups.get(group) else {
-            return Vec::new();
-        };
-        match partitions {
-            None => offsets
-                .iter()
-                .map(|((t, p), c)| (t.clone(), *p, c.clone()))
-                .collect(),
-            Some(wanted) => wanted
-                .iter()
-                .filter_map(|(t, p)| {
-                    offsets
-                        .get(&(t.clone(), *p))
-                        .map(|c| (t.clone(), *p, c.clone()))
-                })
-                .collect(),
-        }
+        self.map.read().fetch(group, partitions)
     }
 
     /// Groups that have committed offsets.
     pub fn groups(&self) -> Vec<String> {
-        let mut groups: Vec<_> = self.map.read().groups.keys().cloned().collect();
-        groups.sort();
-        groups
+        self.map.read().groups()
     }
 
     /// Checkpoints and marks the store cleanly closed (blocking).
@@ -361,6 +394,46 @@ impl OffsetStore {
         let state = self.map.read().encode();
         self.log.close(&state)?;
         Ok(())
+    }
+}
+
+/// Where a node's committed offsets live: its own store (a single node) or
+/// the cluster metadata group's replicated map (a cluster). Reads only;
+/// commits go through the broker, which knows which it is.
+#[derive(Clone)]
+pub enum Offsets {
+    Local(Arc<OffsetStore>),
+    Replicated(Arc<RwLock<OffsetMap>>),
+}
+
+impl std::fmt::Debug for Offsets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Offsets::Local(_) => f.write_str("Offsets::Local"),
+            Offsets::Replicated(_) => f.write_str("Offsets::Replicated"),
+        }
+    }
+}
+
+impl Offsets {
+    /// Committed offsets of `group`, all or only those in `partitions`.
+    pub fn fetch(
+        &self,
+        group: &str,
+        partitions: Option<&[(String, u32)]>,
+    ) -> Vec<(String, u32, CommittedOffset)> {
+        match self {
+            Offsets::Local(store) => store.fetch(group, partitions),
+            Offsets::Replicated(map) => map.read().fetch(group, partitions),
+        }
+    }
+
+    /// Groups that have committed offsets, sorted.
+    pub fn groups(&self) -> Vec<String> {
+        match self {
+            Offsets::Local(store) => store.groups(),
+            Offsets::Replicated(map) => map.read().groups(),
+        }
     }
 }
 
