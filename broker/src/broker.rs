@@ -22,10 +22,8 @@ use tokio::task::JoinHandle;
 use strata_proto::target::{LocalConnector, Target, local_pair};
 
 use crate::budget::ByteBudget;
-use crate::cluster::metadata::{
-    ClusterState, Command, NodeAddrs, OffsetEntry, TopicAssignment, assign_replicas,
-};
-use crate::cluster::metadata_group::{MetadataGroup, PROPOSE_TIMEOUT, initialize};
+use crate::cluster::metadata::{Command, NodeAddrs, OffsetEntry};
+use crate::cluster::metadata_group::MetadataGroup;
 use crate::cluster::producer_ids::ProducerIds;
 use crate::cluster::topics::{TopicSettings, TopicSpec, TopicStore};
 use crate::config::BrokerConfig;
@@ -37,7 +35,6 @@ use crate::lock::DirLock;
 use crate::log::now_ms;
 use crate::log::storage::{FileStorage, Storage};
 use crate::metrics::Metrics;
-use crate::partition::replica::{ReplicaConfig, ResolveLeader};
 use crate::partition::{Acks, Appended, Partition};
 use crate::raft::NodeId;
 use crate::raft::groups::{METADATA_GROUP, partition_group};
@@ -87,8 +84,8 @@ impl Topic {
 
 pub(crate) struct Inner {
     config: BrokerConfig,
-    storage: Arc<dyn Storage>,
-    topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    pub(crate) storage: Arc<dyn Storage>,
+    pub(crate) topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     topic_store: Arc<Mutex<TopicStore>>,
     producer_ids: Arc<ProducerIds>,
     offsets: Offsets,
@@ -105,13 +102,15 @@ pub(crate) struct Inner {
     /// Opens in-process connections to this broker.
     local: LocalConnector,
     /// Raft groups this node runs, for the peer service.
-    raft_groups: crate::raft::groups::Groups,
+    pub(crate) raft_groups: crate::raft::groups::Groups,
     /// In a cluster: this node's member of the metadata group, and the
     /// channels to the other nodes that every group shares.
-    metadata: Option<Arc<MetadataGroup>>,
-    peers: Peers,
+    pub(crate) metadata: Option<Arc<MetadataGroup>>,
+    pub(crate) peers: Peers,
     /// The metadata index this node's open partitions reflect.
-    reconciled: watch::Sender<u64>,
+    pub(crate) reconciled: watch::Sender<u64>,
+    /// Partition groups whose replica move this node is driving now.
+    pub(crate) moving: Mutex<std::collections::HashSet<String>>,
     _lock: DirLock,
 }
 
@@ -126,7 +125,7 @@ enum Recovery {
 /// A handle to a running node; cheap to clone.
 #[derive(Clone)]
 pub struct Broker {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -137,7 +136,9 @@ impl std::fmt::Debug for Broker {
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))?
@@ -218,6 +219,7 @@ impl Broker {
             let group = MetadataGroup::start(
                 config.node_id.into(),
                 members,
+                config.joins,
                 peers.clone(),
                 &dir.join("cluster"),
                 storage.clone(),
@@ -263,6 +265,7 @@ impl Broker {
                 metadata,
                 peers,
                 reconciled: watch::Sender::new(0),
+                moving: Mutex::new(Default::default()),
                 _lock: lock,
                 config,
             }),
@@ -289,7 +292,10 @@ impl Broker {
             let mut states = metadata.watch();
             let first = states.borrow_and_update().clone();
             self.reconcile(&first).await;
-            tokio::spawn(reconcile_forever(self.downgrade(), states));
+            tokio::spawn(crate::cluster::placement::reconcile_forever(
+                self.downgrade(),
+                states,
+            ));
         }
         let specs = if self.is_clustered() {
             Vec::new()
@@ -614,8 +620,8 @@ impl Broker {
     /// the metadata group, and returns once this node has opened its replicas).
     pub async fn create_topic(&self, name: &str, settings: TopicSettings) -> Result<Arc<Topic>> {
         self.check_open()?;
-        if let Some(metadata) = &self.inner.metadata {
-            return self.create_clustered_topic(metadata, name, settings).await;
+        if self.is_clustered() {
+            return self.create_clustered_topic(name, settings).await;
         }
         let live_nodes = 1;
         if settings.replication_factor > live_nodes {
@@ -654,18 +660,8 @@ impl Broker {
     /// are closed, and its data is removed in the background.
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
         self.check_open()?;
-        if let Some(metadata) = &self.inner.metadata {
-            if let Some(why) = strata_proto::limits::topic_name_error(name) {
-                return Err(Error::InvalidArgument(why));
-            }
-            let command = Command::DeleteTopic {
-                name: name.to_owned(),
-            };
-            let applied = metadata.propose(&command).await?;
-            if applied.duplicate {
-                return Err(Error::TopicNotFound(name.to_owned()));
-            }
-            return self.wait_reconciled(applied.base_offset).await;
+        if self.is_clustered() {
+            return self.delete_clustered_topic(name).await;
         }
         let store = self.inner.topic_store.clone();
         let owned_name = name.to_owned();
@@ -678,7 +674,7 @@ impl Broker {
 
     /// Closes a topic already removed from the map, forgets its offsets and
     /// removes its data.
-    async fn retire_topic(&self, topic: Arc<Topic>) -> Result<()> {
+    pub(crate) async fn retire_topic(&self, topic: Arc<Topic>) -> Result<()> {
         let name = topic.spec.name.as_str();
         for p in &topic.partitions {
             if let Err(e) = p.close().await {
@@ -708,168 +704,6 @@ impl Broker {
         .await?;
         tracing::info!(topic = name, "topic deleted");
         Ok(())
-    }
-
-    async fn create_clustered_topic(
-        &self,
-        metadata: &MetadataGroup,
-        name: &str,
-        settings: TopicSettings,
-    ) -> Result<Arc<Topic>> {
-        let nodes: Vec<NodeId> = metadata.members().keys().copied().collect();
-        let factor = match settings.replication_factor {
-            0 => nodes.len().min(DEFAULT_REPLICATION_FACTOR),
-            f => f as usize,
-        };
-        if factor > nodes.len() {
-            return Err(Error::InvalidArgument(format!(
-                "replication factor {factor} is more than the {} nodes of this cluster",
-                nodes.len()
-            )));
-        }
-        let settings = TopicSettings {
-            replication_factor: factor as u32,
-            ..settings
-        };
-        let spec = TopicSpec::new(name, &settings, 0, self.config().default_segment_bytes)?;
-        let state = metadata.state();
-        if state.topics.contains_key(name) {
-            return Err(Error::TopicExists(name.to_owned()));
-        }
-        let replicas = assign_replicas(&nodes, spec.partitions, factor, state.next_topic_id);
-        let applied = metadata
-            .propose(&Command::CreateTopic { spec, replicas })
-            .await?;
-        if applied.duplicate {
-            return Err(Error::TopicExists(name.to_owned()));
-        }
-        self.wait_reconciled(applied.base_offset).await?;
-        let topic = self.topic(name)?;
-        tracing::info!(
-            topic = name,
-            partitions = topic.spec.partitions,
-            replication_factor = factor,
-            "topic created"
-        );
-        Ok(topic)
-    }
-
-    /// Waits until this node's partitions reflect metadata index `index`.
-    async fn wait_reconciled(&self, index: u64) -> Result<()> {
-        let mut reconciled = self.inner.reconciled.subscribe();
-        let reached = reconciled.wait_for(|&r| r >= index);
-        match tokio::time::timeout(PROPOSE_TIMEOUT, reached).await {
-            Ok(Ok(_)) => Ok(()),
-            _ => Err(Error::NoQuorum(format!(
-                "metadata change {index} was not applied on this node within {} s",
-                PROPOSE_TIMEOUT.as_secs()
-            ))),
-        }
-    }
-
-    /// Brings this node's open partitions in line with the cluster metadata:
-    /// opens the replicas of new topics held here, retires topics that were
-    /// deleted (or deleted and created again).
-    async fn reconcile(&self, state: &ClusterState) {
-        let stale: Vec<Arc<Topic>> = self
-            .topics()
-            .into_iter()
-            .filter(|t| {
-                state
-                    .topics
-                    .get(&t.spec.name)
-                    .is_none_or(|a| a.spec.id != t.spec.id)
-            })
-            .collect();
-        for topic in stale {
-            self.inner.topics.write().remove(&topic.spec.name);
-            if let Err(e) = self.retire_topic(topic).await {
-                tracing::warn!(error = %e, "removing a deleted topic");
-            }
-        }
-        let mut complete = true;
-        for (name, assignment) in &state.topics {
-            let open = self.inner.topics.read().get(name).map(|t| t.spec.id);
-            if open == Some(assignment.spec.id) {
-                continue;
-            }
-            match self.open_replicated_topic(assignment).await {
-                Ok(topic) => {
-                    self.inner
-                        .topics
-                        .write()
-                        .insert(name.clone(), Arc::new(topic));
-                }
-                Err(e) => {
-                    complete = false;
-                    tracing::error!(topic = %name, error = %e, "opening the replicas of a topic failed");
-                }
-            }
-        }
-        if complete {
-            self.inner.reconciled.send_replace(state.applied_index);
-        }
-    }
-
-    /// Opens (creating if new) this node's replicas of a topic and starts
-    /// their Raft groups.
-    async fn open_replicated_topic(&self, assignment: &TopicAssignment) -> Result<Topic> {
-        let spec = assignment.spec.clone();
-        let me = NodeId::from(self.node_id());
-        let opens = assignment
-            .replicas
-            .iter()
-            .enumerate()
-            .filter_map(|(index, replicas)| {
-                let rank = replicas.iter().position(|&n| n == me)?;
-                Some((index as u32, rank, replicas.clone()))
-            })
-            .map(|(index, rank, replicas)| {
-                let spec = &spec;
-                async move {
-                    let group = partition_group(&spec.name, index);
-                    let members: BTreeMap<NodeId, String> = replicas
-                        .iter()
-                        .map(|&n| (n, self.inner.peers.address(n).unwrap_or_default()))
-                        .collect();
-                    let states = self.metadata_group().expect("clustered").watch();
-                    let resolve: ResolveLeader = Arc::new(move |node| {
-                        states.borrow().nodes.get(&node).map(|n| n.data.clone())
-                    });
-                    let dir = partition_dir(self.data_dir(), &spec.name, index);
-                    let raft_dir = dir.with_extension("raft");
-                    let (partition, _) = Partition::open_replicated(
-                        &dir,
-                        &raft_dir,
-                        spec.log_config(),
-                        self.inner.storage.clone(),
-                        ReplicaConfig {
-                            topic: spec.name.clone(),
-                            partition: index,
-                            node_id: me,
-                            rank: rank as u64,
-                            network: self.inner.peers.group(&group),
-                            resolve,
-                        },
-                    )
-                    .await?;
-                    let replica = partition.replica().expect("replicated").clone();
-                    self.raft_groups().insert(group, replica.raft().clone());
-                    initialize(replica.raft(), &members).await?;
-                    Ok::<_, Error>(Arc::new(partition))
-                }
-            });
-        let partitions = futures::future::try_join_all(opens).await?;
-        let replicas = assignment
-            .replicas
-            .iter()
-            .map(|r| r.iter().map(|&n| n as u32).collect())
-            .collect();
-        Ok(Topic {
-            spec,
-            replicas,
-            partitions,
-        })
     }
 
     fn remove_deleted_topics(&self) {
@@ -981,7 +815,7 @@ impl From<&Broker> for Target {
     }
 }
 
-fn partition_dir(data_dir: &std::path::Path, topic: &str, partition: u32) -> PathBuf {
+pub(crate) fn partition_dir(data_dir: &std::path::Path, topic: &str, partition: u32) -> PathBuf {
     data_dir
         .join("topics")
         .join(topic)
@@ -1021,24 +855,6 @@ async fn open_topic(
     })
 }
 
-/// Reconciles partitions with every new cluster metadata state, until the
-/// broker is gone or shutting down.
-async fn reconcile_forever(
-    inner: std::sync::Weak<Inner>,
-    mut states: watch::Receiver<Arc<ClusterState>>,
-) {
-    while states.changed().await.is_ok() {
-        let state = states.borrow_and_update().clone();
-        let Some(broker) = Broker::upgrade(&inner) else {
-            return;
-        };
-        if broker.is_shutting_down() {
-            return;
-        }
-        broker.reconcile(&state).await;
-    }
-}
-
 /// Background upkeep: retention, checkpoints, expiry of group members and
 /// producers. Holds only a weak reference, so it ends with the broker.
 async fn maintain(inner: std::sync::Weak<Inner>) {
@@ -1074,6 +890,10 @@ async fn maintain(inner: std::sync::Weak<Inner>) {
             }
         }
         broker.groups().expire(&broker.partition_counts());
+        if let Some(metadata) = broker.metadata_group() {
+            // A leader elected in the middle of a move picks it up here.
+            broker.drive_moves(&metadata.state());
+        }
         let mut health = Vec::new();
         for group in broker.group_names() {
             match broker.group_health(&group).await {

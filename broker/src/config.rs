@@ -93,6 +93,9 @@ pub struct BrokerConfig {
     /// this node reaches it at. Empty or just this node: a single node,
     /// without Raft. More: a cluster, formed from this static list.
     pub peers: BTreeMap<u32, String>,
+    /// Join an existing cluster (wait to be added with `cluster add-node`)
+    /// instead of forming one from `peers`.
+    pub joins: bool,
     /// Record request metrics (on by default; off only to measure their cost).
     pub metrics_enabled: bool,
     /// Fault injection for tests: wait this long before recovering partitions,
@@ -115,6 +118,7 @@ impl Default for BrokerConfig {
             group_session_timeout: Duration::from_millis(GROUP_SESSION_TIMEOUT_MS),
             advertised_data_addr: None,
             peers: BTreeMap::new(),
+            joins: false,
             metrics_enabled: true,
             debug_recovery_delay: None,
         }

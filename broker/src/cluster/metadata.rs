@@ -8,7 +8,7 @@
 //! any partition's. Applying is deterministic: topic ids come from a counter
 //! in the state, and the creation time travels in the command.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -35,8 +35,19 @@ pub struct NodeAddrs {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicAssignment {
     pub spec: TopicSpec,
-    /// Per partition, its replicas; the first is the preferred leader.
+    /// Per partition, the nodes that should hold it; the first is the
+    /// preferred leader.
     pub replicas: Vec<Vec<NodeId>>,
+    /// Per partition, the replicas it was created with. Only these nodes
+    /// initialize the partition's Raft group (all with this same membership);
+    /// a node a replica moved to joins the existing group instead, since a
+    /// second, different initial membership would fork the group's log.
+    pub founders: Vec<Vec<NodeId>>,
+    /// Partitions whose Raft membership is still being changed to `replicas`
+    /// (a node left or joined them). A replica leaving keeps running until
+    /// the move is settled.
+    #[serde(default)]
+    pub moving: BTreeSet<u32>,
 }
 
 /// Everything the metadata group agrees on.
@@ -61,12 +72,29 @@ pub enum Command {
     },
     /// Deletes a topic and every group's committed offsets for it.
     DeleteTopic { name: String },
+    /// Gives partitions new replica lists (a node is leaving, or joined);
+    /// each partition's Raft leader then changes the group's membership.
+    MoveReplicas { moves: Vec<ReplicaMove> },
+    /// A partition's Raft group now has exactly `replicas` as voters.
+    ReplicasSettled {
+        topic: String,
+        partition: u32,
+        replicas: Vec<NodeId>,
+    },
     /// Commits consumer positions of `group` (stamped with the proposer's clock).
     CommitOffsets {
         group: String,
         commits: Vec<OffsetEntry>,
         time_ms: i64,
     },
+}
+
+/// One partition's new placement in a [`Command::MoveReplicas`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaMove {
+    pub topic: String,
+    pub partition: u32,
+    pub replicas: Vec<NodeId>,
 }
 
 /// One committed position in a [`Command::CommitOffsets`].
@@ -146,11 +174,43 @@ impl MetadataMachine {
                 }
                 state.next_topic_id += 1;
                 spec.id = state.next_topic_id;
+                let assignment = TopicAssignment {
+                    spec,
+                    founders: replicas.clone(),
+                    replicas,
+                    moving: BTreeSet::new(),
+                };
                 state
                     .topics
-                    .insert(spec.name.clone(), TopicAssignment { spec, replicas });
+                    .insert(assignment.spec.name.clone(), assignment);
                 true
             }
+            Command::MoveReplicas { moves } => {
+                let mut changed = false;
+                for m in moves {
+                    if let Some(a) = state.topics.get_mut(&m.topic)
+                        && let Some(slot) = a.replicas.get_mut(m.partition as usize)
+                        && *slot != m.replicas
+                    {
+                        *slot = m.replicas;
+                        a.moving.insert(m.partition);
+                        changed = true;
+                    }
+                }
+                changed
+            }
+            Command::ReplicasSettled {
+                topic,
+                partition,
+                replicas,
+            } => match state.topics.get_mut(&topic) {
+                // Settled only for the placement that was moved to: a newer
+                // move of the same partition stays pending.
+                Some(a) if a.replicas.get(partition as usize) == Some(&replicas) => {
+                    a.moving.remove(&partition)
+                }
+                _ => false,
+            },
             Command::DeleteTopic { name } => {
                 self.offsets.write().remove_topic(&name);
                 state.topics.remove(&name).is_some()
@@ -236,6 +296,53 @@ pub fn assign_replicas(
             (0..factor).map(|r| nodes[(first + r) % n]).collect()
         })
         .collect()
+}
+
+/// New placements for every partition the `leaving` node holds: its place
+/// in each replica list goes to the remaining node (of `remaining`) that does
+/// not hold that partition yet and holds the fewest replicas overall. Fails,
+/// naming the partition, when no remaining node can take one.
+pub fn plan_removal(
+    state: &ClusterState,
+    remaining: &[NodeId],
+    leaving: NodeId,
+) -> Result<Vec<ReplicaMove>, String> {
+    let mut load: BTreeMap<NodeId, usize> = remaining.iter().map(|&n| (n, 0)).collect();
+    for replicas in state.topics.values().flat_map(|a| &a.replicas) {
+        for n in replicas {
+            if let Some(l) = load.get_mut(n) {
+                *l += 1;
+            }
+        }
+    }
+    let mut moves = Vec::new();
+    for (name, a) in &state.topics {
+        for (partition, replicas) in a.replicas.iter().enumerate() {
+            let Some(at) = replicas.iter().position(|&n| n == leaving) else {
+                continue;
+            };
+            let Some(with) = load
+                .iter()
+                .filter(|(n, _)| !replicas.contains(n))
+                .min_by_key(|&(&n, &l)| (l, n))
+                .map(|(&n, _)| n)
+            else {
+                return Err(format!(
+                    "partition {name}/{partition} has {} replicas and no other node can take the one on node {leaving}; add a node first",
+                    replicas.len()
+                ));
+            };
+            *load.get_mut(&with).expect("a remaining node") += 1;
+            let mut moved = replicas.clone();
+            moved[at] = with;
+            moves.push(ReplicaMove {
+                topic: name.clone(),
+                partition: partition as u32,
+                replicas: moved,
+            });
+        }
+    }
+    Ok(moves)
 }
 
 #[cfg(test)]
@@ -346,6 +453,51 @@ mod tests {
         let left = m.offsets.read().fetch("g", None);
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].0, "other");
+    }
+
+    #[test]
+    fn removal_moves_each_replica_to_the_least_loaded_other_node() {
+        let mut m = machine();
+        let create = Command::CreateTopic {
+            spec: spec("orders"),
+            replicas: assign_replicas(&[1, 2, 3], 3, 2, 0),
+        };
+        apply(&mut m, 1, &create);
+        let state = m.state().clone();
+        // Node 4 joined; node 1 leaves.
+        let moves = plan_removal(&state, &[2, 3, 4], 1).unwrap();
+        assert_eq!(moves.len(), 2, "node 1 holds two of the three partitions");
+        for mv in &moves {
+            assert!(!mv.replicas.contains(&1));
+            assert_eq!(mv.replicas.len(), 2);
+            assert!(
+                mv.replicas.contains(&4),
+                "the empty node takes them: {mv:?}"
+            );
+        }
+        apply(
+            &mut m,
+            2,
+            &Command::MoveReplicas {
+                moves: moves.clone(),
+            },
+        );
+        let a = &m.state().topics["orders"];
+        assert_eq!(a.moving.len(), 2);
+        assert_ne!(a.replicas, a.founders);
+        let settle = |mv: &ReplicaMove| Command::ReplicasSettled {
+            topic: mv.topic.clone(),
+            partition: mv.partition,
+            replicas: mv.replicas.clone(),
+        };
+        apply(&mut m, 3, &settle(&moves[0]));
+        apply(&mut m, 4, &settle(&moves[1]));
+        assert!(m.state().topics["orders"].moving.is_empty());
+        // Partition 0 is now on 4 and 2: with only node 4 left, nothing can
+        // take node 2's replica.
+        assert_eq!(m.state().topics["orders"].replicas[0], vec![4, 2]);
+        let err = plan_removal(m.state(), &[4], 2).unwrap_err();
+        assert!(err.contains("add a node first"), "{err}");
     }
 
     #[test]

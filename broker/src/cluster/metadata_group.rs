@@ -12,8 +12,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openraft::BasicNode;
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, ChangeMembers};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use strata_proto::v1::RaftRequest;
@@ -39,6 +39,22 @@ const RETRY_MAX: Duration = Duration::from_millis(500);
 /// Segments of the metadata log are small: commands are a few hundred bytes.
 const METADATA_SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
 
+/// A change to the cluster that only the metadata leader can make: a command
+/// for the state machine, or a change of the group's own membership.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Change {
+    Apply(Command),
+    /// Adds a node: it catches up as a learner, then becomes a voter.
+    AddNode {
+        id: NodeId,
+        peer_addr: String,
+    },
+    /// Removes a node from the group's voters.
+    RemoveNode {
+        id: NodeId,
+    },
+}
+
 /// Why a node did not apply a command itself.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ProposeRefused {
@@ -49,8 +65,6 @@ pub enum ProposeRefused {
 
 pub struct MetadataGroup {
     node_id: NodeId,
-    /// Every member of the cluster and the peer address this node uses for it.
-    members: BTreeMap<NodeId, String>,
     raft: Raft,
     log: Arc<Log>,
     state: watch::Receiver<Arc<ClusterState>>,
@@ -63,10 +77,12 @@ impl MetadataGroup {
     /// Opens the metadata group's log and state in `dir` and starts this
     /// node's member. On first start every node initializes the group with
     /// the same membership (all of `members`), so whichever nodes come up
-    /// first can elect a leader.
+    /// first can elect a leader. A node that `joins` an existing cluster does
+    /// not: it waits to be added (`strata cluster add-node`).
     pub async fn start(
         node_id: NodeId,
         members: BTreeMap<NodeId, String>,
+        joins: bool,
         peers: Peers,
         dir: &Path,
         storage: Arc<dyn Storage>,
@@ -106,10 +122,11 @@ impl MetadataGroup {
         let raft = Raft::new(node_id, config, peers.group(METADATA_GROUP), store, machine)
             .await
             .map_err(|e| Error::Internal(format!("starting the metadata group: {e}")))?;
-        initialize(&raft, &members).await?;
+        if !joins {
+            initialize(&raft, &members).await?;
+        }
         Ok(Arc::new(MetadataGroup {
             node_id,
-            members,
             raft,
             log,
             state,
@@ -122,9 +139,24 @@ impl MetadataGroup {
         &self.raft
     }
 
-    /// The cluster's members by id, with this node's peer address for each.
-    pub fn members(&self) -> &BTreeMap<NodeId, String> {
-        &self.members
+    /// The nodes of the cluster now: the metadata group's voters.
+    pub fn voters(&self) -> Vec<NodeId> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let mut voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+        voters.sort_unstable();
+        voters
+    }
+
+    /// Where the group's membership says `node` listens for peers (the
+    /// address it was added with), for nodes missing from `--peers`.
+    pub fn member_addr(&self, node: NodeId) -> Option<String> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.membership_config
+            .membership()
+            .get_node(&node)
+            .map(|n| n.addr.clone())
     }
 
     /// The latest applied state.
@@ -151,11 +183,17 @@ impl MetadataGroup {
     /// returns once it is applied there (the answer's `base_offset` is its
     /// Raft index).
     pub async fn propose(&self, command: &Command) -> Result<Applied> {
+        self.change(&Change::Apply(command.clone())).await
+    }
+
+    /// Makes `change` on the metadata leader, wherever it is, retrying with
+    /// backoff while no leader is known (up to `PROPOSE_TIMEOUT`).
+    pub async fn change(&self, change: &Change) -> Result<Applied> {
         let deadline = Instant::now() + PROPOSE_TIMEOUT;
         let mut delay = RETRY_MIN;
-        let json = serde_json::to_vec(command).expect("commands serialize");
+        let json = serde_json::to_vec(change).expect("changes serialize");
         loop {
-            let leader = match self.propose_here(command).await {
+            let leader = match self.change_here(change).await {
                 Ok(applied) => return Ok(applied),
                 Err(ProposeRefused::Failed(why)) => return Err(Error::Internal(why)),
                 Err(ProposeRefused::NotLeader(leader)) => leader,
@@ -182,13 +220,41 @@ impl MetadataGroup {
         }
     }
 
-    /// Commits `command` if this node leads the metadata group.
-    pub async fn propose_here(
+    /// Makes `change` if this node leads the metadata group.
+    pub async fn change_here(
         &self,
-        command: &Command,
+        change: &Change,
     ) -> std::result::Result<Applied, ProposeRefused> {
-        match self.raft.client_write(Payload(command.encode())).await {
-            Ok(response) => Ok(response.data),
+        let written = match change {
+            Change::Apply(command) => self.raft.client_write(Payload(command.encode())).await,
+            Change::AddNode { id, peer_addr } => {
+                // Catch up as a learner first (blocking), so the voter set
+                // never waits on a node with an empty log.
+                match self
+                    .raft
+                    .add_learner(*id, BasicNode::new(peer_addr), true)
+                    .await
+                {
+                    Ok(_) => {
+                        let add = ChangeMembers::AddVoterIds([*id].into());
+                        self.raft.change_membership(add, false).await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Change::RemoveNode { id } => {
+                let remove = ChangeMembers::RemoveVoters([*id].into());
+                self.raft.change_membership(remove, false).await
+            }
+        };
+        match written {
+            Ok(response) => Ok(match change {
+                Change::Apply(_) => response.data,
+                _ => Applied {
+                    base_offset: response.log_id.index,
+                    duplicate: false,
+                },
+            }),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(ProposeRefused::NotLeader(f.leader_id))
             }

@@ -5,5 +5,6 @@
 
 pub mod metadata;
 pub mod metadata_group;
+pub mod placement;
 pub mod producer_ids;
 pub mod topics;

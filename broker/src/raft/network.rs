@@ -53,6 +53,17 @@ impl Peers {
         peers
     }
 
+    /// Records where `node` listens, unless this node already has an
+    /// address for it (`--peers` wins over what a node registered).
+    pub fn learn(&self, node: NodeId, addr: &str) {
+        if !self.book.read().contains_key(&node) {
+            self.book
+                .write()
+                .entry(node)
+                .or_insert_with(|| addr.to_owned());
+        }
+    }
+
     /// Where this node reaches `node`, if it knows.
     pub fn address(&self, node: NodeId) -> Option<String> {
         self.book.read().get(&node).cloned()

@@ -8,8 +8,7 @@ use strata_proto::v1::peer_server::Peer;
 use strata_proto::v1::{HelloRequest, HelloResponse, RaftAppendRequest, RaftReply, RaftRequest};
 use tonic::{Request, Response, Status};
 
-use crate::cluster::metadata::Command;
-use crate::cluster::metadata_group::MetadataGroup;
+use crate::cluster::metadata_group::{Change, MetadataGroup};
 use crate::raft::groups::Groups;
 use crate::raft::{Raft, wire};
 
@@ -106,9 +105,9 @@ impl Peer for PeerService {
                     request.group
                 ))
             })?;
-        let command: Command = parse(&request.json, "metadata command")?;
+        let change: Change = parse(&request.json, "metadata change")?;
         // Only the leader applies; a node that lost leadership meanwhile says
         // so, and the sender looks for the new one.
-        reply(metadata.propose_here(&command).await)
+        reply(metadata.change_here(&change).await)
     }
 }
