@@ -15,7 +15,7 @@ pub use strata_proto::v1::{
 };
 
 use crate::connection::{CONNECT_TIMEOUT_MS, Connection};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::record::TopicPartition;
 
 /// Settings of a topic to create; unset fields take the broker's defaults.
@@ -64,13 +64,23 @@ pub enum OffsetQuery {
 }
 
 /// A handle to the cluster's control plane; cheap to clone.
+///
+/// Calls go to one node's control port. If that node stops answering (its
+/// connection fails, or it answers UNAVAILABLE), a call moves on to the next
+/// known node: the bootstrap list, then every node named in the cluster's
+/// metadata. A request whose connection broke after it was sent may have
+/// taken effect before it is sent again elsewhere, so `create_topic` can then
+/// fail with [`TopicExists`](crate::Error::TopicExists) and `delete_topic`
+/// with [`TopicNotFound`](crate::Error::TopicNotFound); these are reported as they are, not hidden.
 #[derive(Debug, Clone)]
 pub struct Admin {
     conn: Arc<Connection>,
 }
 
 impl Admin {
-    /// Connects to a broker's control address, or an in-process broker.
+    /// Connects to a broker's control address, a comma-separated bootstrap
+    /// list of them (`"h1:7401,h2:7401"`: the first that answers is used), or
+    /// an in-process broker.
     pub async fn connect(target: impl Into<Target>) -> Result<Admin> {
         let conn =
             Connection::connect(target.into(), Duration::from_millis(CONNECT_TIMEOUT_MS)).await?;
@@ -88,74 +98,71 @@ impl Admin {
                 segment_bytes: topic.segment_bytes.unwrap_or(0),
             }),
         };
-        Ok(self
-            .conn
-            .control()
-            .create_topic(request)
+        self.conn
+            .control_call(|mut c| {
+                let request = request.clone();
+                async move { c.create_topic(request).await }
+            })
             .await
-            .map_err(Error::from)?
-            .into_inner())
     }
 
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
+        let request = DeleteTopicRequest {
+            name: name.to_owned(),
+        };
         self.conn
-            .control()
-            .delete_topic(DeleteTopicRequest {
-                name: name.to_owned(),
+            .control_call(|mut c| {
+                let request = request.clone();
+                async move { c.delete_topic(request).await }
             })
             .await?;
         Ok(())
     }
 
     pub async fn list_topics(&self) -> Result<Vec<TopicInfo>> {
-        Ok(self
+        let response = self
             .conn
-            .control()
-            .list_topics(ListTopicsRequest {})
-            .await?
-            .into_inner()
-            .topics)
+            .control_call(|mut c| async move { c.list_topics(ListTopicsRequest {}).await })
+            .await?;
+        Ok(response.topics)
     }
 
     pub async fn describe_topic(&self, name: &str) -> Result<TopicInfo> {
-        Ok(self
-            .conn
-            .control()
-            .describe_topic(DescribeTopicRequest {
-                name: name.to_owned(),
+        let request = DescribeTopicRequest {
+            name: name.to_owned(),
+        };
+        self.conn
+            .control_call(|mut c| {
+                let request = request.clone();
+                async move { c.describe_topic(request).await }
             })
-            .await?
-            .into_inner())
+            .await
     }
 
     pub async fn cluster_status(&self) -> Result<ClusterStatus> {
-        Ok(self
-            .conn
-            .control()
-            .cluster_status(ClusterStatusRequest {})
-            .await?
-            .into_inner())
+        self.conn
+            .control_call(|mut c| async move { c.cluster_status(ClusterStatusRequest {}).await })
+            .await
     }
 
     pub async fn list_groups(&self) -> Result<Vec<GroupSummary>> {
-        Ok(self
+        let response = self
             .conn
-            .control()
-            .list_groups(ListGroupsRequest {})
-            .await?
-            .into_inner()
-            .groups)
+            .control_call(|mut c| async move { c.list_groups(ListGroupsRequest {}).await })
+            .await?;
+        Ok(response.groups)
     }
 
     pub async fn describe_group(&self, group: &str) -> Result<GroupInfo> {
-        Ok(self
-            .conn
-            .control()
-            .describe_group(DescribeGroupRequest {
-                group: group.to_owned(),
+        let request = DescribeGroupRequest {
+            group: group.to_owned(),
+        };
+        self.conn
+            .control_call(|mut c| {
+                let request = request.clone();
+                async move { c.describe_group(request).await }
             })
-            .await?
-            .into_inner())
+            .await
     }
 
     /// Offsets of partitions (asked of each partition's leader).
@@ -171,7 +178,6 @@ impl Admin {
         };
         let mut out = Vec::with_capacity(partitions.len());
         for tp in partitions {
-            let mut client = self.conn.data_client(&tp.topic, tp.partition).await?;
             let request = ListOffsetsRequest {
                 partitions: vec![WireTopicPartition {
                     topic: tp.topic.clone(),
@@ -180,7 +186,13 @@ impl Admin {
                 spec: spec as i32,
                 timestamp_ms,
             };
-            out.extend(client.list_offsets(request).await?.into_inner().partitions);
+            let response = self
+                .conn
+                .leader_call(&tp.topic, tp.partition, |mut client| async move {
+                    client.list_offsets(request).await
+                })
+                .await?;
+            out.extend(response.into_inner().partitions);
         }
         Ok(out)
     }

@@ -5,7 +5,14 @@
 
 use std::time::Duration;
 
+use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
+
+/// Metadata key of the stable error kind the broker attaches to every status.
+pub(crate) const ERROR_KIND_KEY: &str = "strata-error";
+
+/// Metadata key of the leader's data address on a NOT_LEADER status.
+const LEADER_KEY: &str = "strata-leader";
 
 /// Consumer-group failures; the consumer handles them by rejoining.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +85,8 @@ pub enum Error {
     #[error("{0}")]
     Corrupt(String),
 
+    /// No bootstrap address answered. With a list, `addr` is the whole list
+    /// and `message` names each address with its own failure.
     #[error("cannot connect to {addr}: {message}")]
     Connect { addr: String, message: String },
 
@@ -110,8 +119,11 @@ impl Error {
             | Error::Unavailable(_)
             | Error::DeadlineExceeded(_)
             | Error::OutOfOrderSequence(_) => true,
-            Error::Broker { code, .. } => {
+            Error::Broker { code, kind, .. } => {
                 matches!(code, Code::Unavailable | Code::Unknown | Code::Cancelled)
+                    // Without the broker's kind, INTERNAL comes from HTTP/2 (a
+                    // stream refused by a node going away), not from the broker.
+                    || (*code == Code::Internal && kind.is_empty())
             }
             _ => false,
         }
@@ -128,7 +140,7 @@ impl Error {
     pub(crate) fn from_status(status: &Status) -> Error {
         let md = status.metadata();
         let kind = md
-            .get("strata-error")
+            .get(ERROR_KIND_KEY)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         let message = status.message().to_owned();
@@ -156,7 +168,7 @@ impl Error {
             }
             ("not-leader", _) => Error::NotLeader {
                 leader: md
-                    .get("strata-leader")
+                    .get(LEADER_KEY)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned),
                 message,
@@ -180,6 +192,43 @@ impl Error {
             },
         }
     }
+
+    /// The error a fetch stream reports for one partition, typed like a
+    /// status of the same code and kind.
+    pub(crate) fn from_partition_error(code: i32, kind: &str, message: String) -> Error {
+        let mut metadata = MetadataMap::new();
+        if let (false, Ok(kind)) = (kind.is_empty(), kind.parse()) {
+            metadata.insert(ERROR_KIND_KEY, kind);
+        }
+        Error::from_status(&Status::with_metadata(Code::from(code), message, metadata))
+    }
+}
+
+/// Whether `status` says the node that answered cannot serve any request now,
+/// so the same request may be sent to another node: the connection failed (a
+/// status without the broker's kind, made by the transport: connect refused,
+/// connection reset, HTTP/2 GOAWAY), or the broker refused with UNAVAILABLE
+/// (shutting down, recovering, no quorum, not the leader).
+pub(crate) fn node_cannot_serve(status: &Status) -> bool {
+    match status.metadata().get(ERROR_KIND_KEY) {
+        Some(_) => status.code() == Code::Unavailable,
+        None => matches!(
+            status.code(),
+            Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Internal
+        ),
+    }
+}
+
+/// An error with its sources, for messages a person can act on.
+pub(crate) fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 impl From<Status> for Error {
@@ -195,3 +244,65 @@ impl From<strata_proto::batch::BatchError> for Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn broker_status(code: Code, kind: &str) -> Status {
+        let mut metadata = MetadataMap::new();
+        metadata.insert(ERROR_KIND_KEY, kind.parse().unwrap());
+        Status::with_metadata(code, "from the broker", metadata)
+    }
+
+    #[test]
+    fn a_node_that_cannot_serve_is_told_apart_from_a_refused_request() {
+        // Made by the transport: no broker kind.
+        for code in [
+            Code::Unavailable,
+            Code::Unknown,
+            Code::Cancelled,
+            Code::Internal,
+        ] {
+            assert!(
+                node_cannot_serve(&Status::new(code, "transport")),
+                "{code:?}"
+            );
+        }
+        // The broker refused before acting: another node may serve.
+        for kind in ["shutting-down", "recovering", "no-quorum", "not-leader"] {
+            assert!(node_cannot_serve(&broker_status(Code::Unavailable, kind)));
+        }
+        // The broker answered: sending it elsewhere would not change that.
+        assert!(!node_cannot_serve(&broker_status(
+            Code::AlreadyExists,
+            "topic-exists"
+        )));
+        assert!(!node_cannot_serve(&broker_status(
+            Code::Internal,
+            "storage-error"
+        )));
+        assert!(!node_cannot_serve(&Status::new(
+            Code::InvalidArgument,
+            "bad"
+        )));
+    }
+
+    #[test]
+    fn internal_is_retriable_only_when_the_transport_made_it() {
+        assert!(
+            Error::from_status(&Status::new(Code::Internal, "h2 protocol error")).is_retriable()
+        );
+        assert!(
+            !Error::from_status(&broker_status(Code::Internal, "storage-error")).is_retriable()
+        );
+    }
+
+    #[test]
+    fn a_partition_error_in_a_fetch_stream_is_typed_by_its_kind() {
+        let e = Error::from_partition_error(Code::Unavailable as i32, "not-leader", "moved".into());
+        assert!(matches!(e, Error::NotLeader { leader: None, .. }), "{e:?}");
+        let e = Error::from_partition_error(Code::Unavailable as i32, "", "gone".into());
+        assert!(matches!(e, Error::Unavailable(_)), "{e:?}");
+    }
+}

@@ -8,7 +8,16 @@
 //! - [`Admin`]: topics, cluster status, group lag.
 //!
 //! Every constructor takes a [`Target`]: a broker's control address
-//! (`"127.0.0.1:7401"`), or an in-process broker from `strata-broker`.
+//! (`"127.0.0.1:7401"`), a bootstrap list of control addresses separated by
+//! commas (`"h1:7401,h2:7401,h3:7401"`, like Kafka's `bootstrap.servers`), or
+//! an in-process broker from `strata-broker`.
+//!
+//! A client connects to the first address of the list that answers, learns
+//! every node's control address from the cluster's metadata, and moves its
+//! control calls to another node when the one in use stops answering. Produce
+//! and fetch requests follow partition leaders as they move: a NOT_LEADER
+//! answer naming the new leader sends the next request straight there; an
+//! unreachable leader makes the next request refresh metadata first.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -28,9 +37,12 @@
 //! ```
 
 pub mod admin;
+mod channel;
 mod connection;
 pub mod consumer;
+mod control_plane;
 pub mod error;
+mod metadata;
 pub mod partitioner;
 pub mod producer;
 pub mod record;

@@ -6,7 +6,9 @@
 //!
 //! Any change of assignment, seek or pause restarts the loop from the
 //! consumer's positions; fetched records from before the change are dropped
-//! by their epoch.
+//! by their epoch. A failure restarts it after a backoff; a failure of one
+//! partition's stream (including the broker ending it) is first reported to
+//! the connection, so the restart reaches that partition's new leader.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,7 +25,8 @@ use crate::error::{Error, Result};
 use crate::record::{ConsumerRecord, TopicPartition};
 use crate::retry::Backoff;
 
-type FetchStream = tonic::Streaming<FetchResponse>;
+/// One partition's fetch responses, ending in an error if the broker ends it.
+type FetchStream = futures::stream::BoxStream<'static, Result<FetchResponse, tonic::Status>>;
 
 /// Why the streams were torn down.
 enum Restart {
@@ -62,9 +65,6 @@ pub(crate) async fn run(
                     // Errors a retry cannot fix are the application's to see.
                     if !e.is_retriable() && tx.send(Err(e.clone())).await.is_err() {
                         return;
-                    }
-                    if let Error::NotLeader { .. } = e {
-                        let _ = conn.refresh(&[]).await;
                     }
                 }
                 tokio::select! {
@@ -167,26 +167,26 @@ async fn fetch(
     }
     let mut streams: StreamMap<(TopicPartition, u64), FetchStream> = StreamMap::new();
     for (tp, offset, epoch) in work {
-        let opened = async {
-            let mut client = conn.data_client(&tp.topic, tp.partition).await?;
-            let request = FetchRequest {
-                positions: vec![FetchPosition {
-                    topic: tp.topic.clone(),
-                    partition: tp.partition,
-                    offset,
-                }],
-                max_bytes: config.fetch_max_bytes,
-                max_wait_ms: 0,
-            };
-            client
-                .fetch(request)
-                .await
-                .map(|r| r.into_inner())
-                .map_err(Error::from)
+        let request = FetchRequest {
+            positions: vec![FetchPosition {
+                topic: tp.topic.clone(),
+                partition: tp.partition,
+                offset,
+            }],
+            max_bytes: config.fetch_max_bytes,
+            max_wait_ms: 0,
         };
+        let opened = conn.leader_call(&tp.topic, tp.partition, |mut client| async move {
+            client.fetch(request).await.map(|r| r.into_inner())
+        });
         match opened.await {
             Ok(stream) => {
-                streams.insert((tp, epoch), stream);
+                // A stream the broker ends without an error (it is shutting
+                // down) must not silently stop this partition: its end is
+                // reported like a lost leader.
+                let ended = tonic::Status::unavailable(format!("the fetch stream of {tp} ended"));
+                let stream = stream.chain(tokio_stream::once(Err(ended)));
+                streams.insert((tp, epoch), Box::pin(stream));
             }
             Err(Error::OffsetOutOfRange(_)) => {
                 return match reset_position(conn, shared, config, &tp).await {
@@ -205,7 +205,11 @@ async fn fetch(
         let ((tp, epoch), response) = match item {
             None => return Restart::Failed(None),
             Some(((tp, epoch), Ok(response))) => ((tp, epoch), response),
-            Some((_, Err(status))) => return Restart::Failed(Some(Error::from(status))),
+            Some(((tp, _), Err(status))) => {
+                let error = Error::from(status);
+                conn.leader_failed(&tp.topic, tp.partition, &error);
+                return Restart::Failed(Some(error));
+            }
         };
         if let Some(error) = response.error {
             if error.code == Code::OutOfRange as i32 {
@@ -214,8 +218,9 @@ async fn fetch(
                     Err(e) => Restart::Failed(Some(e)),
                 };
             }
-            let status = tonic::Status::new(Code::from(error.code), error.message);
-            return Restart::Failed(Some(Error::from(status)));
+            let error = Error::from_partition_error(error.code, &error.kind, error.message);
+            conn.leader_failed(&tp.topic, tp.partition, &error);
+            return Restart::Failed(Some(error));
         }
         if response.records.is_empty() {
             continue;

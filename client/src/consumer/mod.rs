@@ -317,6 +317,10 @@ impl Drop for Consumer {
 }
 
 impl Consumer {
+    /// A builder for a consumer connecting to `target`: a control address
+    /// (`host:port`), a comma-separated bootstrap list of them
+    /// (`"h1:7401,h2:7401"`; the first that answers is used), or an
+    /// in-process broker. Fetches follow partition leaders as they move.
     pub fn builder(target: impl Into<Target>) -> ConsumerBuilder {
         ConsumerBuilder {
             target: target.into(),
@@ -559,7 +563,6 @@ async fn list_offset(
     spec: OffsetSpec,
     timestamp_ms: i64,
 ) -> Result<u64> {
-    let mut client = conn.data_client(&tp.topic, tp.partition).await?;
     let request = ListOffsetsRequest {
         partitions: vec![WireTopicPartition {
             topic: tp.topic.clone(),
@@ -568,7 +571,12 @@ async fn list_offset(
         spec: spec as i32,
         timestamp_ms,
     };
-    let response = client.list_offsets(request).await?.into_inner();
+    let response = conn
+        .leader_call(&tp.topic, tp.partition, |mut client| async move {
+            client.list_offsets(request).await
+        })
+        .await?
+        .into_inner();
     response
         .partitions
         .first()

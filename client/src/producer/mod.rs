@@ -188,11 +188,12 @@ impl ProducerBuilder {
         let conn =
             Connection::connect(self.target, Duration::from_millis(CONNECT_TIMEOUT_MS)).await?;
         let (producer_id, epoch) = if c.idempotent {
+            // Any node hands out producer ids; one that is down is skipped.
             let r = conn
-                .any_data_client()?
-                .init_producer(InitProducerRequest {})
-                .await?
-                .into_inner();
+                .any_node_call(|mut data| async move {
+                    data.init_producer(InitProducerRequest {}).await
+                })
+                .await?;
             (r.producer_id, r.producer_epoch as u16)
         } else {
             (0, 0)
@@ -278,7 +279,15 @@ fn record_cost(r: &ProducerRecord) -> usize {
 
 impl Producer {
     /// A builder for a producer connecting to `target`: a control address
-    /// (`host:port`) or an in-process broker.
+    /// (`host:port`), a comma-separated bootstrap list of them
+    /// (`"h1:7401,h2:7401,h3:7401"`; the first that answers is used, and
+    /// every node's address is learnt from the cluster, so losing any one
+    /// node later is survived), or an in-process broker.
+    ///
+    /// Sends follow partition leaders as they move: a batch refused by a
+    /// former leader, or sent to one that died, is retried at the new leader
+    /// with the same sequence numbers (so the broker writes it once) until
+    /// the delivery timeout.
     pub fn builder(target: impl Into<Target>) -> ProducerBuilder {
         ProducerBuilder {
             target: target.into(),

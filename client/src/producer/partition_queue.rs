@@ -279,17 +279,20 @@ impl PartitionQueue {
             let request_timeout = config
                 .request_timeout
                 .min(deadline.saturating_duration_since(now));
-            let attempt = async {
-                let mut client = conn.data_client(&self.topic, self.partition).await?;
-                let mut request = tonic::Request::new(ProduceRequest {
-                    topic: self.topic.to_string(),
-                    partition: self.partition,
-                    batch: batch.payload.clone(),
-                    acks: config.acks.wire() as i32,
-                });
-                request.set_timeout(request_timeout);
-                client.produce(request).await.map_err(Error::from)
-            };
+            let mut request = tonic::Request::new(ProduceRequest {
+                topic: self.topic.to_string(),
+                partition: self.partition,
+                // The same bytes on every attempt: the same producer epoch and
+                // sequence, so the leader (old or new) writes the batch once.
+                batch: batch.payload.clone(),
+                acks: config.acks.wire() as i32,
+            });
+            request.set_timeout(request_timeout);
+            // A failure here also tells the connection where the leader went
+            // (a hint, or a refresh before the next attempt).
+            let attempt = conn.leader_call(&self.topic, self.partition, |mut client| async move {
+                client.produce(request).await
+            });
             let error = match attempt.await {
                 Ok(response) => {
                     let base = response.into_inner().base_offset;
@@ -300,27 +303,21 @@ impl PartitionQueue {
             // Anything but a refusal before the broker read the batch may have
             // reached it; its outcome is then unknown until a retry answers.
             sent |= !matches!(error, Error::Overloaded { .. } | Error::Connect { .. });
-            match &error {
-                Error::OutOfOrderSequence(_) if !restamped => {
-                    // The broker does not know our sequence (its producer state
-                    // expired): start a new epoch for this batch and those behind it.
-                    let mut st = self.state.lock();
-                    st.sealed.push_front(SealedBatch {
-                        payload: batch.payload.clone(),
-                        waiters: Vec::new(),
-                        _permit: None,
-                        created: batch.created,
-                        records: batch.records,
-                    });
-                    self.reset_sequences(&mut st);
-                    batch.payload = st.sealed.pop_front().expect("just pushed").payload;
-                    restamped = true;
-                    continue;
-                }
-                Error::NotLeader { .. } => {
-                    let _ = conn.refresh(&[self.topic.to_string()]).await;
-                }
-                _ => {}
+            if matches!(error, Error::OutOfOrderSequence(_)) && !restamped {
+                // The broker does not know our sequence (its producer state
+                // expired): start a new epoch for this batch and those behind it.
+                let mut st = self.state.lock();
+                st.sealed.push_front(SealedBatch {
+                    payload: batch.payload.clone(),
+                    waiters: Vec::new(),
+                    _permit: None,
+                    created: batch.created,
+                    records: batch.records,
+                });
+                self.reset_sequences(&mut st);
+                batch.payload = st.sealed.pop_front().expect("just pushed").payload;
+                restamped = true;
+                continue;
             }
             if !error.is_retriable() || matches!(error, Error::OutOfOrderSequence(_)) {
                 return Err(error);
