@@ -166,7 +166,10 @@ fn acknowledged_records_survive_leader_kill_restart_and_partition() {
     });
     // Kill the leader of partition 0; clients bootstrap from another node.
     let victim = agreed_leader(&cluster, 0);
-    let bootstrap_node = (victim + 1) % 3;
+    // The replica ranked last for partition 0: after the kill, the middle
+    // one usually leads, and it can be cut off without cutting the client's
+    // metadata source.
+    let bootstrap_node = (victim + 2) % 3;
     let bootstrap = cluster.control_addrs()[bootstrap_node].clone();
     let history = Arc::new(History::default());
     let producer = cluster.rt.block_on(async {
@@ -188,12 +191,31 @@ fn acknowledged_records_survive_leader_kill_restart_and_partition() {
 
     // Cut off a leader other than the client's bootstrap node (whose metadata
     // the client relies on), both ways; the rest elect a new one.
-    let isolated = (0..PARTITIONS)
-        .filter_map(|p| leader_of(&cluster, &bootstrap, p))
-        .find(|&l| l != bootstrap_node)
-        .unwrap_or((bootstrap_node + 1) % 3);
+    let led: Vec<(u32, usize)> = (0..PARTITIONS)
+        .filter_map(|p| Some((p, leader_of(&cluster, &bootstrap, p)?)))
+        .filter(|&(_, l)| l != bootstrap_node)
+        .collect();
+    let isolated = led.first().map_or((bootstrap_node + 1) % 3, |&(_, l)| l);
     cluster.isolate(isolated);
     history.wait_for_progress(500, "with a leader cut off");
+    for &(p, l) in &led {
+        if l == isolated {
+            assert_ne!(
+                leader_of(&cluster, &bootstrap, p),
+                Some(isolated),
+                "partition {p} still led by the node cut off"
+            );
+        }
+    }
+    eprintln!(
+        "killed node {}, cut off node {} (leading {:?})",
+        victim + 1,
+        isolated + 1,
+        led.iter()
+            .filter(|(_, l)| *l == isolated)
+            .map(|(p, _)| p)
+            .collect::<Vec<_>>()
+    );
     cluster.heal();
     history.wait_for_progress(500, "after the partition healed");
 
