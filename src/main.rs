@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use cli::{bench, consume, group, produce, serve, status, topic};
+use cli::{bench, cluster, consume, group, produce, serve, status, topic};
 
 #[derive(Parser)]
 #[command(name = "strata", version, about = "Strata: a durable log broker")]
@@ -32,6 +32,8 @@ enum Command {
     Group(group::GroupArgs),
     /// Nodes, leaders, health and per-partition high watermarks.
     Status(status::StatusArgs),
+    /// Add or remove cluster nodes.
+    Cluster(cluster::ClusterArgs),
     /// Measure throughput and latency (produce, consume, e2e) and baselines (disk, tcp).
     Bench(bench::BenchArgs),
 }
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
             Command::Consume(args) => consume::run(args).await,
             Command::Group(args) => group::run(args).await,
             Command::Status(args) => status::run(args).await,
+            Command::Cluster(args) => cluster::run(args).await,
             Command::Bench(args) => bench::run(args).await,
         }
     });

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use strata_proto::target::Target;
 use strata_proto::v1::{
-    ClusterStatusRequest, CreateTopicRequest, DeleteTopicRequest, DescribeGroupRequest,
-    DescribeTopicRequest, ListGroupsRequest, ListOffsetsRequest, ListTopicsRequest, OffsetSpec,
-    TopicPartition as WireTopicPartition,
+    AddNodeRequest, ClusterStatusRequest, CreateTopicRequest, DeleteTopicRequest,
+    DescribeGroupRequest, DescribeTopicRequest, ListGroupsRequest, ListOffsetsRequest,
+    ListTopicsRequest, OffsetSpec, RemoveNodeRequest, TopicPartition as WireTopicPartition,
 };
 pub use strata_proto::v1::{
     ClusterStatusResponse as ClusterStatus, GroupInfo, GroupMember, GroupPartition, GroupSummary,
@@ -117,6 +117,35 @@ impl Admin {
             })
             .await?;
         Ok(())
+    }
+
+    /// Adds a node started with `strata serve --join` to the cluster; the
+    /// other nodes reach it at `peer_addr`. Returns the members afterwards.
+    pub async fn add_node(&self, node_id: u32, peer_addr: &str) -> Result<Vec<u32>> {
+        let request = AddNodeRequest {
+            node_id,
+            peer_addr: peer_addr.to_owned(),
+        };
+        let response = self
+            .conn
+            .control_call(|mut c| {
+                let request = request.clone();
+                async move { c.add_node(request).await }
+            })
+            .await?;
+        Ok(response.members)
+    }
+
+    /// Moves every replica off `node_id`, then removes it from the cluster
+    /// (once it returns, the node can be stopped). Safe to repeat if it timed
+    /// out while replicas were still moving. Returns the members afterwards.
+    pub async fn remove_node(&self, node_id: u32) -> Result<Vec<u32>> {
+        let request = RemoveNodeRequest { node_id };
+        let response = self
+            .conn
+            .control_call(|mut c| async move { c.remove_node(request).await })
+            .await?;
+        Ok(response.members)
     }
 
     pub async fn list_topics(&self) -> Result<Vec<TopicInfo>> {

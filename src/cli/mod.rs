@@ -1,6 +1,7 @@
 //! The subcommands of the `strata` binary, one file each.
 
 pub mod bench;
+pub mod cluster;
 pub mod consume;
 pub mod group;
 pub mod produce;

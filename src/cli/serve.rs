@@ -43,6 +43,10 @@ pub struct ServeArgs {
     /// this node included; the same list on every node forms a Raft cluster.
     #[arg(long)]
     peers: Option<String>,
+    /// Join a running cluster (whose members are in --peers) instead of
+    /// forming one; an admin then runs `strata cluster add-node`.
+    #[arg(long)]
+    join: bool,
     /// A TOML file with any of the settings above (flags win).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -185,7 +189,11 @@ pub async fn run(args: ServeArgs) -> CliResult {
         Some(peers) => parse_peers(&peers, node_id)?,
         None => BTreeMap::new(),
     };
-    let config = BrokerConfig { peers, ..config };
+    let config = BrokerConfig {
+        peers,
+        joins: args.join,
+        ..config
+    };
     // Listen first, recover after: health and readiness are observable while
     // partitions recover.
     let broker = Broker::start(config).await?;

@@ -104,7 +104,29 @@ impl Cluster {
         }
     }
 
-    /// Every node's control address, comma-separated (a bootstrap list).
+    /// Starts one more node with `--join` (the others will not know it until
+    /// `cluster add-node`), reached directly, without proxies. Returns its
+    /// index; it listens but does not serve until it is added.
+    pub fn start_joining_node(&mut self) -> usize {
+        let i = self.nodes.len();
+        let mut peers: Vec<String> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(j, n)| format!("{}={}", j + 1, n.peer))
+            .collect();
+        peers.push(format!("{}=127.0.0.1:0", i + 1));
+        let id = (i + 1).to_string();
+        let peers = peers.join(",");
+        let dir = self.data_dir(i);
+        self.nodes.push(Node::start_listening(
+            &dir,
+            &["--node-id", &id, "--peers", &peers, "--join"],
+        ));
+        i
+    }
+
+    /// Every node's control address.
     pub fn control_addrs(&self) -> Vec<String> {
         self.nodes.iter().map(|n| n.control.to_string()).collect()
     }

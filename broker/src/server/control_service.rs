@@ -48,6 +48,12 @@ impl ControlService {
     }
 }
 
+fn membership(members: Vec<u64>) -> MembershipResponse {
+    MembershipResponse {
+        members: members.into_iter().map(|m| m as u32).collect(),
+    }
+}
+
 /// A topic as this node sees it: every partition with its replicas and
 /// leader; offsets and sizes for the partitions held here (zero for others).
 fn topic_info(broker: &Broker, topic: &Topic) -> TopicInfo {
@@ -288,6 +294,33 @@ impl Control for ControlService {
             }
         }
         Ok(Response::new(ListGroupsResponse { groups }))
+    }
+
+    async fn add_node(
+        &self,
+        request: Request<AddNodeRequest>,
+    ) -> Result<Response<MembershipResponse>, Status> {
+        self.counted();
+        let r = request.into_inner();
+        let members = self
+            .broker
+            .add_node(r.node_id, &r.peer_addr)
+            .await
+            .map_err(|e| to_status(&e))?;
+        Ok(Response::new(membership(members)))
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<RemoveNodeRequest>,
+    ) -> Result<Response<MembershipResponse>, Status> {
+        self.counted();
+        let members = self
+            .broker
+            .remove_node(request.into_inner().node_id)
+            .await
+            .map_err(|e| to_status(&e))?;
+        Ok(Response::new(membership(members)))
     }
 
     async fn describe_group(

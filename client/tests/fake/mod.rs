@@ -209,6 +209,20 @@ impl Control for ControlService {
     ) -> Result<Response<GroupInfo>, Status> {
         unimplemented()
     }
+
+    async fn add_node(
+        &self,
+        _: Request<AddNodeRequest>,
+    ) -> Result<Response<MembershipResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn remove_node(
+        &self,
+        _: Request<RemoveNodeRequest>,
+    ) -> Result<Response<MembershipResponse>, Status> {
+        unimplemented()
+    }
 }
 
 struct DataState {
