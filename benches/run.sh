@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reruns the system benchmarks published in docs/benchmarks.md, on this
 # machine, in one go: baselines (disk write+fsync, loopback TCP), then a fresh
-# single-node broker measured with `strata bench`. Prints one JSON object per
+# single-node broker and a three-node cluster measured with `strata bench`. Prints one JSON object per
 # line (also written to target/bench-results.jsonl).
 #
 #   benches/run.sh            # full size (~1.5 GB written, a few minutes)
@@ -42,6 +42,35 @@ start_broker() {
     sleep 0.1
   done
   echo "broker in $dir did not start" >&2; cat "$dir.log" >&2; exit 1
+}
+
+# Starts a three-node cluster (ports picked free now; a collision with another
+# process in between is possible but unlikely); sets BOOT3 to a bootstrap list.
+start_cluster() {
+  local ports
+  ports=($(python3 -c 'import socket
+socks = [socket.socket() for _ in range(3)]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))'))
+  local peers="1=127.0.0.1:${ports[0]},2=127.0.0.1:${ports[1]},3=127.0.0.1:${ports[2]}"
+  local dirs=() boots=()
+  for i in 1 2 3; do
+    local dir="$WORK/c$i"
+    "$BIN" serve --data-dir "$dir" --data-addr 127.0.0.1:0 --control-addr 127.0.0.1:0 \
+      --peer-addr "127.0.0.1:${ports[$((i - 1))]}" --node-id "$i" --peers "$peers" \
+      > "$dir.out" 2> "$dir.log" &
+    PIDS+=($!)
+    dirs+=("$dir")
+  done
+  for dir in "${dirs[@]}"; do
+    for _ in $(seq 1 600); do
+      grep -q '^strata serving' "$dir.out" 2>/dev/null && break
+      sleep 0.1
+    done
+    grep -q '^strata serving' "$dir.out" || { echo "cluster node $dir did not start" >&2; cat "$dir.log" >&2; exit 1; }
+    boots+=("$(sed -n 's/^strata serving .* control=\([^ ]*\) .*/\1/p' "$dir.out")")
+  done
+  BOOT3=$(IFS=,; echo "${boots[*]}")
 }
 
 # Runs one bench, labels its JSON line, prints and records it.
@@ -97,6 +126,23 @@ for round in 1 2 3; do
     --messages "$(n 200000)" --size 1024 --producers 4
 done
 
+# Three nodes on this machine, every partition replicated three times: each
+# acknowledged batch is fsynced by all three processes on the same disk and
+# cores, so this measures the replication path's overhead, not a real cluster's
+# capacity (which has a disk and cores per node).
+start_cluster
+bench cluster3_produce_1KiB_acks_all produce --bootstrap "$BOOT3" --topic r1k --create --partitions 4 \
+  --messages "$(n 200000)" --size 1024 --producers 4
+bench cluster3_consume_1KiB_catch_up consume --bootstrap "$BOOT3" --topic r1k --messages "$(n 200000)"
+bench cluster3_produce_100B_acks_all produce --bootstrap "$BOOT3" --topic r100 --create --partitions 4 \
+  --messages "$(n 1000000)" --size 100 --producers 4
+bench cluster3_e2e_1KiB_peak e2e --bootstrap "$BOOT3" --topic rep --create --partitions 4 \
+  --messages "$(n 100000)" --size 1024 --producers 4
+PEAK3=$(field cluster3_e2e_1KiB_peak msgs_per_s)
+HALF3=$(python3 -c "print(int($PEAK3 / 2))")
+bench cluster3_e2e_1KiB_half_peak e2e --bootstrap "$BOOT3" --topic re --create --partitions 4 \
+  --messages "$(n 100000)" --size 1024 --producers 4 --rate "$HALF3"
+
 python3 - "$OUT" <<'PY' >&2
 import json, sys
 r = {}
@@ -111,4 +157,7 @@ def median(xs): return sorted(xs)[len(xs) // 2]
 on = median([mb(f"produce_1KiB_metrics_on_{i}") for i in (1, 2, 3)])
 off = median([mb(f"produce_1KiB_metrics_off_{i}") for i in (1, 2, 3)])
 print(f"metrics on / off (medians of 3):                    {on / off:.3f}")
+print(f"3-node produce 1KiB / single node:                  {mb('cluster3_produce_1KiB_acks_all') / mb('produce_1KiB_acks_all'):.2f}")
+print(f"3-node produce 1KiB / disk write+fsync 1MiB:        {mb('cluster3_produce_1KiB_acks_all') / mb('disk_1MiB_fsync'):.2f}")
+print(f"3-node produce 100B / single node:                  {mb('cluster3_produce_100B_acks_all') / mb('produce_100B_acks_all'):.2f}")
 PY

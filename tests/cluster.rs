@@ -290,7 +290,8 @@ fn followers_redirect_to_the_leader_and_replication_is_bounded_by_nodes() {
             .await
             .unwrap_err();
         assert!(
-            err.to_string().contains("replication factor 4") && err.to_string().contains("3 nodes"),
+            err.to_string().contains("replication factor 4")
+                && err.to_string().contains("3 live nodes"),
             "{err}"
         );
         let info = admin
@@ -377,6 +378,31 @@ fn followers_redirect_to_the_leader_and_replication_is_bounded_by_nodes() {
         .count();
     assert_eq!(lag_series, 2, "one lag series per follower:\n{text}");
     assert!(text.contains("strata_raft_term{group=\"__metadata\"}"));
+
+    // With a node down, three replicas are refused and two avoid it.
+    let mut cluster = cluster;
+    let down = (leader + 2) % 3;
+    cluster.nodes[down].kill9();
+    let bootstrap = cluster.control_addrs()[leader].clone();
+    cluster.rt.block_on(async {
+        let admin = Admin::connect(bootstrap.as_str()).await.unwrap();
+        let err = admin
+            .create_topic("needs-three", NewTopic::new(1).replication_factor(3))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("2 live nodes") && err.contains(&format!("not answering: [{}]", down + 1)),
+            "{err}"
+        );
+        let info = admin
+            .create_topic("two-of-three", NewTopic::new(3).replication_factor(2))
+            .await
+            .unwrap();
+        for p in info.partitions {
+            assert!(!p.replicas.contains(&((down + 1) as u32)), "{p:?}");
+        }
+    });
 }
 
 #[test]

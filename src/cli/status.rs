@@ -4,7 +4,7 @@ use clap::Args;
 use serde_json::json;
 use strata_client::Admin;
 
-use super::topic::topic_json;
+use super::topic::{leader_name, topic_json};
 use super::{CliResult, ClientArgs, print_json};
 
 #[derive(Args, Debug)]
@@ -52,7 +52,7 @@ pub async fn run(args: StatusArgs) -> CliResult {
                 "{}\t{}\t{}\t{}\t{}\t{}",
                 t.name,
                 p.partition,
-                p.leader,
+                leader_name(p.leader),
                 p.log_start_offset,
                 p.high_watermark,
                 p.log_end_offset

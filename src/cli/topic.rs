@@ -87,18 +87,33 @@ fn print_topic(t: &TopicInfo) {
         limit(c.retention_ms),
         c.segment_bytes
     );
-    println!("  partition\tleader\tstart\thigh_watermark\tend\tsegments");
+    println!("  partition\tleader\treplicas\tstart\thigh_watermark\tend\tsegments");
     for p in &t.partitions {
         println!(
-            "  {}\t{}\t{}\t{}\t{}\t{}",
+            "  {}\t{}\t{}\t{}\t{}\t{}\t{}",
             p.partition,
-            p.leader,
+            leader_name(p.leader),
+            replica_list(&p.replicas),
             p.log_start_offset,
             p.high_watermark,
             p.log_end_offset,
             p.segments
         );
     }
+}
+
+/// A partition's leader for people: its node id, or `-` during an election.
+pub fn leader_name(leader: u32) -> String {
+    match leader {
+        0 => "-".to_owned(),
+        id => id.to_string(),
+    }
+}
+
+/// Node ids of a partition's replicas, comma-separated.
+fn replica_list(replicas: &[u32]) -> String {
+    let ids: Vec<String> = replicas.iter().map(u32::to_string).collect();
+    ids.join(",")
 }
 
 pub async fn run(args: TopicArgs) -> CliResult {

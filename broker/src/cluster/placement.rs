@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use openraft::{BasicNode, ChangeMembers};
+use strata_proto::v1::HelloRequest;
 use tokio::sync::watch;
 
 use super::metadata::{ClusterState, Command, TopicAssignment, assign_replicas, plan_removal};
@@ -42,15 +43,27 @@ impl Broker {
         settings: TopicSettings,
     ) -> Result<Arc<Topic>> {
         let metadata = self.metadata()?;
-        let nodes = metadata.voters();
+        let members = metadata.voters();
+        let nodes = self.live_nodes(&members).await;
         let factor = match settings.replication_factor {
             0 => nodes.len().min(DEFAULT_REPLICATION_FACTOR),
             f => f as usize,
         };
         if factor > nodes.len() {
+            let down: Vec<NodeId> = members
+                .iter()
+                .filter(|n| !nodes.contains(n))
+                .copied()
+                .collect();
             return Err(Error::InvalidArgument(format!(
-                "replication factor {factor} is more than the {} nodes of this cluster",
-                nodes.len()
+                "replication factor {factor} is more than the {} live nodes of this cluster ({} members{})",
+                nodes.len(),
+                members.len(),
+                if down.is_empty() {
+                    String::new()
+                } else {
+                    format!("; not answering: {down:?}")
+                }
             )));
         }
         let settings = TopicSettings {
@@ -279,6 +292,29 @@ impl Broker {
         }
     }
 
+    /// The members that answer a peer-port hello within `LIVENESS_TIMEOUT`
+    /// (this node always counts), in order. New replicas go only to these.
+    async fn live_nodes(&self, members: &[NodeId]) -> Vec<NodeId> {
+        let me = NodeId::from(self.node_id());
+        let probes = members.iter().map(|&node| async move {
+            if node == me {
+                return Some(node);
+            }
+            let addr = self.peer_addr_of(node)?;
+            let mut client = self.inner.peers.client(&addr).ok()?;
+            let mut request = tonic::Request::new(HelloRequest {
+                node_id: self.node_id(),
+            });
+            request.set_timeout(LIVENESS_TIMEOUT);
+            client.hello(request).await.ok().map(|_| node)
+        });
+        futures::future::join_all(probes)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
     /// Where this node reaches `node` on the peer port: `--peers`, else the
     /// address it registered, else the one it was added with.
     fn peer_addr_of(&self, node: NodeId) -> Option<String> {
@@ -438,6 +474,10 @@ impl Broker {
         Ok(metadata.voters())
     }
 }
+
+/// How long a member may take to answer a hello before a new topic counts
+/// it as down (and places no replica on it).
+pub const LIVENESS_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// How long `remove-node` waits for the leaving node's replicas to move
 /// (each new replica must first catch up on the partition's whole log).
