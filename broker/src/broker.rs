@@ -176,6 +176,11 @@ impl Broker {
         storage: Arc<dyn Storage>,
     ) -> Result<Broker> {
         let started = Instant::now();
+        if config.debug_ack_before_commit {
+            tracing::error!(
+                "fault injection on: replicated appends are acknowledged before they commit; acknowledged records can be lost"
+            );
+        }
         let dir = config.data_dir.clone();
         let lock = {
             let dir = dir.clone();

@@ -101,6 +101,10 @@ pub struct BrokerConfig {
     /// Fault injection for tests: wait this long before recovering partitions,
     /// so behaviour during recovery can be observed. Never set in production.
     pub debug_recovery_delay: Option<Duration>,
+    /// Fault injection for the history checker's own test: replicated
+    /// partitions acknowledge appends before they commit. Never set in
+    /// production: acknowledged records can be lost.
+    pub debug_ack_before_commit: bool,
 }
 
 impl Default for BrokerConfig {
@@ -121,6 +125,7 @@ impl Default for BrokerConfig {
             joins: false,
             metrics_enabled: true,
             debug_recovery_delay: None,
+            debug_ack_before_commit: false,
         }
     }
 }

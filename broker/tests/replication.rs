@@ -63,6 +63,7 @@ async fn start_node_in(id: u64, dir: TempDir, addr: &str) -> Node {
             rank: id,
             network: Peers::default().group(GROUP),
             resolve: Arc::new(|id| Some(format!("node-{id}"))),
+            debug_ack_before_commit: false,
         },
         Arc::new(log),
         storage,

@@ -62,6 +62,10 @@ pub struct ServeArgs {
     /// Fault injection for tests: delay partition recovery by this long.
     #[arg(long, hide = true)]
     debug_recovery_delay_ms: Option<u64>,
+    /// Fault injection for tests: acknowledge replicated appends before they
+    /// commit (breaks acks=all; proves the history checker catches it).
+    #[arg(long, hide = true)]
+    debug_ack_before_commit: bool,
     /// Turn off request metrics (to measure what they cost).
     #[arg(long, hide = true)]
     no_metrics: bool,
@@ -162,6 +166,7 @@ pub async fn run(args: ServeArgs) -> CliResult {
             .debug_recovery_delay_ms
             .map(std::time::Duration::from_millis),
         metrics_enabled: !args.no_metrics,
+        debug_ack_before_commit: args.debug_ack_before_commit,
         maintenance_interval: args
             .maintenance_interval_ms
             .or(file.maintenance_interval_ms)

@@ -29,6 +29,11 @@ impl Cluster {
     /// Starts `n` nodes and returns once each serves (a metadata leader is
     /// elected and every node has joined).
     pub fn start(n: usize) -> Cluster {
+        Self::start_with(n, &[])
+    }
+
+    /// As [`Cluster::start`], with `extra` flags for every node.
+    pub fn start_with(n: usize, extra: &[&str]) -> Cluster {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let mut links: Vec<Vec<Option<Proxy>>> = Vec::new();
@@ -60,10 +65,9 @@ impl Cluster {
             let id = (i + 1).to_string();
             let peers = peers.join(",");
             let node_dir = dir.path().join(format!("n{}", i + 1));
-            nodes.push(Node::start_listening(
-                &node_dir,
-                &["--node-id", &id, "--peers", &peers],
-            ));
+            let mut args = vec!["--node-id", &id, "--peers", &peers];
+            args.extend_from_slice(extra);
+            nodes.push(Node::start_listening(&node_dir, &args));
         }
         for (to, upstream) in upstreams {
             upstream.send_replace(Some(nodes[to].peer));

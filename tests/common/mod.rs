@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod history;
 pub mod proxy;
 
 use std::io::{BufRead, BufReader, Write};
@@ -168,6 +169,22 @@ impl Node {
             child.kill().unwrap();
             child.wait().unwrap();
         }
+    }
+
+    /// SIGSTOP: the process freezes (no heartbeats, no answers) until `resume`.
+    pub fn pause(&self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGSTOP) };
+    }
+
+    /// SIGCONT after `pause`.
+    pub fn resume(&self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGCONT) };
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// SIGTERM, then waits for the exit status.

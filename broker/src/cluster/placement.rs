@@ -254,6 +254,7 @@ impl Broker {
                 rank: rank as u64,
                 network: self.inner.peers.group(&group),
                 resolve,
+                debug_ack_before_commit: self.config().debug_ack_before_commit,
             },
         )
         .await?;

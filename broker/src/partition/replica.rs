@@ -41,6 +41,9 @@ pub struct ReplicaConfig {
     pub rank: u64,
     pub network: GroupNetwork,
     pub resolve: ResolveLeader,
+    /// Fault injection, for the history checker's own test only: answer an
+    /// append as soon as it is proposed, before it commits. Breaks acks=all.
+    pub debug_ack_before_commit: bool,
 }
 
 type Answer = Result<Appended>;
@@ -90,6 +93,7 @@ pub struct Replica {
     log: Arc<Log>,
     proposals: mpsc::UnboundedSender<Proposal>,
     resolve: ResolveLeader,
+    debug_ack_before_commit: bool,
 }
 
 impl Replica {
@@ -109,6 +113,7 @@ impl Replica {
             rank,
             network,
             resolve,
+            debug_ack_before_commit,
         } = config;
         let (store, machine) = {
             let (log, storage, dir) = (log.clone(), storage.clone(), dir.to_path_buf());
@@ -144,6 +149,7 @@ impl Replica {
             log,
             proposals,
             resolve,
+            debug_ack_before_commit,
         });
         tokio::spawn(proposer(Arc::downgrade(&replica), rx));
         Ok(replica)
@@ -303,6 +309,18 @@ async fn proposer(replica: std::sync::Weak<Replica>, mut rx: mpsc::UnboundedRece
                 continue;
             }
         };
+        let reply = if replica.debug_ack_before_commit {
+            // Deliberately wrong (see `ReplicaConfig`): an offset guessed from
+            // the local log, answered before any quorum has the batch.
+            let guess = replica.log.end_offset();
+            let _ = p.reply.send(Ok(Appended {
+                base_offset: guess,
+                duplicate: false,
+            }));
+            None
+        } else {
+            Some(p.reply)
+        };
         let (tx, answer) = watch::channel(None);
         if h.producer_id != strata_proto::batch::NO_PRODUCER_ID {
             queue.push_back(InFlight {
@@ -328,7 +346,9 @@ async fn proposer(replica: std::sync::Weak<Replica>, mut rx: mpsc::UnboundedRece
                 Err(_) => Outcome::NotLeader(None),
             };
             tx.send_replace(Some(outcome.clone()));
-            let _ = p.reply.send(outcome.into_answer(&replica));
+            if let Some(reply) = reply {
+                let _ = reply.send(outcome.into_answer(&replica));
+            }
         });
     }
 }
