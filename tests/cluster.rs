@@ -495,10 +495,21 @@ fn a_node_added_takes_over_the_replicas_of_a_node_removed() {
     let peer = cluster.nodes[added].peer.to_string();
     let members = cluster.rt.block_on(async {
         let admin = Admin::connect(bootstrap.as_str()).await.unwrap();
-        admin.add_node(4, &peer).await.unwrap()
+        admin.add_node(4, &peer, true).await.unwrap()
     });
     assert_eq!(members, vec![1, 2, 3, 4]);
     cluster.nodes[added].wait_serving();
+    // Rebalanced: six replicas on four nodes, node 4 holds some.
+    cluster.rt.block_on(async {
+        let admin = Admin::connect(bootstrap.as_str()).await.unwrap();
+        let topic = admin.describe_topic(TOPIC).await.unwrap();
+        let on_4 = topic
+            .partitions
+            .iter()
+            .filter(|p| p.replicas.contains(&4))
+            .count();
+        assert!(on_4 >= 1, "{:?}", topic.partitions);
+    });
     history.wait_for_progress(300, "after a node joined");
 
     // Node 1 leaves while records keep coming: its replicas move to node 4.

@@ -120,11 +120,19 @@ impl Admin {
     }
 
     /// Adds a node started with `strata serve --join` to the cluster; the
-    /// other nodes reach it at `peer_addr`. Returns the members afterwards.
-    pub async fn add_node(&self, node_id: u32, peer_addr: &str) -> Result<Vec<u32>> {
+    /// other nodes reach it at `peer_addr`. With `rebalance`, replicas then
+    /// move onto it until every node holds about as many (returns once they
+    /// have). Returns the members afterwards.
+    pub async fn add_node(
+        &self,
+        node_id: u32,
+        peer_addr: &str,
+        rebalance: bool,
+    ) -> Result<Vec<u32>> {
         let request = AddNodeRequest {
             node_id,
             peer_addr: peer_addr.to_owned(),
+            rebalance,
         };
         let response = self
             .conn

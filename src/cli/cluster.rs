@@ -23,6 +23,9 @@ enum ClusterCommand {
         /// Where the other nodes reach it on the peer port.
         #[arg(long)]
         peer_addr: String,
+        /// Then move replicas onto it until the nodes hold about as many each.
+        #[arg(long)]
+        rebalance: bool,
     },
     /// Move every replica off a node, then remove it; stop it afterwards.
     RemoveNode {
@@ -34,7 +37,11 @@ enum ClusterCommand {
 pub async fn run(args: ClusterArgs) -> CliResult {
     let admin = Admin::connect(args.client.bootstrap.as_str()).await?;
     let members = match args.command {
-        ClusterCommand::AddNode { id, peer_addr } => admin.add_node(id, &peer_addr).await?,
+        ClusterCommand::AddNode {
+            id,
+            peer_addr,
+            rebalance,
+        } => admin.add_node(id, &peer_addr, rebalance).await?,
         ClusterCommand::RemoveNode { id } => admin.remove_node(id).await?,
     };
     let members: Vec<String> = members.iter().map(u32::to_string).collect();

@@ -345,6 +345,65 @@ pub fn plan_removal(
     Ok(moves)
 }
 
+/// Moves that even out how many replicas each of `nodes` holds (to within
+/// one), moving one replica at a time from the fullest node to the emptiest
+/// in a partition that does not have the emptiest yet; each replica keeps its
+/// position, so a moved preferred leader stays first. Used after a node joins.
+pub fn plan_rebalance(state: &ClusterState, nodes: &[NodeId]) -> Vec<ReplicaMove> {
+    let mut lists: Vec<(&str, u32, Vec<NodeId>)> = state
+        .topics
+        .iter()
+        .flat_map(|(name, a)| {
+            a.replicas
+                .iter()
+                .enumerate()
+                .map(move |(p, r)| (name.as_str(), p as u32, r.clone()))
+        })
+        .collect();
+    let original = lists.clone();
+    loop {
+        let mut load: BTreeMap<NodeId, usize> = nodes.iter().map(|&n| (n, 0)).collect();
+        for (_, _, r) in &lists {
+            for n in r {
+                if let Some(l) = load.get_mut(n) {
+                    *l += 1;
+                }
+            }
+        }
+        let Some((&fullest, &most)) = load
+            .iter()
+            .max_by_key(|&(&n, &l)| (l, std::cmp::Reverse(n)))
+        else {
+            break;
+        };
+        let (&emptiest, &least) = load
+            .iter()
+            .min_by_key(|&(&n, &l)| (l, n))
+            .expect("nodes is not empty");
+        if most <= least + 1 {
+            break;
+        }
+        let Some((_, _, r)) = lists
+            .iter_mut()
+            .find(|(_, _, r)| r.contains(&fullest) && !r.contains(&emptiest))
+        else {
+            break;
+        };
+        let at = r.iter().position(|&n| n == fullest).expect("contains");
+        r[at] = emptiest;
+    }
+    lists
+        .into_iter()
+        .zip(original)
+        .filter(|(now, before)| now.2 != before.2)
+        .map(|((topic, partition, replicas), _)| ReplicaMove {
+            topic: topic.to_owned(),
+            partition,
+            replicas,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -498,6 +557,36 @@ mod tests {
         assert_eq!(m.state().topics["orders"].replicas[0], vec![4, 2]);
         let err = plan_removal(m.state(), &[4], 2).unwrap_err();
         assert!(err.contains("add a node first"), "{err}");
+    }
+
+    #[test]
+    fn rebalancing_fills_a_new_node_to_within_one_replica() {
+        let mut m = machine();
+        let create = Command::CreateTopic {
+            spec: spec("orders"),
+            replicas: assign_replicas(&[1, 2, 3], 3, 3, 0),
+        };
+        apply(&mut m, 1, &create);
+        let moves = plan_rebalance(m.state(), &[1, 2, 3, 4]);
+        apply(&mut m, 2, &Command::MoveReplicas { moves });
+        let mut load = BTreeMap::new();
+        for r in &m.state().topics["orders"].replicas {
+            let mut distinct = r.clone();
+            distinct.sort();
+            distinct.dedup();
+            assert_eq!(distinct.len(), 3, "{r:?}");
+            for n in r {
+                *load.entry(*n).or_insert(0) += 1;
+            }
+        }
+        // Nine replicas on four nodes: 3, 2, 2, 2.
+        let mut counts: Vec<_> = load.values().copied().collect();
+        counts.sort();
+        assert_eq!(counts, vec![2, 2, 2, 3], "{load:?}");
+        assert!(
+            plan_rebalance(m.state(), &[1, 2, 3, 4]).is_empty(),
+            "balanced"
+        );
     }
 
     #[test]

@@ -19,7 +19,9 @@ use openraft::{BasicNode, ChangeMembers};
 use strata_proto::v1::HelloRequest;
 use tokio::sync::watch;
 
-use super::metadata::{ClusterState, Command, TopicAssignment, assign_replicas, plan_removal};
+use super::metadata::{
+    ClusterState, Command, TopicAssignment, assign_replicas, plan_rebalance, plan_removal,
+};
 use super::metadata_group::{Change, MetadataGroup, PROPOSE_TIMEOUT, initialize};
 use super::topics::{TopicSettings, TopicSpec};
 use crate::broker::{Broker, DEFAULT_REPLICATION_FACTOR, Inner, Topic, blocking, partition_dir};
@@ -407,8 +409,10 @@ impl Broker {
         Ok(())
     }
 
-    /// Adds a node (started with `--join`) to the cluster; returns the voters.
-    pub async fn add_node(&self, id: u32, peer_addr: &str) -> Result<Vec<NodeId>> {
+    /// Adds a node (started with `--join`) to the cluster; with `rebalance`,
+    /// then moves replicas onto it until every node holds about as many, and
+    /// waits for the moves to settle. Returns the voters.
+    pub async fn add_node(&self, id: u32, peer_addr: &str, rebalance: bool) -> Result<Vec<NodeId>> {
         let metadata = self.metadata()?;
         if id == 0 {
             return Err(Error::InvalidArgument("node ids start at 1".into()));
@@ -424,7 +428,37 @@ impl Broker {
         };
         metadata.change(&change).await?;
         tracing::info!(node = id, %peer_addr, "node added to the cluster");
+        if rebalance {
+            let moves = plan_rebalance(&metadata.state(), &metadata.voters());
+            if !moves.is_empty() {
+                tracing::info!(
+                    node = id,
+                    partitions = moves.len(),
+                    "moving replicas onto the new node"
+                );
+                metadata.propose(&Command::MoveReplicas { moves }).await?;
+            }
+            self.wait_moves_settled(|_| true).await?;
+        }
         Ok(metadata.voters())
+    }
+
+    /// Waits until no partition is moving and `placed` holds for every
+    /// replica list.
+    async fn wait_moves_settled(&self, placed: impl Fn(&[NodeId]) -> bool) -> Result<()> {
+        let mut states = self.metadata()?.watch();
+        let settled = states.wait_for(|s| {
+            s.topics
+                .values()
+                .all(|a| a.moving.is_empty() && a.replicas.iter().all(|r| placed(r)))
+        });
+        match tokio::time::timeout(MOVE_TIMEOUT, settled).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(Error::NoQuorum(format!(
+                "replicas were still moving after {} s; they keep moving in the background (see `strata status`), and repeating the command keeps waiting",
+                MOVE_TIMEOUT.as_secs()
+            ))),
+        }
     }
 
     /// Removes a node: moves each of its replicas to another node, waits for
@@ -455,21 +489,7 @@ impl Broker {
             );
             metadata.propose(&Command::MoveReplicas { moves }).await?;
         }
-        let mut states = metadata.watch();
-        let settled = states.wait_for(|s| {
-            s.topics
-                .values()
-                .all(|a| a.moving.is_empty() && a.replicas.iter().all(|r| !r.contains(&leaving)))
-        });
-        match tokio::time::timeout(MOVE_TIMEOUT, settled).await {
-            Ok(Ok(_)) => {}
-            _ => {
-                return Err(Error::NoQuorum(format!(
-                    "replicas of node {id} were still moving after {} s; run remove-node again to keep waiting",
-                    MOVE_TIMEOUT.as_secs()
-                )));
-            }
-        }
+        self.wait_moves_settled(|r| !r.contains(&leaving)).await?;
         metadata.change(&Change::RemoveNode { id: leaving }).await?;
         tracing::info!(node = id, "node removed from the cluster");
         Ok(metadata.voters())

@@ -304,7 +304,7 @@ impl Control for ControlService {
         let r = request.into_inner();
         let members = self
             .broker
-            .add_node(r.node_id, &r.peer_addr)
+            .add_node(r.node_id, &r.peer_addr, r.rebalance)
             .await
             .map_err(|e| to_status(&e))?;
         Ok(Response::new(membership(members)))
