@@ -45,11 +45,15 @@ async fn start_node(id: u64) -> Node {
 
 /// Starts node `id` on the data in `dir`, listening on `addr`.
 async fn start_node_in(id: u64, dir: TempDir, addr: &str) -> Node {
-    let storage: Arc<dyn Storage> = Arc::new(FileStorage);
     let config = LogConfig {
         segment_bytes: 256 * 1024,
         ..LogConfig::default()
     };
+    start_node_with(id, dir, addr, config).await
+}
+
+async fn start_node_with(id: u64, dir: TempDir, addr: &str, config: LogConfig) -> Node {
+    let storage: Arc<dyn Storage> = Arc::new(FileStorage);
     let (log, _) = Log::open(&dir.path().join("log"), config, storage.clone(), &mut ()).unwrap();
     let hw = Arc::new(watch::Sender::new(0));
     let groups = Groups::default();
@@ -255,6 +259,142 @@ async fn acknowledged_batches_survive_leader_loss_exactly_once() {
     n1.replica.shutdown().await;
     n2.replica.shutdown().await;
     n3.replica.shutdown().await;
+}
+
+/// Retention on a replicated partition: segments go only once Raft has
+/// purged their entries; a replica that was down while the others cut their
+/// logs catches up from a snapshot and restarts its log where theirs start,
+/// byte-identical from there on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_only_purged_entries_and_a_lagging_replica_restarts_from_a_snapshot() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let config = LogConfig {
+        segment_bytes: 16 * 1024,
+        retention_bytes: Some(32 * 1024),
+        ..LogConfig::default()
+    };
+    let start = |id: u64| {
+        let config = config.clone();
+        async move { start_node_with(id, tempfile::tempdir().unwrap(), "127.0.0.1:0", config).await }
+    };
+    let (n1, n2, n3) = (start(1).await, start(2).await, start(3).await);
+    // Node 3 is reached through a proxy, so that killing it cuts the
+    // connections to it, as a crash would.
+    let link = proxied().await;
+    link.upstream.send_replace(Some(n3.addr));
+    let members: BTreeMap<u64, BasicNode> = [
+        (1, n1.addr.to_string()),
+        (2, n2.addr.to_string()),
+        (3, link.proxy.addr.to_string()),
+    ]
+    .into_iter()
+    .map(|(id, addr)| (id, BasicNode::new(addr)))
+    .collect();
+    n1.replica.raft().initialize(members).await.unwrap();
+    let all = [&n1, &n2, &n3];
+    wait_for_leader(&all).await;
+    for i in 0..20u32 {
+        append(&all, &batch(7, i * 5, 5)).await;
+    }
+    // Node 3 goes down, holding the first 100 records.
+    link.proxy.down();
+    n3.replica.shutdown().await;
+    n3.server.abort();
+    let n3_dir = n3.dir;
+    drop(n3.replica);
+    let up = [&n1, &n2];
+    // About 400 KiB more: far beyond the retention size.
+    for i in 20..1000u32 {
+        append(&up, &batch(7, i * 5, 5)).await;
+    }
+    let total = 5000u64;
+    for _ in 0..200 {
+        if up.iter().all(|n| *n.hw.borrow() == total) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A few maintenance passes: purge first, then delete what is purged.
+    let now = strata_broker::log::now_ms();
+    for _ in 0..50 {
+        for n in up {
+            n.replica.enforce_retention(now).await.unwrap();
+        }
+        if up.iter().all(|n| n.replica.log().start_offset() > 100) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for n in up {
+        let log = n.replica.log();
+        assert!(
+            log.start_offset() > 100,
+            "node {} kept its whole log (start {})",
+            n.id,
+            log.start_offset()
+        );
+        assert!(
+            log.cached_size_bytes() < 200 * 1024,
+            "retention bounded the log"
+        );
+    }
+
+    // Node 3 comes back: what it needs is gone, so it gets a snapshot, then
+    // the records after it.
+    let n3 = start_node_with(3, n3_dir, "127.0.0.1:0", config.clone()).await;
+    link.upstream.send_replace(Some(n3.addr));
+    link.proxy.heal();
+    for _ in 0..400 {
+        if *n3.hw.borrow() == total {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        *n3.hw.borrow(),
+        total,
+        "the lagging replica caught up; node 3: {:?}; node 1: {:?}",
+        n3.replica.raft().metrics().borrow().clone(),
+        n1.replica.raft().metrics().borrow().clone()
+    );
+    let start3 = n3.replica.log().start_offset();
+    assert!(
+        start3 > 100,
+        "node 3's log restarted past what it had (starts at {start3}; ends at {}; node 1 starts at {}; node 3: {:?})",
+        n3.replica.log().end_offset(),
+        n1.replica.log().start_offset(),
+        n3.replica.raft().metrics().borrow().clone()
+    );
+    assert!(start3 <= total);
+    let (records3, _) = contents(&n3);
+    let (records1, _) = contents(&n1);
+    let tail1: Vec<_> = records1.into_iter().filter(|(o, _)| *o >= start3).collect();
+    assert_eq!(records3, tail1, "the same records from node 3's start on");
+    for (offset, value) in &records3 {
+        assert_eq!(*value, format!("p7-s{offset}"));
+    }
+    // And it keeps replicating after the restart, at the same offsets.
+    let all = [&n1, &n2, &n3];
+    for i in 1000..1010u32 {
+        append(&all, &batch(7, i * 5, 5)).await;
+    }
+    for _ in 0..200 {
+        if *n3.hw.borrow() == total + 50 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (records3, _) = contents(&n3);
+    assert_eq!(records3.last().map(|r| r.0), Some(total + 49));
+    for (offset, value) in &records3 {
+        assert_eq!(*value, format!("p7-s{offset}"));
+    }
+    for n in [&n1, &n2, &n3] {
+        n.replica.shutdown().await;
+    }
 }
 
 /// A node behind a proxy that can cut it off from its peers.

@@ -759,6 +759,21 @@ impl Log {
     /// the active segment first if all of it has expired by age. Segments from
     /// the latest checkpoint's on are kept until a newer checkpoint covers them.
     pub fn enforce_retention(&self, now: i64) -> Result<RetentionReport> {
+        self.enforce_retention_within(now, u64::MAX)
+    }
+
+    /// The offset retention would move the log start to now, if it would
+    /// delete anything (nothing is deleted). A replicated partition asks its
+    /// Raft group to purge up to there before it may delete.
+    pub fn retention_target(&self, now: i64) -> Result<Option<u64>> {
+        let _no_cut = self.cut_lock.read();
+        let (segments, count, _) = self.plan_retention(now, u64::MAX)?;
+        Ok((count > 0).then(|| segments[count].base_offset))
+    }
+
+    /// As [`Log::enforce_retention`], but deletes only segments that end at or
+    /// below `limit` (a replicated partition's purged prefix).
+    pub fn enforce_retention_within(&self, now: i64, limit: u64) -> Result<RetentionReport> {
         let _no_cut = self.cut_lock.upgradable_read();
         if self.config.retention_bytes.is_none() && self.config.retention_ms.is_none() {
             self.size_cache.store(self.size_bytes()?, Ordering::Relaxed);
@@ -775,30 +790,8 @@ impl Log {
                 self.roll(&mut w)?;
             }
         }
-        let segments: Vec<_> = self.segments.read().values().cloned().collect();
-        let protected = self.checkpoint_segment.load(Ordering::Acquire);
-        let deletable = segments[..segments.len() - 1]
-            .iter()
-            .take_while(|s| s.base_offset < protected)
-            .count();
-        let sealed = &segments[..deletable];
-        let mut total = 0;
-        for s in &segments {
-            total += s.size_bytes()?;
-        }
-        let count = retention::segments_to_delete(
-            sealed.len(),
-            total,
-            self.config.retention_bytes,
-            self.config.retention_ms,
-            now,
-            |i| {
-                Ok::<_, LogError>(retention::SegmentFacts {
-                    size_bytes: sealed[i].size_bytes()?,
-                    max_timestamp: self.using(&sealed[i], || sealed[i].max_timestamp())?,
-                })
-            },
-        )?;
+        let (segments, count, total) = self.plan_retention(now, limit)?;
+        let sealed = &segments[..count];
         let mut report = RetentionReport::default();
         self.size_cache.store(total, Ordering::Relaxed);
         if count == 0 {
@@ -825,6 +818,36 @@ impl Log {
         tracing::info!(dir = %self.dir.display(), segments = report.segments_deleted,
             bytes = report.bytes_deleted, start = self.start_offset(), "retention deleted segments");
         Ok(report)
+    }
+
+    /// The segments now, how many of the oldest retention deletes (each ending
+    /// at or below `limit`), and the log's total size in bytes.
+    fn plan_retention(&self, now: i64, limit: u64) -> Result<(Vec<Arc<Segment>>, usize, u64)> {
+        let segments: Vec<_> = self.segments.read().values().cloned().collect();
+        let protected = self.checkpoint_segment.load(Ordering::Acquire);
+        let deletable = segments
+            .windows(2)
+            .take_while(|pair| pair[0].base_offset < protected && pair[1].base_offset <= limit)
+            .count();
+        let sealed = &segments[..deletable];
+        let mut total = 0;
+        for s in &segments {
+            total += s.size_bytes()?;
+        }
+        let count = retention::segments_to_delete(
+            sealed.len(),
+            total,
+            self.config.retention_bytes,
+            self.config.retention_ms,
+            now,
+            |i| {
+                Ok::<_, LogError>(retention::SegmentFacts {
+                    size_bytes: sealed[i].size_bytes()?,
+                    max_timestamp: self.using(&sealed[i], || sealed[i].max_timestamp())?,
+                })
+            },
+        )?;
+        Ok((segments, count, total))
     }
 
     /// Runs `f` on `segment`, keeping the set of open sealed segments to the

@@ -343,14 +343,12 @@ impl Partition {
     }
 
     /// Applies retention, and asks the writer for a checkpoint if one is due.
-    ///
-    /// A replicated partition keeps its segments for now: deleting one a
-    /// lagging follower still has to fetch would need the group to agree on
-    /// the cut (openraft's purge), which is not built yet. Its Raft flusher
-    /// checkpoints the log itself.
+    /// A replicated partition deletes only what its Raft group has purged
+    /// (see [`Replica::enforce_retention`]); its Raft flusher checkpoints the
+    /// log itself.
     pub async fn maintain(&self, now_ms: i64) -> Result<RetentionReport> {
-        if self.replica().is_some() {
-            return Ok(RetentionReport::default());
+        if let Some(replica) = self.replica() {
+            return replica.enforce_retention(now_ms).await;
         }
         let log = self.log.clone();
         let report = tokio::task::spawn_blocking(move || log.enforce_retention(now_ms))

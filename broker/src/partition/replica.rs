@@ -23,8 +23,8 @@ use super::Appended;
 use super::machine::PartitionMachine;
 use super::producer_state::{SequenceCheck, SequenceError};
 use crate::error::{Error, Result};
-use crate::log::Log;
 use crate::log::storage::Storage;
+use crate::log::{Log, RetentionReport};
 use crate::raft::network::GroupNetwork;
 use crate::raft::{LogStore, NodeId, Payload, Raft, StateMachine};
 
@@ -91,6 +91,7 @@ pub struct Replica {
     raft: Raft,
     machine: StateMachine<PartitionMachine>,
     log: Arc<Log>,
+    store: LogStore,
     proposals: mpsc::UnboundedSender<Proposal>,
     resolve: ResolveLeader,
     debug_ack_before_commit: bool,
@@ -115,6 +116,7 @@ impl Replica {
             resolve,
             debug_ack_before_commit,
         } = config;
+        let machine_end = high_watermark.subscribe();
         let (store, machine) = {
             let (log, storage, dir) = (log.clone(), storage.clone(), dir.to_path_buf());
             let machine = PartitionMachine::new(high_watermark);
@@ -136,7 +138,8 @@ impl Replica {
                 .validate()
                 .map_err(|e| Error::Internal(format!("raft config: {e}")))?,
         );
-        let raft = Raft::new(node_id, config, network, store, machine.clone())
+        store.follow_snapshots(machine_end);
+        let raft = Raft::new(node_id, config, network, store.clone(), machine.clone())
             .await
             .map_err(|e| Error::Internal(format!("starting Raft for {topic}/{partition}: {e}")))?;
         let (proposals, rx) = mpsc::unbounded_channel();
@@ -147,6 +150,7 @@ impl Replica {
             raft,
             machine,
             log,
+            store,
             proposals,
             resolve,
             debug_ack_before_commit,
@@ -218,6 +222,40 @@ impl Replica {
             return Some(self.not_leader(None));
         }
         None
+    }
+
+    /// Applies the topic's retention to this replica. Records may only go
+    /// once Raft has purged their entries (so no replica will be asked for
+    /// them; one that lags behind the cut gets a snapshot instead and
+    /// restarts its log there). So this deletes what is purged, then asks
+    /// Raft to purge up to where retention wants the log to start; openraft
+    /// purges only what a snapshot covers, and the next pass deletes it.
+    pub async fn enforce_retention(&self, now_ms: i64) -> Result<RetentionReport> {
+        let (store, log, raft) = (self.store.clone(), self.log.clone(), self.raft.clone());
+        let (report, purge_to) = tokio::task::spawn_blocking(move || {
+            let purged = store
+                .purged_offset()
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            let report = log.enforce_retention_within(now_ms, purged)?;
+            let purge_to = match log.retention_target(now_ms)? {
+                Some(target) if target > purged => store
+                    .index_before(target)
+                    .map_err(|e| Error::Internal(e.to_string()))?,
+                _ => None,
+            };
+            Ok::<_, Error>((report, purge_to))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("retention task failed: {e}")))??;
+        if let Some(index) = purge_to {
+            let snapshot_index = raft.metrics().borrow().snapshot.map_or(0, |s| s.index);
+            if snapshot_index < index {
+                // Purging needs a snapshot at least that new.
+                let _ = raft.trigger().snapshot().await;
+            }
+            let _ = raft.trigger().purge_log(index).await;
+        }
+        Ok(report)
     }
 
     pub async fn shutdown(&self) {

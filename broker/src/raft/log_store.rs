@@ -27,7 +27,7 @@ use openraft::{
 };
 use parking_lot::{Mutex, RwLock};
 use strata_proto::batch::{BatchHeader, Batches, verify_and_stamp};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::state_file::{ControlEntry, RaftState, StateFile};
 use super::{Entry, LogId, NodeId, Payload, StorageError, TypeConfig, blocking, io_error};
@@ -67,6 +67,9 @@ struct Inner {
     /// Held shared by a flush and exclusively by a truncation: a flush that
     /// read the log end before a cut must not report it durable after.
     cut: Arc<RwLock<()>>,
+    /// Where the state machine says the log ends (a partition's high
+    /// watermark), when the group may install snapshots past this log.
+    machine_end: Mutex<Option<watch::Receiver<u64>>>,
 }
 
 /// One group's Raft log. Cheap to clone (the clone is also its log reader).
@@ -118,12 +121,46 @@ impl LogStore {
                 tail: Mutex::new(tail),
                 flush,
                 cut,
+                machine_end: Mutex::new(None),
             }),
         })
     }
 
     pub fn log(&self) -> &Arc<Log> {
         &self.inner.log
+    }
+
+    /// Lets the log follow a snapshot installed past its end: `machine_end`
+    /// is where the state machine says the log ends (the partition's high
+    /// watermark, which a snapshot restores). Groups whose leaders purge
+    /// (retention) need it; without it such a gap is an error.
+    pub fn follow_snapshots(&self, machine_end: watch::Receiver<u64>) {
+        *self.inner.machine_end.lock() = Some(machine_end);
+    }
+
+    /// Records below this offset belong only to entries Raft has purged, so
+    /// retention may delete segments ending at or below it (blocking).
+    pub fn purged_offset(&self) -> Result<u64, StorageError> {
+        let purged = self.inner.state.lock().purged;
+        let Some(purged) = purged else {
+            return Ok(self.inner.log.start_offset());
+        };
+        Ok(self
+            .inner
+            .data_offset_from(purged.index + 1)?
+            .unwrap_or_else(|| self.inner.log.end_offset()))
+    }
+
+    /// The Raft index of the entry holding the record just below `offset`
+    /// (blocking); `None` at or below the log start.
+    pub fn index_before(&self, offset: u64) -> Result<Option<u64>, StorageError> {
+        let log = &self.inner.log;
+        if offset <= log.start_offset() || offset > log.end_offset() {
+            return Ok(None);
+        }
+        Ok(Some(
+            header_at(log, offset - 1).map_err(read_err)?.raft_index,
+        ))
     }
 }
 
@@ -256,12 +293,24 @@ impl Inner {
     }
 
     fn write_batch(&self, id: LogId, batch: &Bytes) -> Result<(), StorageError> {
-        let end = self.log.end_offset();
+        let mut end = self.log.end_offset();
         let header =
             BatchHeader::parse(batch).map_err(|e| write_err(format!("entry {id}: {e}")))?;
         // A replicated batch arrives stamped by the leader: it must land at the
         // same offset here, or replicas would disagree about offsets.
         let stamped = header.raft_index == id.index && header.raft_index != 0;
+        if stamped && header.base_offset > end && self.follows_installed_snapshot(id)? {
+            // The leader had purged (retention) what this replica lacked and
+            // sent a snapshot instead; the log restarts where it left off, as
+            // every replica's log starts where retention cut it.
+            self.log
+                .reset_to(header.base_offset, NO_LOG_STATE)
+                .map_err(write_err)?;
+            self.tail.lock().clear();
+            tracing::info!(entry = %id, offset = header.base_offset,
+                "log restarted after an installed snapshot");
+            end = header.base_offset;
+        }
         if stamped && header.base_offset != end {
             return Err(write_err(format!(
                 "entry {id} was stamped with offset {} by the leader but this log ends at {end}",
@@ -282,6 +331,48 @@ impl Inner {
             base_offset: appended.base_offset,
         });
         Ok(())
+    }
+
+    /// After a snapshot newer than anything in this log was installed (the
+    /// leader had purged what this replica lacked), restarts the log where the
+    /// snapshot ends, so offsets stay those of the other replicas: every
+    /// replica's log then starts where retention cut it. `upto` is the purge
+    /// point openraft sets to the snapshot's last entry.
+    fn restart_after_snapshot(&self, upto: LogId) -> Result<(), StorageError> {
+        let Some(end) = self.machine_end.lock().as_ref().map(|rx| *rx.borrow()) else {
+            return Ok(());
+        };
+        let _no_flush = self.cut.write();
+        if end <= self.log.end_offset() {
+            return Ok(());
+        }
+        let last = match self.tail.lock().back() {
+            Some(e) => Some(*e),
+            None => last_data_entry(&self.log).map_err(read_err)?,
+        };
+        if last.is_some_and(|e| e.index >= upto.index) {
+            return Ok(());
+        }
+        self.log.reset_to(end, NO_LOG_STATE).map_err(write_err)?;
+        self.tail.lock().clear();
+        tracing::info!(snapshot = %upto, offset = end, "log restarted after an installed snapshot");
+        Ok(())
+    }
+
+    /// Whether `id` is the first entry after a snapshot that covers all of
+    /// this log: everything stored is purged and `id` directly follows.
+    fn follows_installed_snapshot(&self, id: LogId) -> Result<bool, StorageError> {
+        let Some(purged) = self.state.lock().purged else {
+            return Ok(false);
+        };
+        if purged.index + 1 != id.index {
+            return Ok(false);
+        }
+        let last = match self.tail.lock().back() {
+            Some(e) => Some(*e),
+            None => last_data_entry(&self.log).map_err(read_err)?,
+        };
+        Ok(last.is_none_or(|e| e.index <= purged.index))
     }
 
     /// The offset of the first data entry with index `>= index`, if any.
@@ -400,6 +491,7 @@ impl Inner {
     }
 
     fn purge(&self, upto: LogId) -> Result<(), StorageError> {
+        self.restart_after_snapshot(upto)?;
         let snapshot = {
             let mut state = self.state.lock();
             if state.purged.is_some_and(|p| p.index >= upto.index) {
