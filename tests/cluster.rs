@@ -12,8 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::cluster::{Cluster, record_values, stored_batches};
+use futures::StreamExt;
 use parking_lot::Mutex;
-use strata_client::{Admin, NewTopic, Producer, ProducerRecord};
+use strata_client::{Admin, Consumer, NewTopic, Producer, ProducerRecord};
 use strata_proto::batch::{BatchBuilder, Record};
 use strata_proto::v1::data_client::DataClient;
 use strata_proto::v1::{
@@ -406,44 +407,63 @@ fn followers_redirect_to_the_leader_and_replication_is_bounded_by_nodes() {
 }
 
 #[test]
-fn committed_offsets_are_replicated_to_every_node() {
+fn consumer_groups_survive_the_loss_of_their_coordinator() {
     let mut cluster = Cluster::start(3);
-    let first = cluster.control_addrs()[0].clone();
+    let bootstrap = cluster.control_addrs().join(",");
     let data: Vec<String> = cluster
         .nodes
         .iter()
         .map(|n| format!("http://{}", n.data))
         .collect();
-    cluster.rt.block_on(async {
-        let admin = Admin::connect(first.as_str()).await.unwrap();
+    let commit = CommitOffsetsRequest {
+        group: "billing".into(),
+        member_id: String::new(),
+        generation: 0,
+        offsets: vec![PartitionOffset {
+            topic: TOPIC.into(),
+            partition: 0,
+            offset: 2,
+            metadata: "m".into(),
+        }],
+    };
+    let coordinator = cluster.rt.block_on(async {
+        let admin = Admin::connect(bootstrap.as_str()).await.unwrap();
         admin.create_topic(TOPIC, NewTopic::new(1)).await.unwrap();
-        let producer = Producer::builder(first.as_str()).build().await.unwrap();
-        for i in 0..3 {
+        let producer = Producer::builder(bootstrap.as_str()).build().await.unwrap();
+        for i in 0..5 {
             producer
                 .send(ProducerRecord::new(TOPIC, format!("r{i}")))
                 .await
                 .unwrap();
         }
         producer.close().await.unwrap();
-        let mut node1 = DataClient::connect(data[0].clone()).await.unwrap();
-        node1
-            .commit_offsets(CommitOffsetsRequest {
-                group: "billing".into(),
-                member_id: String::new(),
-                generation: 0,
-                offsets: vec![PartitionOffset {
-                    topic: TOPIC.into(),
-                    partition: 0,
-                    offset: 2,
-                    metadata: "m".into(),
-                }],
-            })
-            .await
-            .unwrap();
+        // Exactly one node coordinates groups; the others redirect to it.
+        let mut coordinator = None;
+        for (i, addr) in data.iter().enumerate() {
+            let mut client = DataClient::connect(addr.clone()).await.unwrap();
+            match client.commit_offsets(commit.clone()).await {
+                Ok(_) => {
+                    assert!(coordinator.is_none(), "two coordinators");
+                    coordinator = Some(i);
+                }
+                Err(status) => {
+                    assert_eq!(
+                        status.metadata().get("strata-error").unwrap(),
+                        "not-coordinator"
+                    );
+                    assert!(
+                        status.metadata().get("strata-leader").is_some(),
+                        "{status:?}"
+                    );
+                }
+            }
+        }
+        coordinator.expect("one node coordinates groups")
     });
-    // Node 1, which took the commit, dies; the others still have it.
-    cluster.nodes[0].kill9();
-    for addr in &data[1..] {
+    // The coordinator dies: the others still have the committed offset, and a
+    // group consumer resumes from it through the new coordinator.
+    cluster.nodes[coordinator].kill9();
+    for (i, addr) in data.iter().enumerate().filter(|(i, _)| *i != coordinator) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let offsets = cluster.rt.block_on(async {
@@ -459,13 +479,42 @@ fn committed_offsets_are_replicated_to_every_node() {
                     .offsets
             });
             if let Some(o) = offsets.first() {
-                assert_eq!((o.offset, o.metadata.as_str()), (2, "m"), "at {addr}");
+                assert_eq!(
+                    (o.offset, o.metadata.as_str()),
+                    (2, "m"),
+                    "at node {}",
+                    i + 1
+                );
                 break;
             }
-            assert!(Instant::now() < deadline, "{addr} never saw the commit");
+            assert!(
+                Instant::now() < deadline,
+                "node {} never saw the commit",
+                i + 1
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+    let survivors: Vec<String> = (0..3)
+        .filter(|&i| i != coordinator)
+        .map(|i| cluster.control_addrs()[i].clone())
+        .collect();
+    cluster.rt.block_on(async {
+        let consumer = Consumer::builder(survivors.join(",").as_str())
+            .group("billing")
+            .topics([TOPIC])
+            .build()
+            .await
+            .unwrap();
+        let mut stream = consumer.stream();
+        let first = tokio::time::timeout(Duration::from_secs(30), stream.next())
+            .await
+            .expect("the group resumed")
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.offset, 2, "resumed from the committed offset");
+        assert_eq!(first.value.as_deref(), Some(&b"r2"[..]));
+    });
 }
 
 #[test]

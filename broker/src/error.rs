@@ -72,6 +72,11 @@ pub enum Error {
         leader: Option<String>,
     },
 
+    /// Consumer groups are coordinated by another node (the metadata
+    /// group's leader); its data address, when known.
+    #[error("this node does not coordinate consumer groups{}", leader.as_ref().map(|l| format!("; the coordinator is at {l}")).unwrap_or_default())]
+    NotCoordinator { leader: Option<String> },
+
     /// The cluster cannot agree on a change now (no metadata leader, or no
     /// quorum of nodes reachable); retrying later may succeed.
     #[error("no quorum: {0}")]

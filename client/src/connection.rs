@@ -32,7 +32,7 @@ use tonic::transport::Channel;
 
 use crate::channel::{endpoint, is_valid_addr, local_channel};
 use crate::control_plane::ControlPlane;
-use crate::error::{Error, Result, node_cannot_serve};
+use crate::error::{ERROR_KIND_KEY, Error, LEADER_KEY, Result, node_cannot_serve};
 use crate::metadata::{LeaderNews, Lookup, Metadata};
 
 /// Default time to establish the first connection to a bootstrap address
@@ -63,7 +63,13 @@ pub(crate) struct Connection {
     /// of racing. An async mutex: waiting for it is waiting for the refresh,
     /// and it guards nothing but the rate limit's record.
     refreshing: tokio::sync::Mutex<Option<LastRefresh>>,
+    /// The data address of the node coordinating consumer groups, once known
+    /// (in a cluster, the metadata leader; on a single node, the node).
+    coordinator: RwLock<Option<String>>,
 }
+
+/// Attempts of one group request while it is redirected or its node is down.
+const COORDINATOR_ATTEMPTS: usize = 4;
 
 impl Connection {
     /// Connects to the first bootstrap address that answers (eagerly, so a
@@ -76,6 +82,7 @@ impl Connection {
             data: Mutex::new(HashMap::new()),
             metadata: RwLock::new(Metadata::default()),
             refreshing: tokio::sync::Mutex::new(None),
+            coordinator: RwLock::new(None),
         });
         conn.refresh_leaders().await?;
         Ok(conn)
@@ -157,16 +164,48 @@ impl Connection {
         }
     }
 
-    /// A data client for any node (group coordination, offset commits).
-    pub fn any_data_client(&self) -> Result<DataClient<Channel>> {
-        let addr = self
-            .metadata
-            .read()
-            .data_addrs()
-            .into_iter()
-            .next()
-            .ok_or_else(|| Error::Unavailable("the cluster reported no nodes".into()))?;
-        self.data_client_for(&addr)
+    /// Calls a consumer-group `rpc` on the coordinating node: the one last
+    /// known, else any; follows a `not-coordinator` redirect to the address it
+    /// names, and moves to another node when one cannot serve.
+    pub async fn coordinator_call<T, F, Fut>(&self, mut rpc: F) -> Result<T>
+    where
+        F: FnMut(DataClient<Channel>) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+    {
+        let mut error = None;
+        for attempt in 0..COORDINATOR_ATTEMPTS {
+            let addrs = self.metadata.read().data_addrs();
+            let known = self.coordinator.read().clone();
+            let Some(addr) = known.or_else(|| addrs.get(attempt % addrs.len().max(1)).cloned())
+            else {
+                return Err(Error::Unavailable("the cluster reported no nodes".into()));
+            };
+            let status = match rpc(self.data_client_for(&addr)?).await {
+                Ok(response) => {
+                    *self.coordinator.write() = Some(addr);
+                    return Ok(response.into_inner());
+                }
+                Err(status) => status,
+            };
+            let hint = status
+                .metadata()
+                .get(LEADER_KEY)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let redirected = status
+                .metadata()
+                .get(ERROR_KIND_KEY)
+                .is_some_and(|k| k == "not-coordinator");
+            if !(redirected || node_cannot_serve(&status)) {
+                return Err(Error::from_status(&status));
+            }
+            tracing::debug!(%addr, %status, "group coordinator moved or unreachable");
+            // A redirect names the coordinator; otherwise ask another node,
+            // which redirects if it is not the one.
+            *self.coordinator.write() = hint.filter(|h| *h != addr);
+            error = Some(Error::from_status(&status));
+        }
+        Err(error.expect("at least one attempt"))
     }
 
     /// Calls `rpc` on one node's data port, lowest address first, moving to

@@ -12,7 +12,7 @@ use tonic::{Code, Status};
 pub(crate) const ERROR_KIND_KEY: &str = "strata-error";
 
 /// Metadata key of the leader's data address on a NOT_LEADER status.
-const LEADER_KEY: &str = "strata-leader";
+pub(crate) const LEADER_KEY: &str = "strata-leader";
 
 /// Consumer-group failures; the consumer handles them by rejoining.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,7 +166,8 @@ impl Error {
                     message,
                 }
             }
-            ("not-leader", _) => Error::NotLeader {
+            // Group requests sent to a node that does not coordinate groups.
+            ("not-leader" | "not-coordinator", _) => Error::NotLeader {
                 leader: md
                     .get(LEADER_KEY)
                     .and_then(|v| v.to_str().ok())

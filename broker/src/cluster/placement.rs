@@ -318,6 +318,22 @@ impl Broker {
             .collect()
     }
 
+    /// In a cluster, consumer groups are coordinated by the metadata group's
+    /// leader (membership lives in its memory; offsets are replicated). Any
+    /// other node refuses group requests with the coordinator's address.
+    pub fn check_coordinator(&self) -> Result<()> {
+        let Some(metadata) = self.inner.metadata.as_ref() else {
+            return Ok(());
+        };
+        let me = NodeId::from(self.node_id());
+        match metadata.leader() {
+            Some(leader) if leader == me => Ok(()),
+            leader => Err(Error::NotCoordinator {
+                leader: leader.and_then(|l| metadata.state().nodes.get(&l).map(|n| n.data.clone())),
+            }),
+        }
+    }
+
     /// Where this node reaches `node` on the peer port: `--peers`, else the
     /// address it registered, else the one it was added with.
     fn peer_addr_of(&self, node: NodeId) -> Option<String> {

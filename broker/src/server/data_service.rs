@@ -178,6 +178,7 @@ impl Data for DataService {
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let r = request.into_inner();
         check_group(&r.group)?;
+        self.broker.check_coordinator().map_err(|e| to_status(&e))?;
         let assignor = Assignor::parse(&r.assignor).ok_or_else(|| {
             invalid(format!(
                 "unknown assignor {:?}; use range or roundrobin",
@@ -213,6 +214,7 @@ impl Data for DataService {
     ) -> Result<Response<LeaveGroupResponse>, Status> {
         let r = request.into_inner();
         check_group(&r.group)?;
+        self.broker.check_coordinator().map_err(|e| to_status(&e))?;
         self.broker
             .groups()
             .leave(&r.group, &r.member_id, &self.broker.partition_counts())
@@ -225,6 +227,7 @@ impl Data for DataService {
         request: Request<CommitOffsetsRequest>,
     ) -> Result<Response<CommitOffsetsResponse>, Status> {
         let r = request.into_inner();
+        self.broker.check_coordinator().map_err(|e| to_status(&e))?;
         let commits = r
             .offsets
             .into_iter()

@@ -29,6 +29,7 @@ pub fn classify(error: &Error) -> (Code, &'static str) {
         Error::Overloaded { .. } => (Code::ResourceExhausted, "overloaded"),
         Error::NotLeader { .. } => (Code::Unavailable, "not-leader"),
         Error::NoQuorum(_) => (Code::Unavailable, "no-quorum"),
+        Error::NotCoordinator { .. } => (Code::Unavailable, "not-coordinator"),
         Error::Storage(e) => match e {
             LogError::OffsetOutOfRange { .. } => (Code::OutOfRange, "offset-out-of-range"),
             LogError::Corrupt { .. } => (Code::DataLoss, "corrupt"),
@@ -69,6 +70,9 @@ pub fn to_status(error: &Error) -> Status {
         Error::NotLeader {
             leader: Some(leader),
             ..
+        }
+        | Error::NotCoordinator {
+            leader: Some(leader),
         } => {
             if let Ok(v) = leader.parse() {
                 md.insert(LEADER_KEY, v);

@@ -50,12 +50,14 @@ pub(crate) async fn run(conn: Arc<Connection>, shared: Arc<Shared>, config: Cons
             assignor: config.assignor.clone(),
             client_id: config.client_id.clone(),
         };
-        let reply = match conn.any_data_client() {
-            Ok(mut client) => client.heartbeat(request).await.map_err(Error::from),
-            Err(e) => Err(e),
-        };
+        let reply = conn
+            .coordinator_call(|mut client| {
+                let request = request.clone();
+                async move { client.heartbeat(request).await }
+            })
+            .await;
         let reply = match reply {
-            Ok(r) => r.into_inner(),
+            Ok(r) => r,
             Err(Error::Group {
                 kind: GroupError::UnknownMember | GroupError::IllegalGeneration,
                 ..

@@ -474,11 +474,14 @@ impl Consumer {
             std::mem::take(&mut st.member_id)
         };
         if let (Some(group), false) = (&self.config.group, member_id.is_empty()) {
-            let mut client = self.conn.any_data_client()?;
-            client
-                .leave_group(LeaveGroupRequest {
-                    group: group.clone(),
-                    member_id,
+            let request = LeaveGroupRequest {
+                group: group.clone(),
+                member_id,
+            };
+            self.conn
+                .coordinator_call(|mut client| {
+                    let request = request.clone();
+                    async move { client.leave_group(request).await }
                 })
                 .await?;
         }
@@ -520,7 +523,11 @@ async fn commit(
             })
             .collect(),
     };
-    conn.any_data_client()?.commit_offsets(request).await?;
+    conn.coordinator_call(|mut client| {
+        let request = request.clone();
+        async move { client.commit_offsets(request).await }
+    })
+    .await?;
     let mut st = shared.state.lock();
     for (tp, offset) in offsets {
         if let Some(ps) = st.partitions.get_mut(tp) {
@@ -545,11 +552,13 @@ async fn committed(
             })
             .collect(),
     };
+    // From the coordinator, which applied this group's latest commit.
     let response = conn
-        .any_data_client()?
-        .fetch_offsets(request)
-        .await?
-        .into_inner();
+        .coordinator_call(|mut client| {
+            let request = request.clone();
+            async move { client.fetch_offsets(request).await }
+        })
+        .await?;
     Ok(response
         .offsets
         .into_iter()
