@@ -28,12 +28,10 @@ cleanup() {
 trap cleanup EXIT
 : > "$OUT"
 
-# Starts a broker on ephemeral ports; sets BOOT to its control address.
-start_broker() {
-  local dir=$1; shift
-  "$BIN" serve --data-dir "$dir" --data-addr 127.0.0.1:0 --control-addr 127.0.0.1:0 \
-    --peer-addr 127.0.0.1:0 "$@" > "$dir.out" 2> "$dir.log" &
-  PIDS+=($!)
+# Waits until the broker whose stdout is $1.out serves; sets BOOT to its
+# control address.
+wait_serving() {
+  local dir=$1
   for _ in $(seq 1 600); do
     if grep -q '^strata serving' "$dir.out" 2>/dev/null; then
       BOOT=$(sed -n 's/^strata serving .* control=\([^ ]*\) .*/\1/p' "$dir.out")
@@ -42,6 +40,15 @@ start_broker() {
     sleep 0.1
   done
   echo "broker in $dir did not start" >&2; cat "$dir.log" >&2; exit 1
+}
+
+# Starts a broker on ephemeral ports; sets BOOT to its control address.
+start_broker() {
+  local dir=$1; shift
+  "$BIN" serve --data-dir "$dir" --data-addr 127.0.0.1:0 --control-addr 127.0.0.1:0 \
+    --peer-addr 127.0.0.1:0 "$@" > "$dir.out" 2> "$dir.log" &
+  PIDS+=($!)
+  wait_serving "$dir"
 }
 
 # Starts a three-node cluster (ports picked free now; a collision with another
@@ -63,12 +70,8 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))'))
     dirs+=("$dir")
   done
   for dir in "${dirs[@]}"; do
-    for _ in $(seq 1 600); do
-      grep -q '^strata serving' "$dir.out" 2>/dev/null && break
-      sleep 0.1
-    done
-    grep -q '^strata serving' "$dir.out" || { echo "cluster node $dir did not start" >&2; cat "$dir.log" >&2; exit 1; }
-    boots+=("$(sed -n 's/^strata serving .* control=\([^ ]*\) .*/\1/p' "$dir.out")")
+    wait_serving "$dir"
+    boots+=("$BOOT")
   done
   BOOT3=$(IFS=,; echo "${boots[*]}")
 }

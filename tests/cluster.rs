@@ -121,40 +121,6 @@ fn agreed_leader(cluster: &Cluster, partition: u32) -> usize {
     }
 }
 
-/// Waits until every node of `nodes` reports the same high watermark and
-/// log end for every partition, with nothing uncommitted: the replicas have
-/// converged.
-fn wait_converged(cluster: &Cluster, nodes: &[usize]) -> Vec<u64> {
-    let deadline = Instant::now() + PHASE_TIMEOUT;
-    loop {
-        let views: Vec<Vec<(u64, u64)>> = cluster.rt.block_on(async {
-            let mut views = Vec::new();
-            for addr in nodes.iter().map(|&i| cluster.control_addrs()[i].clone()) {
-                let admin = Admin::connect(addr.as_str()).await.unwrap();
-                let topic = admin.describe_topic(TOPIC).await.unwrap();
-                views.push(
-                    topic
-                        .partitions
-                        .iter()
-                        .map(|p| (p.high_watermark, p.log_end_offset))
-                        .collect(),
-                );
-            }
-            views
-        });
-        let settled =
-            views.iter().all(|v| v == &views[0]) && views[0].iter().all(|(hw, end)| hw == end);
-        if settled {
-            return views[0].iter().map(|(hw, _)| *hw).collect();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "replicas never converged: {views:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn acknowledged_records_survive_leader_kill_restart_and_partition() {
     let mut cluster = Cluster::start(3);
@@ -223,7 +189,7 @@ fn acknowledged_records_survive_leader_kill_restart_and_partition() {
 
     history.stop.store(true, Ordering::Release);
     cluster.rt.block_on(task).unwrap();
-    let high_watermarks = wait_converged(&cluster, &[0, 1, 2]);
+    let high_watermarks = cluster.wait_converged(TOPIC, &[0, 1, 2], PHASE_TIMEOUT);
     for node in &mut cluster.nodes {
         assert!(node.sigterm().success(), "clean shutdown");
     }
@@ -579,7 +545,7 @@ fn a_node_added_takes_over_the_replicas_of_a_node_removed() {
             assert_eq!(replicas, vec![2, 3, 4], "partition {}", p.partition);
         }
     });
-    let high_watermarks = wait_converged(&cluster, &[1, 2, 3]);
+    let high_watermarks = cluster.wait_converged(TOPIC, &[1, 2, 3], PHASE_TIMEOUT);
     // The node that left deleted its copies once the moves settled.
     let left = cluster.data_dir(0).join("topics").join(TOPIC);
     let deadline = Instant::now() + PHASE_TIMEOUT;

@@ -108,43 +108,6 @@ fn end(cluster: &mut Cluster, fault: Fault) {
     }
 }
 
-/// Waits until every node reports the same high watermark and log end for
-/// every partition, with nothing uncommitted.
-fn wait_converged(cluster: &Cluster) {
-    let deadline = Instant::now() + SETTLE_TIMEOUT;
-    loop {
-        let views: Vec<Option<Vec<(u64, u64)>>> = cluster.rt.block_on(async {
-            let mut views = Vec::new();
-            for addr in cluster.control_addrs() {
-                let view = async {
-                    let admin = Admin::connect(addr.as_str()).await.ok()?;
-                    let topic = admin.describe_topic(TOPIC).await.ok()?;
-                    Some(
-                        topic
-                            .partitions
-                            .iter()
-                            .map(|p| (p.high_watermark, p.log_end_offset))
-                            .collect::<Vec<_>>(),
-                    )
-                };
-                views.push(view.await);
-            }
-            views
-        });
-        let settled = views[0].is_some()
-            && views.iter().all(|v| v == &views[0])
-            && views[0].iter().flatten().all(|(hw, end)| hw == end);
-        if settled {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "replicas never converged: {views:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// What a run produced: the history and the final log of each partition.
 struct Outcome {
     history: Arc<History>,
@@ -203,7 +166,7 @@ fn run(extra: &[&str], nemesis: impl FnOnce(&mut Cluster, &History)) -> Outcome 
             task.await.unwrap();
         }
     });
-    wait_converged(&cluster);
+    cluster.wait_converged(TOPIC, &[0, 1, 2], SETTLE_TIMEOUT);
     for node in &mut cluster.nodes {
         assert!(node.sigterm().success(), "clean shutdown");
     }

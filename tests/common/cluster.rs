@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use strata_broker::log::storage::FileStorage;
@@ -192,4 +193,44 @@ pub fn record_values(batches: &[(u64, Bytes)]) -> Vec<(u64, String)> {
         }
     }
     out
+}
+
+impl Cluster {
+    /// Waits until every node of `nodes` reports the same high watermark and
+    /// log end for each partition of `topic`, with nothing uncommitted: the
+    /// replicas have converged. Returns the high watermarks.
+    pub fn wait_converged(&self, topic: &str, nodes: &[usize], timeout: Duration) -> Vec<u64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let views: Vec<Option<Vec<(u64, u64)>>> = self.rt.block_on(async {
+                let mut views = Vec::new();
+                for &i in nodes {
+                    let addr = self.nodes[i].control.to_string();
+                    let view = async {
+                        let admin = strata_client::Admin::connect(addr.as_str()).await.ok()?;
+                        let t = admin.describe_topic(topic).await.ok()?;
+                        Some(
+                            t.partitions
+                                .iter()
+                                .map(|p| (p.high_watermark, p.log_end_offset))
+                                .collect::<Vec<_>>(),
+                        )
+                    };
+                    views.push(view.await);
+                }
+                views
+            });
+            if let Some(Some(first)) = views.first()
+                && views.iter().all(|v| v.as_ref() == Some(first))
+                && first.iter().all(|(hw, end)| hw == end)
+            {
+                return first.iter().map(|(hw, _)| *hw).collect();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replicas never converged: {views:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
