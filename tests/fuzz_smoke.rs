@@ -1,0 +1,133 @@
+//! A few seconds of each fuzz target (fuzz/targets.rs) on stable, in every
+//! test run: valid inputs mutated at random (flipped bytes, cuts, splices)
+//! and plain random bytes, from a seed printed on failure. `cargo +nightly
+//! fuzz run <target>` runs the same bodies under libFuzzer for as long as
+//! you like (docs/testing.md).
+
+#[path = "../fuzz/targets.rs"]
+mod targets;
+
+use bytes::Bytes;
+use prost::Message;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use strata_proto::batch::{BatchBuilder, ProducerStamp, Record, verify_and_stamp};
+use strata_proto::v1::ProduceRequest;
+
+/// Inputs per target: enough to reach past the length and CRC checks many
+/// times, few enough for a few seconds in a debug build. `STRATA_FUZZ_CASES`
+/// runs more.
+const CASES: usize = 300;
+
+fn cases() -> usize {
+    std::env::var("STRATA_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(CASES)
+}
+
+fn valid_batch(rng: &mut StdRng, base_offset: u64) -> Vec<u8> {
+    let mut b = BatchBuilder::new(ProducerStamp::default());
+    for i in 0..rng.random_range(1..8) {
+        let len = rng.random_range(0..64);
+        let value: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+        b.push(&Record::new(1_700_000_000_000 + i, value)).unwrap();
+    }
+    let mut bytes = b.finish().to_vec();
+    verify_and_stamp(&mut bytes, base_offset, 0, 0).unwrap();
+    bytes
+}
+
+/// A copy of `input` with a few random flips, a cut or a splice of noise.
+fn mutate(rng: &mut StdRng, mut input: Vec<u8>) -> Vec<u8> {
+    match rng.random_range(0..4) {
+        0 => {}
+        1 => {
+            for _ in 0..rng.random_range(1..4) {
+                if !input.is_empty() {
+                    let at = rng.random_range(0..input.len());
+                    input[at] ^= 1 << rng.random_range(0..8);
+                }
+            }
+        }
+        2 => {
+            let keep = rng.random_range(0..=input.len());
+            input.truncate(keep);
+        }
+        _ => {
+            let at = rng.random_range(0..=input.len());
+            let noise: Vec<u8> = (0..rng.random_range(1..32)).map(|_| rng.random()).collect();
+            input.splice(at..at, noise);
+        }
+    }
+    input
+}
+
+fn run(name: &str, mut make: impl FnMut(&mut StdRng) -> Vec<u8>, target: fn(&[u8])) {
+    let seed: u64 = rand::random();
+    let mut rng = StdRng::seed_from_u64(seed);
+    for case in 0..cases() {
+        let input = if case % 5 == 0 {
+            (0..rng.random_range(0..256))
+                .map(|_| rng.random())
+                .collect()
+        } else {
+            let valid = make(&mut rng);
+            mutate(&mut rng, valid)
+        };
+        let outcome = std::panic::catch_unwind(|| target(&input));
+        assert!(
+            outcome.is_ok(),
+            "{name} panicked on case {case} (seed {seed}); input {} bytes: {:02x?}",
+            input.len(),
+            &input[..input.len().min(256)]
+        );
+    }
+}
+
+#[test]
+fn batch_decoder_survives_mutated_batches() {
+    run(
+        "batch_decode",
+        |rng| valid_batch(rng, 0),
+        targets::batch_decode,
+    );
+}
+
+#[test]
+fn segment_recovery_survives_mutated_segments() {
+    run(
+        "segment_recovery",
+        |rng| {
+            let mut offset = 0;
+            let mut log = Vec::new();
+            for _ in 0..rng.random_range(1..5) {
+                let b = valid_batch(rng, offset);
+                offset += strata_proto::batch::verify(&b).unwrap().record_count as u64;
+                log.extend_from_slice(&b);
+            }
+            // Index, time index and checkpoint get noise of their own.
+            let tail: Vec<u8> = (0..log.len()).map(|_| rng.random()).collect();
+            log.extend_from_slice(&tail);
+            log
+        },
+        targets::segment_recovery,
+    );
+}
+
+#[test]
+fn produce_handler_answers_every_request() {
+    run(
+        "produce_request",
+        |rng| {
+            ProduceRequest {
+                topic: ["fuzz", "nope", "", "a/b"][rng.random_range(0..4)].into(),
+                partition: rng.random_range(0..3),
+                batch: Bytes::from(valid_batch(rng, 0)),
+                acks: rng.random_range(0..3),
+            }
+            .encode_to_vec()
+        },
+        targets::produce_request,
+    );
+}
