@@ -1,10 +1,10 @@
-//! A few seconds of each fuzz target (fuzz/targets.rs) on stable, in every
+//! A few seconds of each fuzz target (tests/fuzz/targets.rs) on stable, in every
 //! test run: valid inputs mutated at random (flipped bytes, cuts, splices)
 //! and plain random bytes, from a seed printed on failure. `cargo +nightly
-//! fuzz run <target>` runs the same bodies under libFuzzer for as long as
-//! you like (docs/testing.md).
+//! fuzz run --fuzz-dir tests/fuzz <target>` runs the same bodies under
+//! libFuzzer for as long as you like (docs/testing.md).
 
-#[path = "../fuzz/targets.rs"]
+#[path = "fuzz/targets.rs"]
 mod targets;
 
 use bytes::Bytes;
