@@ -116,13 +116,19 @@ impl Replica {
             resolve,
             debug_ack_before_commit,
         } = config;
-        let machine_end = high_watermark.subscribe();
         let (store, machine) = {
             let (log, storage, dir) = (log.clone(), storage.clone(), dir.to_path_buf());
+            let machine_end = high_watermark.subscribe();
             let machine = PartitionMachine::new(high_watermark);
             tokio::task::spawn_blocking(move || -> std::io::Result<_> {
                 let store = LogStore::open(log, storage.clone(), &dir)?;
+                // The snapshot restores the high watermark before the log
+                // store learns of it, so a log left behind by a snapshot
+                // installed before a crash restarts here.
                 let machine = StateMachine::open(storage, &dir, machine)?;
+                store.follow_snapshots(machine_end)?;
+                let follower = store.clone();
+                machine.after_install(Arc::new(move || follower.restart_if_behind()));
                 Ok((store, machine))
             })
             .await
@@ -138,7 +144,6 @@ impl Replica {
                 .validate()
                 .map_err(|e| Error::Internal(format!("raft config: {e}")))?,
         );
-        store.follow_snapshots(machine_end);
         let raft = Raft::new(node_id, config, network, store.clone(), machine.clone())
             .await
             .map_err(|e| Error::Internal(format!("starting Raft for {topic}/{partition}: {e}")))?;

@@ -70,6 +70,9 @@ struct Inner {
     /// Where the state machine says the log ends (a partition's high
     /// watermark), when the group may install snapshots past this log.
     machine_end: Mutex<Option<watch::Receiver<u64>>>,
+    /// Held while entries are written and while the log restarts behind a
+    /// snapshot, so the two never interleave.
+    writing: Mutex<()>,
 }
 
 /// One group's Raft log. Cheap to clone (the clone is also its log reader).
@@ -122,6 +125,7 @@ impl LogStore {
                 flush,
                 cut,
                 machine_end: Mutex::new(None),
+                writing: Mutex::new(()),
             }),
         })
     }
@@ -134,8 +138,25 @@ impl LogStore {
     /// is where the state machine says the log ends (the partition's high
     /// watermark, which a snapshot restores). Groups whose leaders purge
     /// (retention) need it; without it such a gap is an error.
-    pub fn follow_snapshots(&self, machine_end: watch::Receiver<u64>) {
+    /// Blocking: restarts the log at once if a snapshot installed before a
+    /// crash already left it behind.
+    pub fn follow_snapshots(&self, machine_end: watch::Receiver<u64>) -> std::io::Result<()> {
         *self.inner.machine_end.lock() = Some(machine_end);
+        self.restart_if_behind().map_err(std::io::Error::other)
+    }
+
+    /// Blocking: restarts the log where the state machine says it ends if a
+    /// snapshot newer than all of it was installed. Run when the state
+    /// machine installs one, and when openraft purges after it (whichever
+    /// comes second finds both done).
+    pub fn restart_if_behind(&self) -> Result<(), String> {
+        let inner = &self.inner;
+        let _writing = inner.writing.lock();
+        let _no_flush = inner.cut.write();
+        inner
+            .restart_behind_snapshot(inner.machine_end())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     /// Records below this offset belong only to entries Raft has purged, so
@@ -191,6 +212,9 @@ fn header_at(log: &Log, offset: u64) -> Result<BatchHeader, String> {
 /// ever reported durable (the data before them was not). Returns whether
 /// anything was dropped.
 fn drop_control_after_hole(state: &mut RaftState, last_data: Option<u64>) -> bool {
+    // Purged entries count as present: after an installed snapshot the data
+    // before it is gone on purpose, not lost.
+    let last_data = last_data.max(state.purged.map(|p| p.index));
     let above = last_data.map_or(0, |d| d + 1);
     let mut keys = state.control.range(above..).map(|(&i, _)| i);
     let Some(first) = keys.next() else {
@@ -254,6 +278,7 @@ async fn flusher(
 impl Inner {
     /// Writes `entries` (blocking); returns whether any data needs a flush.
     fn write(&self, entries: Vec<Entry>) -> Result<bool, StorageError> {
+        let _writing = self.writing.lock();
         let mut data = false;
         let mut control_changed = false;
         for entry in entries {
@@ -299,17 +324,17 @@ impl Inner {
         // A replicated batch arrives stamped by the leader: it must land at the
         // same offset here, or replicas would disagree about offsets.
         let stamped = header.raft_index == id.index && header.raft_index != 0;
-        if stamped && header.base_offset > end && self.follows_installed_snapshot(id)? {
-            // The leader had purged (retention) what this replica lacked and
-            // sent a snapshot instead; the log restarts where it left off, as
-            // every replica's log starts where retention cut it.
-            self.log
-                .reset_to(header.base_offset, NO_LOG_STATE)
-                .map_err(write_err)?;
-            self.tail.lock().clear();
-            tracing::info!(entry = %id, offset = header.base_offset,
-                "log restarted after an installed snapshot");
-            end = header.base_offset;
+        // Where the log must continue: the leader's stamp, or (on a leader)
+        // where the state machine says the log ends.
+        let expected = match stamped {
+            true => header.base_offset,
+            false => self.machine_end(),
+        };
+        if expected > end {
+            let _no_flush = self.cut.write();
+            if self.restart_behind_snapshot(expected)? {
+                end = expected;
+            }
         }
         if stamped && header.base_offset != end {
             return Err(write_err(format!(
@@ -339,40 +364,46 @@ impl Inner {
     /// replica's log then starts where retention cut it. `upto` is the purge
     /// point openraft sets to the snapshot's last entry.
     fn restart_after_snapshot(&self, upto: LogId) -> Result<(), StorageError> {
-        let Some(end) = self.machine_end.lock().as_ref().map(|rx| *rx.borrow()) else {
-            return Ok(());
-        };
+        let end = self.machine_end();
+        let _writing = self.writing.lock();
         let _no_flush = self.cut.write();
-        if end <= self.log.end_offset() {
-            return Ok(());
+        if end > self.log.end_offset() && self.restart_behind_snapshot(end)? {
+            tracing::debug!(snapshot = %upto, "restarted at the purge after a snapshot");
         }
-        let last = match self.tail.lock().back() {
-            Some(e) => Some(*e),
-            None => last_data_entry(&self.log).map_err(read_err)?,
-        };
-        if last.is_some_and(|e| e.index >= upto.index) {
-            return Ok(());
-        }
-        self.log.reset_to(end, NO_LOG_STATE).map_err(write_err)?;
-        self.tail.lock().clear();
-        tracing::info!(snapshot = %upto, offset = end, "log restarted after an installed snapshot");
         Ok(())
     }
 
-    /// Whether `id` is the first entry after a snapshot that covers all of
-    /// this log: everything stored is purged and `id` directly follows.
-    fn follows_installed_snapshot(&self, id: LogId) -> Result<bool, StorageError> {
+    /// Where the state machine says the log ends (0 if it does not say).
+    fn machine_end(&self) -> u64 {
+        self.machine_end
+            .lock()
+            .as_ref()
+            .map_or(0, |rx| *rx.borrow())
+    }
+
+    /// If everything this log holds is purged (a snapshot newer than all of
+    /// it was installed) and the log ends before `end`, restarts it empty at
+    /// `end`, so its offsets stay those of the other replicas. Returns
+    /// whether it did. Callers exclude concurrent flushes and appends.
+    fn restart_behind_snapshot(&self, end: u64) -> Result<bool, StorageError> {
+        if end <= self.log.end_offset() {
+            return Ok(false);
+        }
         let Some(purged) = self.state.lock().purged else {
             return Ok(false);
         };
-        if purged.index + 1 != id.index {
-            return Ok(false);
-        }
-        let last = match self.tail.lock().back() {
-            Some(e) => Some(*e),
+        let last = self.tail.lock().back().copied();
+        let last = match last {
+            Some(e) => Some(e),
             None => last_data_entry(&self.log).map_err(read_err)?,
         };
-        Ok(last.is_none_or(|e| e.index <= purged.index))
+        if last.is_some_and(|e| e.index > purged.index) {
+            return Ok(false);
+        }
+        self.log.reset_to(end, NO_LOG_STATE).map_err(write_err)?;
+        self.tail.lock().clear();
+        tracing::info!(purged = %purged, offset = end, "log restarted after an installed snapshot");
+        Ok(true)
     }
 
     /// The offset of the first data entry with index `>= index`, if any.

@@ -48,10 +48,15 @@ struct State<M> {
     snapshots_built: u64,
 }
 
+/// Called (on a blocking thread) after a snapshot from the leader is
+/// installed; for the log store to follow it.
+pub type AfterInstall = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
 struct Inner<M> {
     state: Mutex<State<M>>,
     storage: Arc<dyn Storage>,
     dir: PathBuf,
+    after_install: Mutex<Option<AfterInstall>>,
 }
 
 /// A group's state machine. Cheap to clone (the clone is its snapshot builder).
@@ -96,8 +101,14 @@ impl<M: Machine> StateMachine<M> {
                 }),
                 storage,
                 dir: dir.to_path_buf(),
+                after_install: Mutex::new(None),
             }),
         })
+    }
+
+    /// Sets what runs after a snapshot from the leader is installed.
+    pub fn after_install(&self, hook: AfterInstall) {
+        *self.inner.after_install.lock() = Some(hook);
     }
 
     /// Runs `f` on the machine (for reads of its state by the broker).
@@ -244,7 +255,12 @@ impl<M: Machine> RaftStateMachine<TypeConfig> for StateMachine<M> {
         let meta = meta.clone();
         blocking(move || {
             write_snapshot(inner.storage.as_ref(), &inner.dir, &meta, &data)
-                .map_err(|e| sm_err(ErrorVerb::Write, e))
+                .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+            let hook = inner.after_install.lock().clone();
+            match hook {
+                Some(hook) => hook().map_err(|e| sm_err(ErrorVerb::Write, e)),
+                None => Ok(()),
+            }
         })
         .await
     }
