@@ -328,7 +328,19 @@ fn followers_redirect_to_the_leader_and_replication_is_bounded_by_nodes() {
     // The leader reports the group's Raft state and each follower's lag.
     let (status, text) = common::http_get(cluster.nodes[leader].control, "/metrics");
     assert_eq!(status, 200);
-    let group = format!("{{group=\"{TOPIC}/0\"}}");
+    // Group ids carry the topic's incarnation: `orders#<id>/0`.
+    let group = text
+        .lines()
+        .find_map(|l| {
+            let label = l
+                .strip_prefix("strata_raft_leader{group=\"")?
+                .split('"')
+                .next()?;
+            (label.starts_with(&format!("{TOPIC}#")) && label.ends_with("/0"))
+                .then(|| label.to_owned())
+        })
+        .expect("a Raft series for the partition");
+    let group = format!("{{group=\"{group}\"}}");
     assert_eq!(
         common::metric(&text, &format!("strata_raft_leader{group}")),
         Some((leader + 1) as f64)
@@ -339,7 +351,8 @@ fn followers_redirect_to_the_leader_and_replication_is_bounded_by_nodes() {
         .lines()
         .filter(|l| {
             l.starts_with(&format!(
-                "strata_raft_replication_lag_entries{{group=\"{TOPIC}/0\""
+                "strata_raft_replication_lag_entries{}",
+                group.trim_end_matches('}')
             ))
         })
         .count();
@@ -548,8 +561,14 @@ fn a_node_added_takes_over_the_replicas_of_a_node_removed() {
     let high_watermarks = cluster.wait_converged(TOPIC, &[1, 2, 3], PHASE_TIMEOUT);
     // The node that left deleted its copies once the moves settled.
     let left = cluster.data_dir(0).join("topics").join(TOPIC);
+    let incarnation: Vec<_> = std::fs::read_dir(&left)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(incarnation.len(), 1, "{incarnation:?}");
+    let held = |p: u32| incarnation[0].join(p.to_string()).exists();
     let deadline = Instant::now() + PHASE_TIMEOUT;
-    while (0..PARTITIONS).any(|p| left.join(p.to_string()).exists()) {
+    while (0..PARTITIONS).any(held) {
         assert!(Instant::now() < deadline, "node 1 kept its replicas");
         std::thread::sleep(Duration::from_millis(50));
     }

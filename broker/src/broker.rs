@@ -296,6 +296,7 @@ impl Broker {
             metadata.wait_joined().await;
             let mut states = metadata.watch();
             let first = states.borrow_and_update().clone();
+            self.sweep_stale_topic_dirs(&first).await;
             self.reconcile(&first).await;
             tokio::spawn(crate::cluster::placement::reconcile_forever(
                 self.downgrade(),
@@ -498,10 +499,13 @@ impl Broker {
         let mut high_watermarks = Vec::with_capacity(commits.len());
         for c in &commits {
             let p = match self.partition(&c.topic, c.partition) {
-                Ok(p) => p,
-                // Held by other nodes only: its high watermark is not known
-                // here, so the offset is taken as given.
-                Err(Error::NotLeader { .. }) => {
+                // A follower's high watermark trails the leader's by up to a
+                // heartbeat: checking against it would refuse offsets a
+                // consumer just read from the leader.
+                Ok(p) if p.replica().is_none_or(|r| r.is_leader()) => p,
+                // Led or held elsewhere: the high watermark that counts is
+                // not known here, so the offset is taken as given.
+                Ok(_) | Err(Error::NotLeader { .. }) => {
                     high_watermarks.push(c.offset);
                     continue;
                 }
@@ -686,7 +690,8 @@ impl Broker {
                 tracing::warn!(topic = name, partition = p.index(), error = %e, "closing a deleted partition");
             }
             if p.replica().is_some() {
-                self.raft_groups().remove(&partition_group(name, p.index()));
+                self.raft_groups()
+                    .remove(&partition_group(name, topic.spec.id, p.index()));
             }
         }
         // A cluster's metadata group forgets the offsets as it deletes the topic.
@@ -695,7 +700,12 @@ impl Broker {
             blocking(move || store.delete_topic(&owned_name)).await?;
         }
         self.group_monitor().forget_topic(name);
-        let from = self.data_dir().join("topics").join(name);
+        let from = self.topic_dir(&topic.spec);
+        if !from.exists() {
+            // A cluster node that held no replica of it.
+            tracing::info!(topic = name, "topic deleted");
+            return Ok(());
+        }
         let to = self
             .data_dir()
             .join("deleted")
@@ -817,6 +827,21 @@ impl Broker {
 impl From<&Broker> for Target {
     fn from(broker: &Broker) -> Target {
         Target::Local(broker.connector())
+    }
+}
+
+impl Broker {
+    /// Where a topic's partitions live: `topics/<name>/` on a single node
+    /// (whose topic store moves a deleted topic's directory aside before the
+    /// name can be reused), `topics/<name>/<incarnation>/` in a cluster, so a
+    /// re-created topic never opens a deleted one's data, even on a node that
+    /// was down when it was deleted.
+    pub(crate) fn topic_dir(&self, spec: &TopicSpec) -> PathBuf {
+        let dir = self.data_dir().join("topics").join(&spec.name);
+        match self.is_clustered() {
+            true => dir.join(spec.id.to_string()),
+            false => dir,
+        }
     }
 }
 

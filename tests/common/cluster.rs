@@ -164,10 +164,17 @@ impl Cluster {
 /// Every batch of a partition's log in `data_dir` (read with the node
 /// stopped), as stored: (base offset, bytes).
 pub fn stored_batches(data_dir: &Path, topic: &str, partition: u32) -> Vec<(u64, Bytes)> {
-    let dir = data_dir
-        .join("topics")
-        .join(topic)
-        .join(partition.to_string());
+    // A cluster keeps each incarnation of a topic in its own directory.
+    let incarnations: Vec<_> = std::fs::read_dir(data_dir.join("topics").join(topic))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(
+        incarnations.len(),
+        1,
+        "one incarnation of {topic}: {incarnations:?}"
+    );
+    let dir = incarnations[0].join(partition.to_string());
     let (log, _) = Log::open(&dir, LogConfig::default(), Arc::new(FileStorage), &mut ()).unwrap();
     let mut out = Vec::new();
     let mut offset = log.start_offset();

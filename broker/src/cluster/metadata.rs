@@ -107,14 +107,17 @@ pub struct OffsetEntry {
 }
 
 impl Command {
-    /// The command as a record batch, the form every group's log stores.
-    pub fn encode(&self) -> Bytes {
+    /// The command as a record batch, the form every group's log stores; an
+    /// error naming the size if it is too large for one record (a commit of
+    /// very many offsets).
+    pub fn encode(&self) -> Result<Bytes, String> {
         let json = serde_json::to_vec(self).expect("commands serialize");
+        let size = json.len();
         let mut batch = BatchBuilder::control();
         batch
             .push(&Record::new(crate::log::now_ms(), json))
-            .expect("a metadata command fits in a batch");
-        batch.finish()
+            .map_err(|e| format!("a metadata change of {size} bytes is too large: {e}"))?;
+        Ok(batch.finish())
     }
 
     /// The command in a stored batch.
@@ -419,7 +422,7 @@ mod tests {
     }
 
     fn apply(m: &mut MetadataMachine, index: u64, c: &Command) -> Applied {
-        let batch = c.encode();
+        let batch = c.encode().unwrap();
         let header = strata_proto::batch::verify(&batch).unwrap();
         let id = LogId::new(openraft::CommittedLeaderId::new(1, 0), index);
         m.apply(&id, &header, &batch)

@@ -55,11 +55,27 @@ pub enum Change {
     },
 }
 
+impl ProposeRefused {
+    fn into_error(self) -> Error {
+        match self {
+            ProposeRefused::NotLeader(leader) => {
+                Error::NoQuorum(format!("no metadata leader (last known: {leader:?})"))
+            }
+            ProposeRefused::Invalid(why) => Error::InvalidArgument(why),
+            // A membership change in progress, a group shutting down: all
+            // worth retrying later.
+            ProposeRefused::Failed(why) => Error::NoQuorum(why),
+        }
+    }
+}
+
 /// Why a node did not apply a command itself.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ProposeRefused {
     /// Not the leader; the one it knows of, if any.
     NotLeader(Option<NodeId>),
+    /// The change itself is unacceptable (too large).
+    Invalid(String),
     Failed(String),
 }
 
@@ -189,21 +205,36 @@ impl MetadataGroup {
     /// Makes `change` on the metadata leader, wherever it is, retrying with
     /// backoff while no leader is known (up to `PROPOSE_TIMEOUT`).
     pub async fn change(&self, change: &Change) -> Result<Applied> {
+        if let Change::Apply(command) = change {
+            command.encode().map_err(Error::InvalidArgument)?;
+        }
         let deadline = Instant::now() + PROPOSE_TIMEOUT;
         let mut delay = RETRY_MIN;
         let json = serde_json::to_vec(change).expect("changes serialize");
+        let timed_out = || {
+            Error::NoQuorum(format!(
+                "the metadata change did not commit within {} s",
+                PROPOSE_TIMEOUT.as_secs()
+            ))
+        };
         loop {
-            let leader = match self.change_here(change).await {
-                Ok(applied) => return Ok(applied),
-                Err(ProposeRefused::Failed(why)) => return Err(Error::Internal(why)),
-                Err(ProposeRefused::NotLeader(leader)) => leader,
+            // Bounded: a leader cut off from its peers accepts the change but
+            // can never commit it.
+            let left = deadline.saturating_duration_since(Instant::now());
+            let leader = match tokio::time::timeout(left, self.change_here(change)).await {
+                Err(_) => return Err(timed_out()),
+                Ok(Ok(applied)) => return Ok(applied),
+                Ok(Err(ProposeRefused::NotLeader(leader))) => leader,
+                Ok(Err(refused)) => return Err(refused.into_error()),
             };
             if let Some(leader) = leader.filter(|&l| l != self.node_id) {
-                match self.forward(leader, &json).await {
-                    Ok(Ok(applied)) => return Ok(applied),
-                    Ok(Err(ProposeRefused::Failed(why))) => return Err(Error::Internal(why)),
-                    Ok(Err(ProposeRefused::NotLeader(_))) => {}
-                    Err(why) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, self.forward(leader, &json)).await {
+                    Err(_) => return Err(timed_out()),
+                    Ok(Ok(Ok(applied))) => return Ok(applied),
+                    Ok(Ok(Err(ProposeRefused::NotLeader(_)))) => {}
+                    Ok(Ok(Err(refused))) => return Err(refused.into_error()),
+                    Ok(Err(why)) => {
                         tracing::debug!(leader, %why, "forwarding a metadata command failed")
                     }
                 }
@@ -226,7 +257,10 @@ impl MetadataGroup {
         change: &Change,
     ) -> std::result::Result<Applied, ProposeRefused> {
         let written = match change {
-            Change::Apply(command) => self.raft.client_write(Payload(command.encode())).await,
+            Change::Apply(command) => match command.encode() {
+                Ok(batch) => self.raft.client_write(Payload(batch)).await,
+                Err(why) => return Err(ProposeRefused::Invalid(why)),
+            },
             Change::AddNode { id, peer_addr } => {
                 // Catch up as a learner first (blocking), so the voter set
                 // never waits on a node with an empty log.
@@ -338,6 +372,14 @@ impl MetadataGroup {
         // A follower learns the commit index with the leader's next heartbeat.
         let caught_up = metrics.wait_for(|m| m.last_applied.map(|l| l.index) >= m.last_log_index);
         let _ = tokio::time::timeout(PROPOSE_TIMEOUT, caught_up).await;
+    }
+
+    /// Whether this node has applied every metadata entry it holds (its view
+    /// is as new as its log).
+    pub fn caught_up(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.last_applied.map(|l| l.index) >= m.last_log_index
     }
 
     /// Stops this node's member and closes its log.

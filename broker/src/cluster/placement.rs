@@ -24,7 +24,7 @@ use super::metadata::{
 };
 use super::metadata_group::{Change, MetadataGroup, PROPOSE_TIMEOUT, initialize};
 use super::topics::{TopicSettings, TopicSpec};
-use crate::broker::{Broker, DEFAULT_REPLICATION_FACTOR, Inner, Topic, blocking, partition_dir};
+use crate::broker::{Broker, DEFAULT_REPLICATION_FACTOR, Inner, Topic, blocking};
 use crate::error::{Error, Result};
 use crate::partition::Partition;
 use crate::partition::replica::{ReplicaConfig, ResolveLeader};
@@ -222,9 +222,65 @@ impl Broker {
             .write()
             .insert(name.clone(), Arc::new(topic));
         for index in to_close {
-            self.close_moved_replica(name, &held[&index]).await;
+            self.close_moved_replica(&assignment.spec, &held[&index])
+                .await;
         }
         Ok(())
+    }
+
+    /// Removes topic directories the cluster no longer has — a deleted
+    /// topic's, or a deleted incarnation's — left by this node being down
+    /// when they were deleted. Only with a view of the metadata as new as
+    /// this node's log, so a stale view never deletes live data.
+    pub(crate) async fn sweep_stale_topic_dirs(&self, state: &ClusterState) {
+        if !self.metadata().is_ok_and(|m| m.caught_up()) {
+            tracing::info!("metadata not caught up; leaving old topic directories for now");
+            return;
+        }
+        let live: BTreeMap<String, String> = state
+            .topics
+            .iter()
+            .map(|(name, a)| (name.clone(), a.spec.id.to_string()))
+            .collect();
+        let topics = self.data_dir().join("topics");
+        let swept = blocking(move || {
+            let mut stale = Vec::new();
+            let Ok(entries) = std::fs::read_dir(&topics) else {
+                return Ok(stale);
+            };
+            for topic in entries.flatten() {
+                let name = topic.file_name().to_string_lossy().into_owned();
+                match live.get(&name) {
+                    None => stale.push(topic.path()),
+                    Some(id) => {
+                        let incarnations = std::fs::read_dir(topic.path())
+                            .map_err(|e| Error::Internal(format!("listing {name}: {e}")))?;
+                        stale.extend(
+                            incarnations
+                                .flatten()
+                                .filter(|i| i.file_name().to_string_lossy() != *id)
+                                .map(|i| i.path()),
+                        );
+                    }
+                }
+            }
+            for dir in &stale {
+                std::fs::remove_dir_all(dir)
+                    .map_err(|e| Error::Internal(format!("removing {}: {e}", dir.display())))?;
+            }
+            Ok(stale)
+        })
+        .await;
+        match swept {
+            Ok(dirs) if !dirs.is_empty() => {
+                tracing::info!(
+                    ?dirs,
+                    "removed the data of topics deleted while this node was away"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "sweeping old topic directories"),
+        }
     }
 
     /// Opens (creating if new) this node's replica of one partition and
@@ -239,11 +295,11 @@ impl Broker {
         let spec = &assignment.spec;
         let replicas = &assignment.replicas[index as usize];
         let rank = replicas.iter().position(|&n| n == me).unwrap_or(0);
-        let group = partition_group(&spec.name, index);
+        let group = partition_group(&spec.name, spec.id, index);
         let states = self.inner.metadata.as_ref().expect("clustered").watch();
         let resolve: ResolveLeader =
             Arc::new(move |node| states.borrow().nodes.get(&node).map(|n| n.data.clone()));
-        let dir = partition_dir(self.data_dir(), &spec.name, index);
+        let dir = self.topic_dir(spec).join(index.to_string());
         let (partition, _) = Partition::open_replicated(
             &dir,
             &dir.with_extension("raft"),
@@ -274,13 +330,14 @@ impl Broker {
     }
 
     /// Closes a replica whose partition moved to other nodes and deletes it.
-    async fn close_moved_replica(&self, topic: &str, partition: &Arc<Partition>) {
-        let index = partition.index();
+    async fn close_moved_replica(&self, spec: &TopicSpec, partition: &Arc<Partition>) {
+        let (topic, index) = (spec.name.as_str(), partition.index());
         if let Err(e) = partition.close().await {
             tracing::warn!(topic, partition = index, error = %e, "closing a moved replica");
         }
-        self.raft_groups().remove(&partition_group(topic, index));
-        let dir = partition_dir(self.data_dir(), topic, index);
+        self.raft_groups()
+            .remove(&partition_group(topic, spec.id, index));
+        let dir = self.topic_dir(spec).join(index.to_string());
         let removed = blocking(move || {
             std::fs::remove_dir_all(dir.with_extension("raft"))
                 .and_then(|_| std::fs::remove_dir_all(&dir))
@@ -335,14 +392,14 @@ impl Broker {
     }
 
     /// Where this node reaches `node` on the peer port: `--peers`, else the
-    /// address it registered, else the one it was added with.
+    /// address it was added with, else the one it registered.
     fn peer_addr_of(&self, node: NodeId) -> Option<String> {
         let metadata = self.inner.metadata.as_ref()?;
-        self.inner
-            .peers
-            .address(node)
-            .or_else(|| metadata.state().nodes.get(&node).map(|n| n.peer.clone()))
-            .or_else(|| metadata.member_addr(node))
+        let peers = &self.inner.peers;
+        peers
+            .configured(node)
+            .or_else(|| metadata.member_addr(node).filter(|a| !a.is_empty()))
+            .or_else(|| peers.address(node))
     }
 
     /// Starts the membership change of every moving partition this node
@@ -359,7 +416,7 @@ impl Broker {
                 if !replica.is_leader() {
                     continue;
                 }
-                let group = partition_group(name, index);
+                let group = partition_group(name, assignment.spec.id, index);
                 if !self.inner.moving.lock().insert(group.clone()) {
                     continue;
                 }

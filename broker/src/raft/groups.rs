@@ -12,9 +12,11 @@ use super::Raft;
 /// Group id of the cluster metadata group.
 pub const METADATA_GROUP: &str = "__metadata";
 
-/// Group id of a partition's group.
-pub fn partition_group(topic: &str, partition: u32) -> String {
-    format!("{topic}/{partition}")
+/// Group id of a partition's group: the topic's incarnation is part of it,
+/// so a node still running a deleted topic's group never takes traffic meant
+/// for a topic re-created under the same name.
+pub fn partition_group(topic: &str, incarnation: u64, partition: u32) -> String {
+    format!("{topic}#{incarnation}/{partition}")
 }
 
 /// A running group and what this node has seen of it.

@@ -32,17 +32,18 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Largest peer message: a full AppendEntries of maximum batches.
 pub const MAX_PEER_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
-/// Channels to peers by address, shared by all groups of a node, and the
-/// node's own book of where each peer listens.
+/// Channels to peers by address, shared by all groups of a node, and where
+/// this node reaches each peer.
 ///
-/// The book wins over the address in a group's membership: membership is
-/// replicated, so it holds whatever address the node that wrote it used, while
-/// each node may reach a peer differently (through a proxy, a NAT, a renamed
-/// host). Membership addresses are the fallback for nodes not in the book.
+/// Three sources, in order: this node's own book (`--peers`), which wins
+/// because each node may reach a peer differently (a proxy, a NAT, a renamed
+/// host); then the address in a group's membership (given to `add-node`);
+/// then the address a node registered in the cluster metadata.
 #[derive(Clone, Default)]
 pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     book: Arc<parking_lot::RwLock<HashMap<NodeId, String>>>,
+    learned: Arc<parking_lot::RwLock<HashMap<NodeId, String>>>,
 }
 
 impl Peers {
@@ -53,19 +54,28 @@ impl Peers {
         peers
     }
 
-    /// Records where `node` listens, unless this node already has an
-    /// address for it (`--peers` wins over what a node registered).
+    /// Records where `node` says it listens (its registration). A wildcard
+    /// address (`0.0.0.0`, `[::]`) says nothing about where to reach it and
+    /// is ignored.
     pub fn learn(&self, node: NodeId, addr: &str) {
-        if !self.book.read().contains_key(&node) {
-            self.book
-                .write()
-                .entry(node)
-                .or_insert_with(|| addr.to_owned());
+        let wildcard = addr
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| a.ip().is_unspecified());
+        if wildcard || self.learned.read().get(&node).is_some_and(|a| a == addr) {
+            return;
         }
+        self.learned.write().insert(node, addr.to_owned());
     }
 
-    /// Where this node reaches `node`, if it knows.
+    /// Where this node reaches `node`: its own book, else what `node`
+    /// registered.
     pub fn address(&self, node: NodeId) -> Option<String> {
+        self.configured(node)
+            .or_else(|| self.learned.read().get(&node).cloned())
+    }
+
+    /// The address for `node` in this node's own book (`--peers`), if any.
+    pub fn configured(&self, node: NodeId) -> Option<String> {
         self.book.read().get(&node).cloned()
     }
 
@@ -114,11 +124,14 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
+        let membership = Some(node.addr.clone()).filter(|a| !a.is_empty());
         PeerConnection {
             addr: self
                 .peers
-                .address(target)
-                .unwrap_or_else(|| node.addr.clone()),
+                .configured(target)
+                .or(membership)
+                .or_else(|| self.peers.address(target))
+                .unwrap_or_default(),
             peers: self.peers.clone(),
             group: self.group.clone(),
             target,

@@ -120,6 +120,21 @@ pub(crate) fn control_routes(
     )
 }
 
+/// The address other nodes and clients should use for a listener bound to
+/// `bound`. A wildcard bind (`0.0.0.0`) names no host: use the host this
+/// node has in `--peers` (the name the cluster knows it by), with the bound
+/// port.
+fn advertised(broker: &Broker, bound: SocketAddr) -> String {
+    if !bound.ip().is_unspecified() {
+        return bound.to_string();
+    }
+    let own = broker.config().peers.get(&broker.node_id());
+    match own.and_then(|a| a.rsplit_once(':')).map(|(host, _)| host) {
+        Some(host) if !host.is_empty() => format!("{host}:{}", bound.port()),
+        _ => bound.to_string(),
+    }
+}
+
 /// Starts the three listeners for `broker`. Binding happens before this
 /// returns, so a port conflict is reported here.
 pub fn serve(broker: &Broker, addrs: &ListenAddrs) -> Result<ServerHandle> {
@@ -131,15 +146,16 @@ pub fn serve(broker: &Broker, addrs: &ListenAddrs) -> Result<ServerHandle> {
         control: local(&control)?,
         peer: local(&peer)?,
     };
+    let advertise = |addr: SocketAddr| advertised(broker, addr);
     let node = NodeInfo {
         node_id: broker.node_id(),
         data_addr: broker
             .config()
             .advertised_data_addr
             .clone()
-            .unwrap_or_else(|| bound.data.to_string()),
-        control_addr: bound.control.to_string(),
-        peer_addr: bound.peer.to_string(),
+            .unwrap_or_else(|| advertise(bound.data)),
+        control_addr: advertise(bound.control),
+        peer_addr: advertise(bound.peer),
     };
     if let Some(metadata) = broker.metadata_group() {
         metadata.register(crate::cluster::metadata::NodeAddrs {
