@@ -397,14 +397,15 @@ impl MetadataGroup {
 
 /// Initializes a group with `members` as voters, unless it already has a
 /// membership (started before, or already joined by a leader's append).
-pub async fn initialize(raft: &Raft, members: &BTreeMap<NodeId, String>) -> Result<()> {
+/// Returns whether this call initialized it.
+pub async fn initialize(raft: &Raft, members: &BTreeMap<NodeId, String>) -> Result<bool> {
     let nodes: BTreeMap<NodeId, BasicNode> = members
         .iter()
         .map(|(&id, addr)| (id, BasicNode::new(addr)))
         .collect();
     match raft.initialize(nodes).await {
-        Ok(()) => Ok(()),
-        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+        Ok(()) => Ok(true),
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(false),
         Err(e) => Err(Error::Internal(format!("initializing a Raft group: {e}"))),
     }
 }

@@ -3,6 +3,7 @@
 //! topics, partition placement and node addresses in the metadata Raft group
 //! (`<data-dir>/cluster/`).
 
+pub mod founding;
 pub mod metadata;
 pub mod metadata_group;
 pub mod placement;

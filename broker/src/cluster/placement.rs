@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use super::metadata::{
     ClusterState, Command, TopicAssignment, assign_replicas, plan_rebalance, plan_removal,
 };
-use super::metadata_group::{Change, MetadataGroup, PROPOSE_TIMEOUT, initialize};
+use super::metadata_group::{Change, MetadataGroup, PROPOSE_TIMEOUT};
 use super::topics::{TopicSettings, TopicSpec};
 use crate::broker::{Broker, DEFAULT_REPLICATION_FACTOR, Inner, Topic, blocking};
 use crate::error::{Error, Result};
@@ -324,7 +324,7 @@ impl Broker {
                 .iter()
                 .map(|&n| (n, self.peer_addr_of(n).unwrap_or_default()))
                 .collect();
-            initialize(replica.raft(), &members).await?;
+            super::founding::found(replica.raft(), me, founders.first().copied(), members).await?;
         }
         Ok(Arc::new(partition))
     }

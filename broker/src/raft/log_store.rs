@@ -5,16 +5,16 @@
 //! segment log with its Raft term and index stamped in the batch header (the
 //! CRC covers them). Blank and membership entries live in the group's
 //! [`StateFile`]. Reading entry `i` finds the batch whose header says index
-//! `i`: recent entries through an in-memory tail map, older ones by a binary
-//! search over offsets (Raft indexes grow with offsets), a few header reads
-//! instead of a scan.
+//! `i`: recent entries through an in-memory [`Tail`] (which also keeps the
+//! bytes of the newest, so replication and apply rarely read the segments),
+//! older ones by a binary search over offsets (Raft indexes grow with
+//! offsets), a few header reads instead of a scan.
 //!
 //! Durability: data entries are written to the page cache by `append` and the
 //! caller is told they are durable only after a flusher task has fsynced them;
 //! flushes are shared by every append waiting at the time (group commit).
 //! Control entries and the vote are durable when their write returns.
 
-use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
@@ -30,13 +30,10 @@ use strata_proto::batch::{BatchHeader, Batches, verify_and_stamp};
 use tokio::sync::{mpsc, watch};
 
 use super::state_file::{ControlEntry, RaftState, StateFile};
+use super::tail::{Tail, TailEntry};
 use super::{Entry, LogId, NodeId, Payload, StorageError, TypeConfig, blocking, io_error};
 use crate::log::Log;
 use crate::log::storage::Storage;
-
-/// Recent data entries remembered in memory (index → offset), so replication
-/// to followers that keep up never searches the log.
-const TAIL_CACHE_ENTRIES: usize = 65_536;
 
 /// Most bytes of entries sent in one AppendEntries request (at least one
 /// entry is always sent, however large).
@@ -60,9 +57,9 @@ struct Inner {
     log: Arc<Log>,
     state_file: StateFile,
     state: Mutex<RaftState>,
-    /// Data entries appended since open, oldest first, at most
-    /// `TAIL_CACHE_ENTRIES`.
-    tail: Mutex<VecDeque<DataEntry>>,
+    /// Data entries appended since open (and the newest before), oldest
+    /// first, with the bytes of the newest.
+    tail: Mutex<Tail>,
     flush: mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
     /// Held shared by a flush and exclusively by a truncation: a flush that
     /// read the log end before a cut must not report it durable after.
@@ -86,6 +83,17 @@ impl Debug for LogStore {
         f.debug_struct("LogStore")
             .field("log", &self.inner.log)
             .finish_non_exhaustive()
+    }
+}
+
+impl DataEntry {
+    fn into_tail(self) -> TailEntry {
+        TailEntry {
+            index: self.index,
+            term: self.term,
+            base_offset: self.base_offset,
+            bytes: None,
+        }
     }
 }
 
@@ -115,7 +123,7 @@ impl LogStore {
         let (flush, rx) = mpsc::unbounded_channel();
         let cut = Arc::new(RwLock::new(()));
         tokio::spawn(flusher(log.clone(), cut.clone(), rx));
-        let tail = last_data.into_iter().collect();
+        let tail = Tail::anchored(last_data.map(DataEntry::into_tail));
         Ok(LogStore {
             inner: Arc::new(Inner {
                 log,
@@ -346,14 +354,12 @@ impl Inner {
         verify_and_stamp(&mut bytes, end, id.leader_id.term, id.index)
             .map_err(|e| write_err(format!("entry {id}: {e}")))?;
         let appended = self.log.append(&mut bytes).map_err(write_err)?;
-        let mut tail = self.tail.lock();
-        if tail.len() == TAIL_CACHE_ENTRIES {
-            tail.pop_front();
-        }
-        tail.push_back(DataEntry {
+        // The bytes exactly as stored (the log stamped the base offset in place).
+        self.tail.lock().push(TailEntry {
             index: id.index,
             term: id.leader_id.term,
             base_offset: appended.base_offset,
+            bytes: Some(Bytes::from(bytes)),
         });
         Ok(())
     }
@@ -392,28 +398,26 @@ impl Inner {
         let Some(purged) = self.state.lock().purged else {
             return Ok(false);
         };
-        let last = self.tail.lock().back().copied();
+        let last = self.tail.lock().last().map(|e| e.index);
         let last = match last {
-            Some(e) => Some(e),
-            None => last_data_entry(&self.log).map_err(read_err)?,
+            Some(index) => Some(index),
+            None => last_data_entry(&self.log)
+                .map_err(read_err)?
+                .map(|e| e.index),
         };
-        if last.is_some_and(|e| e.index > purged.index) {
+        if last.is_some_and(|index| index > purged.index) {
             return Ok(false);
         }
         self.log.reset_to(end, NO_LOG_STATE).map_err(write_err)?;
-        self.tail.lock().clear();
+        *self.tail.lock() = Tail::default();
         tracing::info!(purged = %purged, offset = end, "log restarted after an installed snapshot");
         Ok(true)
     }
 
     /// The offset of the first data entry with index `>= index`, if any.
     fn data_offset_from(&self, index: u64) -> Result<Option<u64>, StorageError> {
-        {
-            let tail = self.tail.lock();
-            if tail.front().is_some_and(|first| first.index <= index) {
-                let at = tail.partition_point(|e| e.index < index);
-                return Ok(tail.get(at).map(|e| e.base_offset));
-            }
+        if let Some(found) = self.tail.lock().offset_from(index) {
+            return Ok(found);
         }
         // Binary search over offsets; every probe lands on a batch boundary.
         let log = &self.log;
@@ -445,7 +449,16 @@ impl Inner {
         };
         let mut data = Vec::new();
         let mut bytes = 0usize;
-        if let Some(mut offset) = self.data_offset_from(start)? {
+        let cached = self.tail.lock().cached(start, end, max_bytes);
+        if let Some(cached) = cached {
+            for (index, term, batch) in cached {
+                bytes += batch.len();
+                data.push(Entry {
+                    log_id: log_id(term, index),
+                    payload: EntryPayload::Normal(Payload(batch)),
+                });
+            }
+        } else if let Some(mut offset) = self.data_offset_from(start)? {
             let upper = self.log.end_offset();
             'read: while offset < upper {
                 let chunk = self
@@ -509,14 +522,11 @@ impl Inner {
                 .map_err(write_err)?;
         }
         let mut tail = self.tail.lock();
-        while tail.back().is_some_and(|e| e.index >= from.index) {
-            tail.pop_back();
-        }
+        tail.truncate(from.index);
         if tail.is_empty() {
             // Reload the newest surviving entry so the cache stays anchored.
-            if let Some(last) = last_data_entry(&self.log).map_err(read_err)? {
-                tail.push_back(last);
-            }
+            let last = last_data_entry(&self.log).map_err(read_err)?;
+            *tail = Tail::anchored(last.map(DataEntry::into_tail));
         }
         Ok(())
     }
@@ -546,11 +556,13 @@ impl Inner {
                 state.control.values().next_back().map(|c| c.log_id),
             )
         };
-        let last_data = match self.tail.lock().back() {
-            Some(e) => Some(*e),
-            None => last_data_entry(&self.log).map_err(read_err)?,
-        }
-        .map(|e| log_id(e.term, e.index));
+        let last_tail = self.tail.lock().last().map(|e| log_id(e.term, e.index));
+        let last_data = match last_tail {
+            Some(id) => Some(id),
+            None => last_data_entry(&self.log)
+                .map_err(read_err)?
+                .map(|e| log_id(e.term, e.index)),
+        };
         let last = last_control.max(last_data).max(purged);
         Ok(LogState {
             last_purged_log_id: purged,

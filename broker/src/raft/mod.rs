@@ -19,6 +19,7 @@ pub mod log_store;
 pub mod network;
 pub mod state_file;
 pub mod state_machine;
+pub mod tail;
 pub mod wire;
 
 use std::fmt;
