@@ -174,8 +174,30 @@ impl Broker {
             .iter()
             .flat_map(|t| t.partitions.iter().map(|p| (p.index(), p.clone())))
             .collect();
+        // A replica moving away still votes until the move settles: one this
+        // node held before a restart in the middle of the move opens again.
+        let leaving: Vec<u32> = assignment
+            .moving
+            .iter()
+            .copied()
+            .filter(|p| !held.contains_key(p))
+            .collect();
+        let still_here = {
+            let dirs: Vec<_> = leaving
+                .iter()
+                .map(|&p| (p, self.topic_dir(&assignment.spec).join(p.to_string())))
+                .collect();
+            blocking(move || {
+                Ok(dirs
+                    .into_iter()
+                    .filter(|(_, d)| d.exists())
+                    .map(|(p, _)| p)
+                    .collect::<BTreeSet<u32>>())
+            })
+            .await?
+        };
         let wanted: BTreeSet<u32> = (0..assignment.spec.partitions)
-            .filter(|&p| assignment.replicas[p as usize].contains(&me))
+            .filter(|&p| assignment.replicas[p as usize].contains(&me) || still_here.contains(&p))
             .collect();
         let to_open: Vec<u32> = wanted
             .iter()
@@ -199,12 +221,23 @@ impl Broker {
         {
             return Ok(());
         }
-        let opened = futures::future::try_join_all(
+        // Keep what opened even if another replica failed to: the next pass
+        // retries only the missing ones (and nothing opened is left running
+        // outside the topic map).
+        let results = futures::future::join_all(
             to_open
                 .iter()
                 .map(|&index| self.open_replica(assignment, index)),
         )
-        .await?;
+        .await;
+        let mut opened = Vec::new();
+        let mut failed = None;
+        for result in results {
+            match result {
+                Ok(p) => opened.push(p),
+                Err(e) => failed = Some(e),
+            }
+        }
         let mut partitions: Vec<Arc<Partition>> = held
             .iter()
             .filter(|(p, _)| !to_close.contains(p))
@@ -225,7 +258,7 @@ impl Broker {
             self.close_moved_replica(&assignment.spec, &held[&index])
                 .await;
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     /// Removes topic directories the cluster no longer has — a deleted
@@ -317,14 +350,24 @@ impl Broker {
         )
         .await?;
         let replica = partition.replica().expect("replicated").clone();
-        self.raft_groups().insert(group, replica.raft().clone());
+        self.raft_groups()
+            .insert(group.clone(), replica.raft().clone());
         let founders = &assignment.founders[index as usize];
         if founders.contains(&me) {
             let members: BTreeMap<NodeId, String> = founders
                 .iter()
                 .map(|&n| (n, self.peer_addr_of(n).unwrap_or_default()))
                 .collect();
-            super::founding::found(replica.raft(), me, founders.first().copied(), members).await?;
+            let founded =
+                super::founding::found(replica.raft(), me, founders.first().copied(), members)
+                    .await;
+            if let Err(e) = founded {
+                // Never leave a Raft core running on a replica not in the
+                // topic map: the next pass would open a second one on it.
+                self.raft_groups().remove(&group);
+                let _ = partition.close().await;
+                return Err(e);
+            }
         }
         Ok(Arc::new(partition))
     }
@@ -463,7 +506,21 @@ impl Broker {
                     node,
                     "adding a replica (catching up)"
                 );
-                raft.add_learner(node, BasicNode::new(&addr), true)
+                // Not openraft's blocking form: it waits without end for a
+                // learner that never answers, and this task holds the move.
+                raft.add_learner(node, BasicNode::new(&addr), false)
+                    .await
+                    .map_err(|e| raft_error(&e))?;
+                let target = raft.metrics().borrow().last_log_index;
+                raft.wait(Some(LEARNER_CATCH_UP_TIMEOUT))
+                    .metrics(
+                        |m| {
+                            m.replication.as_ref().is_some_and(|r| {
+                                r.get(&node).is_some_and(|l| l.map(|l| l.index) >= target)
+                            })
+                        },
+                        "the new replica catches up",
+                    )
                     .await
                     .map_err(|e| raft_error(&e))?;
             }
@@ -500,6 +557,23 @@ impl Broker {
             peer_addr: peer_addr.to_owned(),
         };
         metadata.change(&change).await?;
+        // The change may have been made by another node (the leader): plan
+        // with it applied here.
+        let joined = NodeId::from(id);
+        metadata
+            .raft()
+            .wait(Some(PROPOSE_TIMEOUT))
+            .metrics(
+                |m| {
+                    m.membership_config
+                        .membership()
+                        .voter_ids()
+                        .any(|v| v == joined)
+                },
+                "the new node among the voters",
+            )
+            .await
+            .map_err(|e| Error::NoQuorum(format!("node {id} added, but not seen here: {e}")))?;
         tracing::info!(node = id, %peer_addr, "node added to the cluster");
         if rebalance {
             let moves = plan_rebalance(&metadata.state(), &metadata.voters());
@@ -572,6 +646,10 @@ impl Broker {
 /// How long a member may take to answer a hello before a new topic counts
 /// it as down (and places no replica on it).
 pub const LIVENESS_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// How long a new replica may take to catch up on a partition's log before
+/// the move is given up (and retried on the next maintenance pass).
+pub const LEARNER_CATCH_UP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// How long `remove-node` waits for the leaving node's replicas to move
 /// (each new replica must first catch up on the partition's whole log).
