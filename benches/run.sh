@@ -106,12 +106,18 @@ bench produce_1KiB_1_producer produce --bootstrap "$B1" --topic t1p --create --p
 
 # End to end: the peak with producers and consumers running together (closed
 # loop), then latency at half that rate (open loop: no coordinated omission).
-bench e2e_1KiB_peak e2e --bootstrap "$B1" --topic tep --create --partitions 4 \
-  --messages "$(n 200000)" --size 1024 --producers 4
-PEAK=$(field e2e_1KiB_peak msgs_per_s)
-HALF=$(python3 -c "print(int($PEAK / 2))")
-bench e2e_1KiB_half_peak e2e --bootstrap "$B1" --topic te --create --partitions 4 \
-  --messages "$(n 200000)" --size 1024 --producers 4 --rate "$HALF"
+# Labels start with $1; runs against bootstrap $2 with $3 messages each.
+e2e_peak_and_half() {
+  local prefix=$1 boot=$2 messages=$3
+  bench "${prefix}e2e_1KiB_peak" e2e --bootstrap "$boot" --topic "${prefix}tep" --create \
+    --partitions 4 --messages "$messages" --size 1024 --producers 4
+  local peak half
+  peak=$(field "${prefix}e2e_1KiB_peak" msgs_per_s)
+  half=$(python3 -c "print(int($peak / 2))")
+  bench "${prefix}e2e_1KiB_half_peak" e2e --bootstrap "$boot" --topic "${prefix}te" --create \
+    --partitions 4 --messages "$messages" --size 1024 --producers 4 --rate "$half"
+}
+e2e_peak_and_half "" "$B1" "$(n 200000)"
 
 # In-process versus loopback gRPC, same broker, same run.
 bench embedded_1KiB embedded --messages "$(n 200000)" --size 1024 --producers 4 --dir "$WORK"
@@ -139,12 +145,7 @@ bench cluster3_produce_1KiB_acks_all produce --bootstrap "$BOOT3" --topic r1k --
 bench cluster3_consume_1KiB_catch_up consume --bootstrap "$BOOT3" --topic r1k --messages "$(n 200000)"
 bench cluster3_produce_100B_acks_all produce --bootstrap "$BOOT3" --topic r100 --create --partitions 4 \
   --messages "$(n 1000000)" --size 100 --producers 4
-bench cluster3_e2e_1KiB_peak e2e --bootstrap "$BOOT3" --topic rep --create --partitions 4 \
-  --messages "$(n 100000)" --size 1024 --producers 4
-PEAK3=$(field cluster3_e2e_1KiB_peak msgs_per_s)
-HALF3=$(python3 -c "print(int($PEAK3 / 2))")
-bench cluster3_e2e_1KiB_half_peak e2e --bootstrap "$BOOT3" --topic re --create --partitions 4 \
-  --messages "$(n 100000)" --size 1024 --producers 4 --rate "$HALF3"
+e2e_peak_and_half cluster3_ "$BOOT3" "$(n 100000)"
 
 python3 - "$OUT" <<'PY' >&2
 import json, sys
