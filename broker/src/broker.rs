@@ -429,12 +429,10 @@ impl Broker {
 
     /// The data address of `node`, if it has registered one.
     fn data_addr_of(&self, node: u32) -> Option<String> {
-        self.inner.metadata.as_ref().and_then(|m| {
-            m.state()
-                .nodes
-                .get(&NodeId::from(node))
-                .map(|n| n.data.clone())
-        })
+        self.inner
+            .metadata
+            .as_ref()
+            .and_then(|m| m.data_addr(NodeId::from(node)))
     }
 
     pub fn metrics(&self) -> &Metrics {

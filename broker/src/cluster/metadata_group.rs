@@ -185,6 +185,11 @@ impl MetadataGroup {
         self.offsets.clone()
     }
 
+    /// The data (client) address `node` registered, if it has.
+    pub fn data_addr(&self, node: NodeId) -> Option<String> {
+        self.state.borrow().nodes.get(&node).map(|n| n.data.clone())
+    }
+
     /// A receiver that sees every applied state.
     pub fn watch(&self) -> watch::Receiver<Arc<ClusterState>> {
         self.state.clone()

@@ -329,9 +329,8 @@ impl Broker {
         let replicas = &assignment.replicas[index as usize];
         let rank = replicas.iter().position(|&n| n == me).unwrap_or(0);
         let group = partition_group(&spec.name, spec.id, index);
-        let states = self.inner.metadata.as_ref().expect("clustered").watch();
-        let resolve: ResolveLeader =
-            Arc::new(move |node| states.borrow().nodes.get(&node).map(|n| n.data.clone()));
+        let metadata = self.metadata()?.clone();
+        let resolve: ResolveLeader = Arc::new(move |node| metadata.data_addr(node));
         let dir = self.topic_dir(spec).join(index.to_string());
         let (partition, _) = Partition::open_replicated(
             &dir,
@@ -429,7 +428,7 @@ impl Broker {
         match metadata.leader() {
             Some(leader) if leader == me => Ok(()),
             leader => Err(Error::NotCoordinator {
-                leader: leader.and_then(|l| metadata.state().nodes.get(&l).map(|n| n.data.clone())),
+                leader: leader.and_then(|l| metadata.data_addr(l)),
             }),
         }
     }

@@ -379,6 +379,18 @@ impl Inner {
         Ok(())
     }
 
+    /// The id of the newest data entry: from the tail, else from the last
+    /// batch header in the log (one read).
+    fn newest_data_id(&self) -> Result<Option<LogId>, StorageError> {
+        let cached = self.tail.lock().last().map(|e| log_id(e.term, e.index));
+        match cached {
+            Some(id) => Ok(Some(id)),
+            None => Ok(last_data_entry(&self.log)
+                .map_err(read_err)?
+                .map(|e| log_id(e.term, e.index))),
+        }
+    }
+
     /// Where the state machine says the log ends (0 if it does not say).
     fn machine_end(&self) -> u64 {
         self.machine_end
@@ -398,14 +410,10 @@ impl Inner {
         let Some(purged) = self.state.lock().purged else {
             return Ok(false);
         };
-        let last = self.tail.lock().last().map(|e| e.index);
-        let last = match last {
-            Some(index) => Some(index),
-            None => last_data_entry(&self.log)
-                .map_err(read_err)?
-                .map(|e| e.index),
-        };
-        if last.is_some_and(|index| index > purged.index) {
+        if self
+            .newest_data_id()?
+            .is_some_and(|id| id.index > purged.index)
+        {
             return Ok(false);
         }
         self.log.reset_to(end, NO_LOG_STATE).map_err(write_err)?;
@@ -556,14 +564,7 @@ impl Inner {
                 state.control.values().next_back().map(|c| c.log_id),
             )
         };
-        let last_tail = self.tail.lock().last().map(|e| log_id(e.term, e.index));
-        let last_data = match last_tail {
-            Some(id) => Some(id),
-            None => last_data_entry(&self.log)
-                .map_err(read_err)?
-                .map(|e| log_id(e.term, e.index)),
-        };
-        let last = last_control.max(last_data).max(purged);
+        let last = last_control.max(self.newest_data_id()?).max(purged);
         Ok(LogState {
             last_purged_log_id: purged,
             last_log_id: last,
