@@ -689,3 +689,46 @@ fn a_damaged_length_field_is_not_read_as_a_huge_batch() {
     assert_eq!(log.end_offset(), 6);
     assert_eq!(report.truncated_bytes, sizes[2]);
 }
+
+#[test]
+fn committed_reads_hand_out_the_same_bytes_and_outlive_deleted_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        retention_bytes: Some(1),
+        ..small_segments(1 << 20)
+    };
+    let (log, _) = open(dir.path(), config);
+    for i in 0..600 {
+        append(&log, batch(&format!("v{i}"), 4, 1000, i));
+    }
+    let end = log.end_offset();
+    // Reads large enough to be served as views of the page cache, from
+    // offsets inside batches and across segment ends, equal the copies.
+    let mut views = Vec::new();
+    let mut offset = 5;
+    while offset < end {
+        let copy = log.read(offset, 512 << 10, end).unwrap();
+        let view = log.read_committed(offset, 512 << 10, end).unwrap();
+        assert_eq!(view.next_offset, copy.next_offset, "at {offset}");
+        assert_eq!(view.bytes, copy.bytes, "at {offset}");
+        views.push(view.bytes);
+        offset = copy.next_offset;
+    }
+    assert!(views.len() >= 4, "{} reads", views.len());
+    let small = log.read_committed(7, 1, end).unwrap();
+    assert_eq!(small.bytes, log.read(7, 1, end).unwrap().bytes);
+
+    // Retention deletes the segments the views were taken from; the views
+    // stay readable and intact.
+    log.flush().unwrap();
+    log.checkpoint(&[]).unwrap();
+    let report = log.enforce_retention(1_000).unwrap();
+    assert!(report.segments_deleted >= 2, "{report:?}");
+    let mut records = 0;
+    for view in views {
+        for batch in Batches::new(view) {
+            records += batch.expect("a view of a deleted segment still verifies").0.record_count;
+        }
+    }
+    assert_eq!(u64::from(records), end - 4, "every record from offset 4 on");
+}

@@ -8,7 +8,9 @@
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use strata_proto::limits::{HTTP2_CONNECTION_WINDOW_BYTES, HTTP2_STREAM_WINDOW_BYTES};
+use strata_proto::limits::{
+    HTTP2_CONNECTION_WINDOW_BYTES, HTTP2_MAX_FRAME_BYTES, HTTP2_STREAM_WINDOW_BYTES,
+};
 use strata_proto::target::{LocalConnector, Plane};
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -41,11 +43,12 @@ pub(crate) fn is_valid_addr(addr: &str) -> bool {
     !addr.trim().is_empty() && uri(addr).parse::<Uri>().is_ok()
 }
 
-/// HTTP/2 windows sized to Strata's messages (see `limits`).
+/// HTTP/2 windows and frames sized to Strata's messages (see `limits`).
 fn tune(endpoint: Endpoint) -> Endpoint {
     endpoint
         .initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)
         .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES)
+        .max_frame_size(HTTP2_MAX_FRAME_BYTES)
 }
 
 /// A channel to an in-process broker's `plane`; each connection is a new pipe.

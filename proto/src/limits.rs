@@ -21,6 +21,14 @@ pub const HTTP2_STREAM_WINDOW_BYTES: u32 = (MAX_BATCH_BYTES + 1024 * 1024) as u3
 /// have in flight toward us over it, whatever its number of streams.
 pub const HTTP2_CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
 
+/// Largest HTTP/2 frame either side accepts. The protocol default (16 KiB)
+/// splits an 8 MiB fetch response into 512 DATA frames, and the receiver
+/// then reads them 16 KiB per `recv`: on loopback that framing, not the
+/// copying, was the largest cost of a consumer catching up. 1 MiB frames
+/// keep a small message on the same connection (a produce ack) behind at
+/// most one large frame.
+pub const HTTP2_MAX_FRAME_BYTES: u32 = 1024 * 1024;
+
 /// Longest topic name, in bytes (ASCII only, see `topic_name_error`).
 pub const MAX_TOPIC_NAME_BYTES: usize = 249;
 

@@ -24,6 +24,7 @@ mod cursor;
 mod error;
 mod index;
 mod index_file;
+mod read_mode;
 mod recovery;
 mod retention;
 mod segment;
@@ -44,6 +45,7 @@ use strata_proto::batch::{BatchHeader, stamp_base_offset};
 use checkpoint::{CHECKPOINT_FILE, Checkpoint};
 pub use config::*;
 pub use error::{LogError, Result};
+use read_mode::ReadMode;
 use recovery::TailStart;
 pub use segment::ReadChunk;
 use segment::{Parts, Segment, parse_file_name};
@@ -676,8 +678,26 @@ impl Log {
 
     /// Reads whole batches starting with the one holding `offset`: at most
     /// `max_bytes` (but at least one whole batch), all ending at or below
-    /// `upper` (the high watermark). Empty when `offset == upper`.
+    /// `upper`. Empty when `offset == upper`. The bytes are a copy: for
+    /// readers of batches that may still be cut (Raft's uncommitted tail).
     pub fn read(&self, offset: u64, max_bytes: usize, upper: u64) -> Result<ReadChunk> {
+        self.read_with(offset, max_bytes, upper, ReadMode::Copy)
+    }
+
+    /// As `read`, for batches below `upper` that are committed and so never
+    /// cut (the high watermark): large reads are served as views of the page
+    /// cache instead of copies (see `ReadMode::View`).
+    pub fn read_committed(&self, offset: u64, max_bytes: usize, upper: u64) -> Result<ReadChunk> {
+        self.read_with(offset, max_bytes, upper, ReadMode::View)
+    }
+
+    fn read_with(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        upper: u64,
+        mode: ReadMode,
+    ) -> Result<ReadChunk> {
         let _no_cut = self.cut_lock.read();
         let upper = upper.min(self.end_offset());
         loop {
@@ -704,7 +724,7 @@ impl Log {
                     next_offset: offset,
                 });
             }
-            let read = self.using(&segment, || segment.read(offset, max_bytes, upper));
+            let read = self.using(&segment, || segment.read(offset, max_bytes, upper, mode));
             match read {
                 Ok(Some(chunk)) => return Ok(chunk),
                 Ok(None) => match next {

@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 use strata_proto::batch::{BatchHeader, Records};
 
 use super::cursor::{BatchCursor, Stop};
+use super::read_mode::{ReadMode, VIEW_MIN_BYTES};
 use super::error::{LogError, Result};
 use super::index::{OffsetEntry, OffsetIndex};
 use super::storage::{OpenMode, Storage, StorageFile};
@@ -358,7 +359,13 @@ impl Segment {
     /// Reads whole batches starting with the one holding `offset`, at most
     /// `max_bytes` (but always one whole batch), none reaching `upper` or beyond.
     /// `None` if the segment holds nothing at or after `offset`.
-    pub fn read(&self, offset: u64, max_bytes: usize, upper: u64) -> Result<Option<ReadChunk>> {
+    pub fn read(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        upper: u64,
+        mode: ReadMode,
+    ) -> Result<Option<ReadChunk>> {
         debug_assert!(offset >= self.base_offset);
         let parts = self.parts()?;
         let end = parts.size.load(Ordering::Acquire);
@@ -390,7 +397,13 @@ impl Segment {
         let want = (max_bytes as u64)
             .max(first.batch_len() as u64)
             .min(end - pos) as usize;
-        let buf = cursor.bytes(pos, want).map_err(|s| self.corrupt(s))?;
+        let buf = match mode {
+            ReadMode::View if want >= VIEW_MIN_BYTES => {
+                parts.log.read_view(want, pos).map_err(Stop::Io)
+            }
+            _ => cursor.bytes(pos, want),
+        }
+        .map_err(|s| self.corrupt(s))?;
         let mut taken = 0usize;
         let mut next_offset = first.base_offset;
         while taken < buf.len() {

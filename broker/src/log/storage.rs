@@ -18,7 +18,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use memmap2::{Mmap, MmapMut};
+use bytes::Bytes;
+use memmap2::{Mmap, MmapMut, MmapOptions};
 use parking_lot::Mutex;
 
 /// How a file is opened.
@@ -46,6 +47,16 @@ pub trait StorageFile: Send + Sync + Debug {
         let mut buf = vec![0u8; len];
         read_exact_at(self, &mut buf, pos)?;
         Ok(buf)
+    }
+    /// Exactly `len` bytes at `pos`, as shared bytes. The default reads them
+    /// into a new buffer. A local file instead returns a read-only view of
+    /// the page cache: no buffer to allocate and fault in, no copy. A view is
+    /// only sound for bytes that are never cut from the file while it lives,
+    /// so the log asks for one only below the high watermark (committed bytes
+    /// are never truncated; whole files are only unlinked, which a view
+    /// survives).
+    fn read_view(&self, len: usize, pos: u64) -> io::Result<Bytes> {
+        self.read_exact_vec(len, pos).map(Bytes::from)
     }
     /// Makes everything written so far durable (fdatasync).
     fn sync(&self) -> io::Result<()>;
@@ -172,6 +183,26 @@ impl StorageFile for LocalFile {
             unsafe { buf.set_len(done) };
         }
         Ok(buf)
+    }
+
+    fn read_view(&self, len: usize, pos: u64) -> io::Result<Bytes> {
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let file_len = self.file.metadata()?.len();
+        if pos.checked_add(len as u64).is_none_or(|end| end > file_len) {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("short read: wanted {len} bytes at {pos}, file holds {file_len}"),
+            ));
+        }
+        // SAFETY: the caller guarantees `pos..pos + len` (checked above to lie
+        // within the file) is never cut while the view lives (see the trait).
+        // memmap2 aligns the offset down to a page itself. `populate` maps the
+        // resident pages in one call instead of faulting them in one by one
+        // as they are copied out.
+        let map = unsafe { MmapOptions::new().offset(pos).len(len).populate().map(&self.file)? };
+        Ok(Bytes::from_owner(map))
     }
 
     fn sync(&self) -> io::Result<()> {
@@ -480,6 +511,22 @@ mod tests {
         assert_eq!(file.read_exact_vec(100, 0).unwrap(), vec![7u8; 100]);
         // The first pread returns 100 of 150 bytes, the second none.
         let err = file.read_exact_vec(150, 0).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn a_view_equals_a_copy_at_any_offset_and_never_reaches_past_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        let data: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let file = FileStorage.open(&path, OpenMode::ReadOnly).unwrap();
+        for (pos, len) in [(0, 20_000), (1, 4095), (4095, 2), (4096, 8192), (12_345, 7_655)] {
+            let view = file.read_view(len, pos as u64).unwrap();
+            assert_eq!(&view[..], &data[pos..pos + len], "{len} bytes at {pos}");
+        }
+        assert!(file.read_view(0, 20_000).unwrap().is_empty());
+        let err = file.read_view(2, 19_999).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
 }

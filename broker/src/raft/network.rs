@@ -18,7 +18,9 @@ use openraft::raft::{
 use openraft::{AnyError, BasicNode};
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
-use strata_proto::limits::{HTTP2_CONNECTION_WINDOW_BYTES, HTTP2_STREAM_WINDOW_BYTES};
+use strata_proto::limits::{
+    HTTP2_CONNECTION_WINDOW_BYTES, HTTP2_MAX_FRAME_BYTES, HTTP2_STREAM_WINDOW_BYTES,
+};
 use strata_proto::v1::peer_client::PeerClient;
 use strata_proto::v1::{RaftAppendRequest, RaftReply, RaftRequest};
 use tonic::transport::{Channel, Endpoint};
@@ -91,6 +93,7 @@ impl Peers {
                         .tcp_nodelay(true)
                         .initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)
                         .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES)
+                        .max_frame_size(HTTP2_MAX_FRAME_BYTES)
                         .http2_keep_alive_interval(Duration::from_secs(5))
                         .keep_alive_timeout(Duration::from_secs(5));
                     let channel = endpoint.connect_lazy();

@@ -12,7 +12,9 @@ use std::sync::Weak;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
-use strata_proto::limits::{HTTP2_CONNECTION_WINDOW_BYTES, HTTP2_STREAM_WINDOW_BYTES};
+use strata_proto::limits::{
+    HTTP2_CONNECTION_WINDOW_BYTES, HTTP2_MAX_FRAME_BYTES, HTTP2_STREAM_WINDOW_BYTES,
+};
 use strata_proto::target::{LocalListener, Plane};
 use strata_proto::v1::NodeInfo;
 use tokio::io::DuplexStream;
@@ -53,6 +55,7 @@ async fn accept(broker: Weak<Inner>, mut incoming: UnboundedReceiver<DuplexStrea
             let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)
                 .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES)
+                .max_frame_size(HTTP2_MAX_FRAME_BYTES)
                 .serve_connection(TokioIo::new(pipe), TowerToHyperService::new(routes));
             tokio::select! {
                 result = connection => if let Err(e) = result {

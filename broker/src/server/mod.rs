@@ -24,7 +24,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use strata_proto::limits::{
-    FETCH_MAX_BYTES, HTTP2_CONNECTION_WINDOW_BYTES, HTTP2_STREAM_WINDOW_BYTES, MAX_BATCH_BYTES,
+    FETCH_MAX_BYTES, HTTP2_CONNECTION_WINDOW_BYTES, HTTP2_MAX_FRAME_BYTES, HTTP2_STREAM_WINDOW_BYTES, MAX_BATCH_BYTES,
 };
 use strata_proto::v1::NodeInfo;
 use strata_proto::v1::control_server::ControlServer;
@@ -289,6 +289,7 @@ fn spawn_listener(
                     .max_concurrent_streams(DATA_MAX_CONCURRENT_STREAMS)
                     .initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)
                     .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES)
+                    .max_frame_size(Some(HTTP2_MAX_FRAME_BYTES))
                     .http2_keepalive_interval(Some(Duration::from_millis(KEEPALIVE_INTERVAL_MS)))
                     .http2_keepalive_timeout(Some(Duration::from_millis(KEEPALIVE_TIMEOUT_MS)))
                     .add_routes(routes)

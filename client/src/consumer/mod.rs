@@ -37,7 +37,7 @@
 mod fetcher;
 mod group;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -212,7 +212,7 @@ impl ConsumerBuilder {
             shared,
             inbox: tokio::sync::Mutex::new(Inbox {
                 rx,
-                pending: VecDeque::new(),
+                pending: None,
             }),
             tasks,
         })
@@ -288,7 +288,9 @@ pub(crate) struct Fetched {
 
 struct Inbox {
     rx: mpsc::Receiver<Result<Fetched>>,
-    pending: VecDeque<(TopicPartition, u64, ConsumerRecord)>,
+    /// What is left of the batch being handed out: its partition and epoch
+    /// once, not per record (a partition's name is a heap string).
+    pending: Option<(TopicPartition, u64, std::vec::IntoIter<ConsumerRecord>)>,
 }
 
 /// A consumer; share it by reference (`&Consumer` methods are concurrent-safe).
@@ -352,28 +354,31 @@ impl Consumer {
     pub async fn next_record(&self) -> Option<Result<ConsumerRecord>> {
         let mut inbox = self.inbox.lock().await;
         loop {
-            while let Some((tp, epoch, record)) = inbox.pending.pop_front() {
-                let mut st = self.shared.state.lock();
-                let Some(ps) = st.partitions.get_mut(&tp) else {
-                    continue;
-                };
-                // Stale after a seek, pause or revoke, or before the position
-                // (a batch may start before it): skip.
-                if ps.epoch != epoch || ps.paused || ps.position.is_some_and(|p| record.offset < p)
-                {
-                    continue;
+            if let Some((tp, epoch, records)) = &mut inbox.pending {
+                // Checked per record: a seek, pause or revoke may come between two.
+                for record in records.by_ref() {
+                    let mut st = self.shared.state.lock();
+                    let Some(ps) = st.partitions.get_mut(tp) else {
+                        continue;
+                    };
+                    // Stale after a seek, pause or revoke, or before the position
+                    // (a batch may start before it): skip.
+                    if ps.epoch != *epoch
+                        || ps.paused
+                        || ps.position.is_some_and(|p| record.offset < p)
+                    {
+                        continue;
+                    }
+                    ps.position = Some(record.offset + 1);
+                    return Some(Ok(record));
                 }
-                ps.position = Some(record.offset + 1);
-                return Some(Ok(record));
+                inbox.pending = None;
             }
             match inbox.rx.recv().await {
                 None => return None,
                 Some(Err(e)) => return Some(Err(e)),
-                Some(Ok(fetched)) => {
-                    let Fetched { tp, epoch, records } = fetched;
-                    inbox
-                        .pending
-                        .extend(records.into_iter().map(|r| (tp.clone(), epoch, r)));
+                Some(Ok(Fetched { tp, epoch, records })) => {
+                    inbox.pending = Some((tp, epoch, records.into_iter()));
                 }
             }
         }
