@@ -119,6 +119,21 @@ e2e_peak_and_half() {
 }
 e2e_peak_and_half "" "$B1" "$(n 200000)"
 
+# The broker's own durable appends (in-process: no gRPC, no client; one batch
+# in flight per writer, as the client keeps one per partition) against the
+# same workload produced over gRPC, alternated three times (disk noise
+# dominates single runs): 4 writers on 4 partitions, and 1 on 1.
+for round in 1 2 3; do
+  bench "engine_append_1KiB_4w_$round" append --messages "$(n 200000)" --size 1024 \
+    --producers 4 --partitions 4 --dir "$WORK"
+  bench "produce_1KiB_4p_$round" produce --bootstrap "$B1" --topic "tr4_$round" --create \
+    --partitions 4 --messages "$(n 200000)" --size 1024 --producers 4
+  bench "engine_append_1KiB_1w_$round" append --messages "$(n 100000)" --size 1024 \
+    --producers 1 --partitions 1 --dir "$WORK"
+  bench "produce_1KiB_1p_$round" produce --bootstrap "$B1" --topic "tr1_$round" --create \
+    --partitions 1 --messages "$(n 100000)" --size 1024 --producers 1
+done
+
 # In-process versus loopback gRPC, same broker, same run.
 bench embedded_1KiB embedded --messages "$(n 200000)" --size 1024 --producers 4 --dir "$WORK"
 
@@ -158,6 +173,9 @@ print(f"produce 1KiB (4 producers) / disk write+fsync 1MiB: {mb('produce_1KiB_ac
 print(f"consume catch-up / produce:                         {mb('consume_1KiB_catch_up') / mb('produce_1KiB_acks_all'):.2f}")
 print(f"in-process / loopback gRPC:                         {r['embedded_1KiB']['in_process_over_loopback']:.2f}")
 def median(xs): return sorted(xs)[len(xs) // 2]
+def ratio(a, b): return median([mb(f"{a}_{i}") for i in (1, 2, 3)]) / median([mb(f"{b}_{i}") for i in (1, 2, 3)])
+print(f"produce / engine append, 4 x 4 (medians of 3):      {ratio('produce_1KiB_4p', 'engine_append_1KiB_4w'):.2f}")
+print(f"produce / engine append, 1 x 1 (medians of 3):      {ratio('produce_1KiB_1p', 'engine_append_1KiB_1w'):.2f}")
 on = median([mb(f"produce_1KiB_metrics_on_{i}") for i in (1, 2, 3)])
 off = median([mb(f"produce_1KiB_metrics_off_{i}") for i in (1, 2, 3)])
 print(f"metrics on / off (medians of 3):                    {on / off:.3f}")

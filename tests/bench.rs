@@ -113,6 +113,31 @@ fn every_bench_mode_runs_and_reports_the_json_contract() {
     assert_eq!(disk["bytes"], 1_024_000);
     let tcp = bench_json(&b, &["tcp", "--messages", "1000", "--size", "1024"]);
     assert_eq!(tcp["bytes"], 1_024_000);
+
+    // Whole batches of ~90 records: at least what was asked, every one stored
+    // (the bench checks the high watermarks), the bytes those records hold.
+    let append = bench_json(
+        &b,
+        &[
+            "append",
+            "--messages",
+            "4000",
+            "--size",
+            "100",
+            "--batch-size",
+            "10000",
+            "--producers",
+            "2",
+            "--partitions",
+            "2",
+            "--dir",
+            dir.path().to_str().unwrap(),
+        ],
+    );
+    let appended = append["messages"].as_u64().unwrap();
+    assert!((4000..4400).contains(&appended), "{append}");
+    assert_eq!(append["bytes"].as_u64().unwrap(), appended * 100);
+    assert_eq!(append["batch_size"], 10_000);
 }
 
 #[test]

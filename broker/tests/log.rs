@@ -727,7 +727,10 @@ fn committed_reads_hand_out_the_same_bytes_and_outlive_deleted_segments() {
     let mut records = 0;
     for view in views {
         for batch in Batches::new(view) {
-            records += batch.expect("a view of a deleted segment still verifies").0.record_count;
+            records += batch
+                .expect("a view of a deleted segment still verifies")
+                .0
+                .record_count;
         }
     }
     assert_eq!(u64::from(records), end - 4, "every record from offset 4 on");

@@ -17,9 +17,9 @@ use parking_lot::Mutex;
 use strata_proto::batch::{BatchHeader, Records};
 
 use super::cursor::{BatchCursor, Stop};
-use super::read_mode::{ReadMode, VIEW_MIN_BYTES};
 use super::error::{LogError, Result};
 use super::index::{OffsetEntry, OffsetIndex};
+use super::read_mode::{ReadMode, VIEW_MIN_BYTES};
 use super::storage::{OpenMode, Storage, StorageFile};
 use super::time_index::TimeIndex;
 

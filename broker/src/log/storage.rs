@@ -201,7 +201,13 @@ impl StorageFile for LocalFile {
         // memmap2 aligns the offset down to a page itself. `populate` maps the
         // resident pages in one call instead of faulting them in one by one
         // as they are copied out.
-        let map = unsafe { MmapOptions::new().offset(pos).len(len).populate().map(&self.file)? };
+        let map = unsafe {
+            MmapOptions::new()
+                .offset(pos)
+                .len(len)
+                .populate()
+                .map(&self.file)?
+        };
         Ok(Bytes::from_owner(map))
     }
 
@@ -521,7 +527,13 @@ mod tests {
         let data: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
         std::fs::write(&path, &data).unwrap();
         let file = FileStorage.open(&path, OpenMode::ReadOnly).unwrap();
-        for (pos, len) in [(0, 20_000), (1, 4095), (4095, 2), (4096, 8192), (12_345, 7_655)] {
+        for (pos, len) in [
+            (0, 20_000),
+            (1, 4095),
+            (4095, 2),
+            (4096, 8192),
+            (12_345, 7_655),
+        ] {
             let view = file.read_view(len, pos as u64).unwrap();
             assert_eq!(&view[..], &data[pos..pos + len], "{len} bytes at {pos}");
         }

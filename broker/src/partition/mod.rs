@@ -281,9 +281,10 @@ impl Partition {
     pub async fn read(&self, offset: u64, max_bytes: usize) -> Result<ReadChunk> {
         let log = self.log.clone();
         let upper = self.high_watermark();
-        let read = tokio::task::spawn_blocking(move || log.read_committed(offset, max_bytes, upper))
-            .await
-            .map_err(|e| Error::Internal(format!("read task failed: {e}")))?;
+        let read =
+            tokio::task::spawn_blocking(move || log.read_committed(offset, max_bytes, upper))
+                .await
+                .map_err(|e| Error::Internal(format!("read task failed: {e}")))?;
         read.map_err(|e| match e {
             LogError::OffsetOutOfRange {
                 requested,

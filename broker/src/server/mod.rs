@@ -24,7 +24,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use strata_proto::limits::{
-    FETCH_MAX_BYTES, HTTP2_CONNECTION_WINDOW_BYTES, HTTP2_MAX_FRAME_BYTES, HTTP2_STREAM_WINDOW_BYTES, MAX_BATCH_BYTES,
+    FETCH_MAX_BYTES, HTTP2_CONNECTION_WINDOW_BYTES, HTTP2_MAX_FRAME_BYTES,
+    HTTP2_STREAM_WINDOW_BYTES, MAX_BATCH_BYTES,
 };
 use strata_proto::v1::NodeInfo;
 use strata_proto::v1::control_server::ControlServer;

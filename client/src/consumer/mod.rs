@@ -210,10 +210,7 @@ impl ConsumerBuilder {
             conn,
             config: self.config,
             shared,
-            inbox: tokio::sync::Mutex::new(Inbox {
-                rx,
-                pending: None,
-            }),
+            inbox: tokio::sync::Mutex::new(Inbox { rx, pending: None }),
             tasks,
         })
     }

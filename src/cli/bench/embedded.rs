@@ -10,11 +10,11 @@ use strata_client::{Acks, Admin, NewTopic, Producer, ProducerRecord, Target};
 
 use super::payload::{self, Stamp};
 use super::report::{Report, record};
-use super::{BenchAcks, BenchArgs};
+use super::{BenchAcks, BenchArgs, scratch_dir};
 use crate::cli::{CliError, CliResult};
 
 pub async fn run(args: &BenchArgs) -> CliResult<Report> {
-    let dir = tempfile_dir(args)?;
+    let dir = scratch_dir(args, "embedded")?;
     let broker = Broker::open(BrokerConfig::with_data_dir(&dir)).await?;
     let server = broker.serve(&ListenAddrs::ephemeral())?;
     let loopback = server.addrs().control.to_string();
@@ -52,14 +52,6 @@ pub async fn run(args: &BenchArgs) -> CliResult<Report> {
         json!("mb_per_s and latencies are in-process; loopback_* the same workload over TCP"),
     );
     Ok(report)
-}
-
-fn tempfile_dir(args: &BenchArgs) -> CliResult<std::path::PathBuf> {
-    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
-    let dir = base.join(format!("strata-bench-embedded-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| CliError(format!("cannot create {}: {e}", dir.display())))?;
-    Ok(dir)
 }
 
 async fn produce(args: &BenchArgs, target: Target, topic: &str) -> CliResult<Report> {

@@ -10,7 +10,10 @@
 //!   same bytes in a directory, and loopback TCP.
 //! - `embedded`: a broker opened in this process, the same produce workload
 //!   in-process and over loopback gRPC, side by side.
+//! - `append`: the broker's own durable-append throughput in this process
+//!   (no gRPC, no client): the yardstick for `produce`.
 
+mod append;
 mod baseline;
 mod consume;
 mod e2e;
@@ -40,6 +43,8 @@ pub enum Mode {
     Tcp,
     /// The same produce workload in-process and over loopback gRPC.
     Embedded,
+    /// The broker's own durable appends, in-process, without gRPC or client.
+    Append,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -85,7 +90,8 @@ pub struct BenchArgs {
     /// Producer linger in milliseconds (default: the client's, 5 ms).
     #[arg(long)]
     linger_ms: Option<u64>,
-    /// Directory for the disk baseline (default: ./strata-data).
+    /// Directory for the disk baseline (default: ./strata-data) and for the
+    /// brokers `embedded` and `append` open (default: the temp directory).
     #[arg(long)]
     dir: Option<PathBuf>,
     /// Print one JSON object instead of text and a progress bar.
@@ -121,6 +127,16 @@ pub fn progress(args: &BenchArgs, total: u64) -> ProgressBar {
         .expect("valid template"),
     );
     bar
+}
+
+/// A fresh directory for a bench that opens a broker of its own: under
+/// `--dir`, else the system's temporary directory. The bench removes it.
+fn scratch_dir(args: &BenchArgs, mode: &str) -> CliResult<PathBuf> {
+    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+    let dir = base.join(format!("strata-bench-{mode}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| CliError(format!("cannot create {}: {e}", dir.display())))?;
+    Ok(dir)
 }
 
 async fn ensure_topic(args: &BenchArgs) -> CliResult {
@@ -162,6 +178,7 @@ pub async fn run(args: BenchArgs) -> CliResult {
         Mode::Disk => baseline::disk(&args).await?,
         Mode::Tcp => baseline::tcp(&args).await?,
         Mode::Embedded => embedded::run(&args).await?,
+        Mode::Append => append::run(&args).await?,
     };
     if args.json {
         // One object on one line: easy to parse and to collect from scripts.
