@@ -77,11 +77,21 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))'))
 }
 
 # Runs one bench, labels its JSON line, prints and records it.
+# CPU time in ms process $1 has used so far.
+cpu_ms() { awk -v hz="$(getconf CLK_TCK)" '{print int(($14 + $15) * 1000 / hz)}' "/proc/$1/stat"; }
+
+# Runs one bench, labels its JSON line, prints and records it. With
+# CPU_PID set, also records the CPU time that process (a broker) spent.
 bench() {
   local label=$1; shift
-  local line
+  local line before=0 after=0
+  [[ -n ${CPU_PID:-} ]] && before=$(cpu_ms "$CPU_PID")
   line=$("$BIN" bench "$@" --json)
-  line=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["label"]=sys.argv[2]; print(json.dumps(d))' "$line" "$label")
+  [[ -n ${CPU_PID:-} ]] && after=$(cpu_ms "$CPU_PID")
+  line=$(python3 -c 'import json,sys
+d = json.loads(sys.argv[1]); d["label"] = sys.argv[2]
+if sys.argv[3] != "": d["broker_cpu_ms"] = int(sys.argv[3])
+print(json.dumps(d))' "$line" "$label" "${CPU_PID:+$((after - before))}")
   echo "$line" | tee -a "$OUT"
 }
 
@@ -138,16 +148,20 @@ done
 bench embedded_1KiB embedded --messages "$(n 200000)" --size 1024 --producers 4 --dir "$WORK"
 
 # Metrics cost: two fresh brokers, with and without request metrics, the same
-# workload alternated three times (disk noise dominates single runs).
+# workload alternated three times (disk noise dominates single runs). Each
+# run also records the broker's CPU time, the cost metrics could add, which
+# the disk's noise does not blur.
 start_broker "$WORK/n_off" --no-metrics
 B_OFF=$BOOT
+PID_OFF=${PIDS[-1]}
 start_broker "$WORK/n_on"
 B_ON=$BOOT
+PID_ON=${PIDS[-1]}
 for round in 1 2 3; do
-  bench "produce_1KiB_metrics_off_$round" produce --bootstrap "$B_OFF" --topic "tm$round" --create --partitions 4 \
-    --messages "$(n 200000)" --size 1024 --producers 4
-  bench "produce_1KiB_metrics_on_$round" produce --bootstrap "$B_ON" --topic "tm$round" --create --partitions 4 \
-    --messages "$(n 200000)" --size 1024 --producers 4
+  CPU_PID=$PID_OFF bench "produce_1KiB_metrics_off_$round" produce --bootstrap "$B_OFF" --topic "tm$round" \
+    --create --partitions 4 --messages "$(n 200000)" --size 1024 --producers 4
+  CPU_PID=$PID_ON bench "produce_1KiB_metrics_on_$round" produce --bootstrap "$B_ON" --topic "tm$round" \
+    --create --partitions 4 --messages "$(n 200000)" --size 1024 --producers 4
 done
 
 # Three nodes on this machine, every partition replicated three times: each
@@ -179,6 +193,8 @@ print(f"produce / engine append, 1 x 1 (medians of 3):      {ratio('produce_1KiB
 on = median([mb(f"produce_1KiB_metrics_on_{i}") for i in (1, 2, 3)])
 off = median([mb(f"produce_1KiB_metrics_off_{i}") for i in (1, 2, 3)])
 print(f"metrics on / off (medians of 3):                    {on / off:.3f}")
+def cpu(k): return median([r[f"{k}_{i}"]["broker_cpu_ms"] for i in (1, 2, 3)])
+print(f"broker CPU, metrics off / on (medians of 3):        {cpu('produce_1KiB_metrics_off') / cpu('produce_1KiB_metrics_on'):.3f}")
 print(f"3-node produce 1KiB / single node:                  {mb('cluster3_produce_1KiB_acks_all') / mb('produce_1KiB_acks_all'):.2f}")
 print(f"3-node produce 1KiB / disk write+fsync 1MiB:        {mb('cluster3_produce_1KiB_acks_all') / mb('disk_1MiB_fsync'):.2f}")
 print(f"3-node produce 100B / single node:                  {mb('cluster3_produce_100B_acks_all') / mb('produce_100B_acks_all'):.2f}")
