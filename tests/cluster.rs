@@ -198,6 +198,74 @@ fn acknowledged_records_survive_leader_kill_restart_and_partition() {
     check_replicas(&cluster, &[0, 1, 2], &high_watermarks, &history);
 }
 
+/// A node whose disk fills up mid-run (every write past a budget fails with
+/// ENOSPC) must not cost an acknowledged record: the other two carry on, it
+/// does not crash, and once restarted with space it catches up byte for byte.
+#[test]
+fn a_full_disk_on_one_node_loses_no_acknowledged_record() {
+    const FULL: usize = 2;
+    // Enough for the cluster to form and the topic to start; a few seconds
+    // of the producer below fill the rest.
+    const SPACE_BYTES: &str = "1500000";
+    let mut cluster = Cluster::start_configured(3, |i| match i {
+        FULL => vec!["--debug-disk-space-bytes".into(), SPACE_BYTES.into()],
+        _ => Vec::new(),
+    });
+    let bootstrap = cluster.control_addrs()[0].clone();
+    cluster.rt.block_on(async {
+        let admin = Admin::connect(bootstrap.as_str()).await.unwrap();
+        admin
+            .create_topic(TOPIC, NewTopic::new(PARTITIONS).replication_factor(3))
+            .await
+            .unwrap();
+    });
+    let history = Arc::new(History::default());
+    let producer = cluster.rt.block_on(async {
+        Producer::builder(bootstrap.as_str())
+            .request_timeout(Duration::from_secs(2))
+            .delivery_timeout(Duration::from_secs(120))
+            .linger(Duration::from_millis(2))
+            .build()
+            .await
+            .unwrap()
+    });
+    let task = cluster.rt.spawn(produce(producer, history.clone()));
+
+    let deadline = Instant::now() + PHASE_TIMEOUT;
+    while !cluster.nodes[FULL]
+        .log()
+        .contains("No space left on device")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "node {} never ran out of space; {} records acked",
+            FULL + 1,
+            history.acked()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    history.wait_for_progress(1000, "after a node's disk filled up");
+    assert!(
+        !cluster.nodes[FULL].has_exited(),
+        "a full disk crashed the node:\n{}",
+        cluster.nodes[FULL].log()
+    );
+
+    history.stop.store(true, Ordering::Release);
+    cluster.rt.block_on(task).unwrap();
+    cluster.wait_converged(TOPIC, &[0, 1], PHASE_TIMEOUT);
+
+    // With space again, the node catches up from where its disk filled.
+    cluster.nodes[FULL].kill9();
+    cluster.nodes[FULL].drop_flag("--debug-disk-space-bytes");
+    cluster.nodes[FULL].restart();
+    let high_watermarks = cluster.wait_converged(TOPIC, &[0, 1, 2], PHASE_TIMEOUT);
+    for node in &mut cluster.nodes {
+        assert!(node.sigterm().success(), "clean shutdown");
+    }
+    check_replicas(&cluster, &[0, 1, 2], &high_watermarks, &history);
+}
+
 /// With the nodes stopped: every replica's log of each partition is
 /// byte-identical and dense up to the high watermark; every acknowledged
 /// record is in it exactly once, at its acknowledged offset; no record is

@@ -5,10 +5,12 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 use strata_broker::config::{CONTROL_ADDR, DATA_ADDR, DATA_DIR, PEER_ADDR};
+use strata_broker::log::storage::{Faults, FaultyStorage, FileStorage, Storage};
 use strata_broker::{Broker, BrokerConfig, ListenAddrs};
 
 use super::{CliError, CliResult};
@@ -66,6 +68,10 @@ pub struct ServeArgs {
     /// commit (breaks acks=all; proves the history checker catches it).
     #[arg(long, hide = true)]
     debug_ack_before_commit: bool,
+    /// Fault injection for tests: the disk fills up (writes fail with ENOSPC)
+    /// once this many more bytes have been written through the log.
+    #[arg(long, hide = true)]
+    debug_disk_space_bytes: Option<u64>,
     /// Turn off request metrics (to measure what they cost).
     #[arg(long, hide = true)]
     no_metrics: bool,
@@ -199,9 +205,24 @@ pub async fn run(args: ServeArgs) -> CliResult {
         joins: args.join,
         ..config
     };
+    let storage: Arc<dyn Storage> = match args.debug_disk_space_bytes {
+        None => Arc::new(FileStorage),
+        Some(bytes) => {
+            tracing::error!(
+                bytes,
+                "fault injection on: the disk fills up after this many bytes"
+            );
+            let faulty = FaultyStorage::new();
+            faulty.set(Faults {
+                space_left_bytes: Some(bytes),
+                ..Faults::default()
+            });
+            Arc::new(faulty)
+        }
+    };
     // Listen first, recover after: health and readiness are observable while
     // partitions recover.
-    let broker = Broker::start(config).await?;
+    let broker = Broker::start_with_storage(config, storage).await?;
     let server = broker.serve(&addrs)?;
     let bound = server.addrs();
     let addrs_line = format!(

@@ -35,6 +35,11 @@ impl Cluster {
 
     /// As [`Cluster::start`], with `extra` flags for every node.
     pub fn start_with(n: usize, extra: &[&str]) -> Cluster {
+        Self::start_configured(n, |_| extra.iter().map(|s| s.to_string()).collect())
+    }
+
+    /// As [`Cluster::start`], with the extra flags `extra(i)` for node `i`.
+    pub fn start_configured(n: usize, extra: impl Fn(usize) -> Vec<String>) -> Cluster {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let mut links: Vec<Vec<Option<Proxy>>> = Vec::new();
@@ -66,8 +71,9 @@ impl Cluster {
             let id = (i + 1).to_string();
             let peers = peers.join(",");
             let node_dir = dir.path().join(format!("n{}", i + 1));
+            let own = extra(i);
             let mut args = vec!["--node-id", &id, "--peers", &peers];
-            args.extend_from_slice(extra);
+            args.extend(own.iter().map(String::as_str));
             nodes.push(Node::start_listening(&node_dir, &args));
         }
         for (to, upstream) in upstreams {

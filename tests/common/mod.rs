@@ -206,6 +206,22 @@ impl Node {
     }
 
     /// Starts the node again on the same ports (clients keep their address).
+    /// Drops the `serve` flag `name` and its value from those the next
+    /// (re)start uses.
+    pub fn drop_flag(&mut self, name: &str) {
+        if let Some(at) = self.extra.iter().position(|f| f == name) {
+            self.extra.drain(at..(at + 2).min(self.extra.len()));
+        }
+    }
+
+    /// Whether the process has exited on its own (it is not running anymore
+    /// although nobody stopped it).
+    pub fn has_exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().expect("wait").is_some())
+    }
+
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the node first");
         self.spawn("serving");
