@@ -12,7 +12,11 @@ use prost::Message;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use strata_proto::batch::{BatchBuilder, ProducerStamp, Record, verify_and_stamp};
-use strata_proto::v1::ProduceRequest;
+use strata_proto::v1::{
+    CommitOffsetsRequest, CreateTopicRequest, DescribeTopicRequest, FetchOffsetsRequest,
+    FetchPosition, FetchRequest, HeartbeatRequest, ListOffsetsRequest, PartitionOffset,
+    ProduceRequest, TopicConfig, TopicPartition,
+};
 
 /// Inputs per target: enough to reach past the length and CRC checks many
 /// times, few enough for a few seconds in a debug build. `STRATA_FUZZ_CASES`
@@ -129,5 +133,107 @@ fn produce_handler_answers_every_request() {
             .encode_to_vec()
         },
         targets::produce_request,
+    );
+}
+
+/// Topics the request inputs name: the real one, unknown ones, invalid ones.
+const TOPICS: [&str; 5] = ["fuzz", "nope", "", "a/b", "fuzz-new"];
+
+fn topic(rng: &mut StdRng) -> String {
+    TOPICS[rng.random_range(0..TOPICS.len())].into()
+}
+
+/// Offsets near the log (it holds 3 records per partition) and far off.
+fn offset(rng: &mut StdRng) -> u64 {
+    [0, 1, 3, 4, u64::MAX][rng.random_range(0..5)]
+}
+
+#[test]
+fn data_handlers_answer_every_request() {
+    run(
+        "data_request",
+        |rng| {
+            let which: u8 = rng.random_range(0..7);
+            let message = match which {
+                0 => FetchRequest {
+                    positions: (0..rng.random_range(0..3))
+                        .map(|_| FetchPosition {
+                            topic: topic(rng),
+                            partition: rng.random_range(0..3),
+                            offset: offset(rng),
+                        })
+                        .collect(),
+                    max_bytes: [0, 1, 100, u32::MAX][rng.random_range(0..4)],
+                    max_wait_ms: rng.random_range(0..30),
+                }
+                .encode_to_vec(),
+                1 => ListOffsetsRequest {
+                    partitions: vec![TopicPartition {
+                        topic: topic(rng),
+                        partition: rng.random_range(0..3),
+                    }],
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+                3 => HeartbeatRequest {
+                    group: ["g", "", "x".repeat(300).as_str()][rng.random_range(0..3)].into(),
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+                5 => CommitOffsetsRequest {
+                    group: ["g", ""][rng.random_range(0..2)].into(),
+                    member_id: String::new(),
+                    generation: rng.random_range(0..2),
+                    offsets: vec![PartitionOffset {
+                        topic: topic(rng),
+                        partition: rng.random_range(0..3),
+                        offset: offset(rng),
+                        ..Default::default()
+                    }],
+                }
+                .encode_to_vec(),
+                6 => FetchOffsetsRequest {
+                    group: ["g", ""][rng.random_range(0..2)].into(),
+                    partitions: vec![TopicPartition {
+                        topic: topic(rng),
+                        partition: rng.random_range(0..3),
+                    }],
+                }
+                .encode_to_vec(),
+                _ => Vec::new(),
+            };
+            let mut input = vec![which];
+            input.extend(message);
+            input
+        },
+        targets::data_request,
+    );
+}
+
+#[test]
+fn control_handlers_answer_every_request() {
+    run(
+        "control_request",
+        |rng| {
+            let which: u8 = rng.random_range(0..5);
+            let message = match which {
+                0 => CreateTopicRequest {
+                    name: topic(rng),
+                    config: Some(TopicConfig {
+                        partitions: [0, 1, 3, 20_000][rng.random_range(0..4)],
+                        replication_factor: rng.random_range(0..3),
+                        segment_bytes: [0, 1, 1 << 20][rng.random_range(0..3)],
+                        ..Default::default()
+                    }),
+                }
+                .encode_to_vec(),
+                2 => DescribeTopicRequest { name: topic(rng) }.encode_to_vec(),
+                _ => Vec::new(),
+            };
+            let mut input = vec![which];
+            input.extend(message);
+            input
+        },
+        targets::control_request,
     );
 }
