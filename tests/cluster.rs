@@ -645,3 +645,173 @@ fn a_node_added_takes_over_the_replicas_of_a_node_removed() {
     }
     check_replicas(&cluster, &[1, 2, 3], &high_watermarks, &history);
 }
+
+/// Far more produce traffic than a cluster can take — 64 senders, each with
+/// a 500 KB batch always in flight, against an 8 MiB produce budget per
+/// node — for a few seconds (`STRATA_OVERLOAD_SECS` for longer runs). The
+/// excess is refused with RESOURCE_EXHAUSTED and a retry hint; no node
+/// crashes or grows without bound; health checks keep answering; every
+/// acknowledged batch is committed, and the replicas agree byte for byte.
+#[test]
+fn overload_on_a_cluster_is_refused_and_nothing_acknowledged_is_lost() {
+    const BUDGET_BYTES: u64 = 8 * 1024 * 1024;
+    const SENDERS: u32 = 64;
+    const RECORDS: u64 = 500;
+    let secs: u64 = std::env::var("STRATA_OVERLOAD_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4);
+    let mut cluster =
+        Cluster::start_with(3, &["--produce-budget-bytes", &BUDGET_BYTES.to_string()]);
+    let bootstrap = cluster.control_addrs()[0].clone();
+    cluster.rt.block_on(async {
+        let admin = Admin::connect(bootstrap.as_str()).await.unwrap();
+        admin
+            .create_topic(TOPIC, NewTopic::new(PARTITIONS).replication_factor(3))
+            .await
+            .unwrap();
+    });
+    let leaders: Vec<String> = (0..PARTITIONS)
+        .map(|p| format!("http://{}", cluster.nodes[agreed_leader(&cluster, p)].data))
+        .collect();
+    let mut batch = BatchBuilder::default();
+    for _ in 0..RECORDS {
+        batch.push(&Record::new(1, vec![b'v'; 1000])).unwrap();
+    }
+    let payload = batch.finish();
+    let acked: Arc<Vec<AtomicU64>> = Arc::new((0..PARTITIONS).map(|_| AtomicU64::new(0)).collect());
+    let refused = Arc::new(AtomicU64::new(0));
+    let redirected = Arc::new(AtomicU64::new(0));
+    let controls = cluster.control_addrs();
+    let rss_before: Vec<u64> = cluster.nodes.iter().map(|n| n.peak_rss_bytes()).collect();
+
+    let health_ms = cluster.rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let mut senders = Vec::new();
+        for t in 0..SENDERS {
+            let partition = t % PARTITIONS;
+            let addr = leaders[partition as usize].clone();
+            let (payload, acked, refused, redirected) = (
+                payload.clone(),
+                acked.clone(),
+                refused.clone(),
+                redirected.clone(),
+            );
+            senders.push(tokio::spawn(async move {
+                let mut client = DataClient::connect(addr).await.unwrap();
+                while Instant::now() < deadline {
+                    let request = ProduceRequest {
+                        topic: TOPIC.into(),
+                        partition,
+                        batch: payload.clone(),
+                        acks: Acks::All as i32,
+                    };
+                    match client.produce(request).await {
+                        Ok(_) => {
+                            acked[partition as usize].fetch_add(RECORDS, Ordering::Relaxed);
+                        }
+                        Err(s) if s.code() == Code::ResourceExhausted => {
+                            let hint = s.metadata().get("retry-after-ms");
+                            let hint: u64 = hint.unwrap().to_str().unwrap().parse().unwrap();
+                            assert!(hint > 0, "a refusal says when to retry");
+                            refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                        // Leadership may move under load; the batch may or
+                        // may not be committed, and is not counted.
+                        Err(s) if s.code() == Code::Unavailable => {
+                            redirected.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(s) => panic!("overload answered with {s:?}"),
+                    }
+                }
+            }));
+        }
+        // Health checks on every node while the flood runs.
+        let mut health_ms = Vec::new();
+        let mut probes = Vec::new();
+        for addr in &controls {
+            let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            probes.push(tonic_health::pb::health_client::HealthClient::new(channel));
+        }
+        while Instant::now() < deadline {
+            for probe in &mut probes {
+                let asked = Instant::now();
+                let answer = probe
+                    .check(tonic_health::pb::HealthCheckRequest::default())
+                    .await
+                    .expect("health answers during the flood");
+                assert_eq!(answer.into_inner().status, 1, "SERVING");
+                health_ms.push(asked.elapsed().as_secs_f64() * 1e3);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for s in senders {
+            s.await.unwrap();
+        }
+        health_ms
+    });
+
+    let mut sorted = health_ms.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    let acked: Vec<u64> = acked.iter().map(|a| a.load(Ordering::Relaxed)).collect();
+    let peaks: Vec<u64> = cluster.nodes.iter().map(|n| n.peak_rss_bytes()).collect();
+    println!(
+        "{secs} s: acked {acked:?} records; refused {} requests, {} unavailable; \
+         health median {median:.2} ms, max {:.1} ms; peak RSS MB {:?} (before {:?})",
+        refused.load(Ordering::Relaxed),
+        redirected.load(Ordering::Relaxed),
+        sorted[sorted.len() - 1],
+        peaks.iter().map(|p| p / 1_000_000).collect::<Vec<_>>(),
+        rss_before.iter().map(|p| p / 1_000_000).collect::<Vec<_>>(),
+    );
+    assert!(
+        refused.load(Ordering::Relaxed) > 0,
+        "the flood never met backpressure"
+    );
+    assert!(
+        acked.iter().all(|&a| a > 0),
+        "no progress under overload: {acked:?}"
+    );
+    for (i, peak) in peaks.iter().enumerate() {
+        assert!(
+            *peak < 512 * 1024 * 1024,
+            "node {} peaked at {peak} bytes",
+            i + 1
+        );
+    }
+    // Slow health would show as seconds; a starved control plane as timeouts.
+    assert!(
+        median < 50.0,
+        "health median {median:.1} ms under the flood"
+    );
+
+    let high_watermarks = cluster.wait_converged(TOPIC, &[0, 1, 2], PHASE_TIMEOUT);
+    for (p, (&hw, &a)) in high_watermarks.iter().zip(&acked).enumerate() {
+        assert!(
+            hw >= a,
+            "partition {p}: {a} records acked, only {hw} committed"
+        );
+    }
+    for node in &mut cluster.nodes {
+        assert!(node.sigterm().success(), "clean shutdown");
+    }
+    for partition in 0..PARTITIONS {
+        let logs: Vec<_> = (0..3)
+            .map(|i| stored_batches(&cluster.data_dir(i), TOPIC, partition))
+            .collect();
+        assert!(
+            logs.iter().all(|l| l == &logs[0]),
+            "partition {partition}: the replicas differ after the flood"
+        );
+        let stored: u64 = logs[0]
+            .iter()
+            .map(|(_, b)| strata_proto::batch::verify(b).unwrap().record_count as u64)
+            .sum();
+        assert_eq!(stored, high_watermarks[partition as usize]);
+    }
+}
