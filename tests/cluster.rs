@@ -121,27 +121,26 @@ fn agreed_leader(cluster: &Cluster, partition: u32) -> usize {
     }
 }
 
-#[test]
-fn acknowledged_records_survive_leader_kill_restart_and_partition() {
-    let mut cluster = Cluster::start(3);
-    let first = cluster.control_addrs()[0].clone();
+/// Creates `TOPIC` with three replicas per partition through `bootstrap`.
+fn create_topic(cluster: &Cluster, bootstrap: &str) {
     cluster.rt.block_on(async {
-        let admin = Admin::connect(first.as_str()).await.unwrap();
+        let admin = Admin::connect(bootstrap).await.unwrap();
         admin
             .create_topic(TOPIC, NewTopic::new(PARTITIONS).replication_factor(3))
             .await
             .unwrap();
     });
-    // Kill the leader of partition 0; clients bootstrap from another node.
-    let victim = agreed_leader(&cluster, 0);
-    // The replica ranked last for partition 0: after the kill, the middle
-    // one usually leads, and it can be cut off without cutting the client's
-    // metadata source.
-    let bootstrap_node = (victim + 2) % 3;
-    let bootstrap = cluster.control_addrs()[bootstrap_node].clone();
+}
+
+/// Starts the numbered-record producer (patient: faults are expected)
+/// bootstrapping from `bootstrap`; stop it through the history.
+fn start_producing(
+    cluster: &Cluster,
+    bootstrap: &str,
+) -> (Arc<History>, tokio::task::JoinHandle<()>) {
     let history = Arc::new(History::default());
     let producer = cluster.rt.block_on(async {
-        Producer::builder(bootstrap.as_str())
+        Producer::builder(bootstrap)
             .request_timeout(Duration::from_secs(2))
             .delivery_timeout(Duration::from_secs(120))
             .linger(Duration::from_millis(2))
@@ -150,6 +149,22 @@ fn acknowledged_records_survive_leader_kill_restart_and_partition() {
             .unwrap()
     });
     let task = cluster.rt.spawn(produce(producer, history.clone()));
+    (history, task)
+}
+
+#[test]
+fn acknowledged_records_survive_leader_kill_restart_and_partition() {
+    let mut cluster = Cluster::start(3);
+    let first = cluster.control_addrs()[0].clone();
+    create_topic(&cluster, &first);
+    // Kill the leader of partition 0; clients bootstrap from another node.
+    let victim = agreed_leader(&cluster, 0);
+    // The replica ranked last for partition 0: after the kill, the middle
+    // one usually leads, and it can be cut off without cutting the client's
+    // metadata source.
+    let bootstrap_node = (victim + 2) % 3;
+    let bootstrap = cluster.control_addrs()[bootstrap_node].clone();
+    let (history, task) = start_producing(&cluster, &bootstrap);
 
     history.wait_for_progress(500, "before any fault");
     cluster.nodes[victim].kill9();
@@ -212,24 +227,8 @@ fn a_full_disk_on_one_node_loses_no_acknowledged_record() {
         _ => Vec::new(),
     });
     let bootstrap = cluster.control_addrs()[0].clone();
-    cluster.rt.block_on(async {
-        let admin = Admin::connect(bootstrap.as_str()).await.unwrap();
-        admin
-            .create_topic(TOPIC, NewTopic::new(PARTITIONS).replication_factor(3))
-            .await
-            .unwrap();
-    });
-    let history = Arc::new(History::default());
-    let producer = cluster.rt.block_on(async {
-        Producer::builder(bootstrap.as_str())
-            .request_timeout(Duration::from_secs(2))
-            .delivery_timeout(Duration::from_secs(120))
-            .linger(Duration::from_millis(2))
-            .build()
-            .await
-            .unwrap()
-    });
-    let task = cluster.rt.spawn(produce(producer, history.clone()));
+    create_topic(&cluster, &bootstrap);
+    let (history, task) = start_producing(&cluster, &bootstrap);
 
     let deadline = Instant::now() + PHASE_TIMEOUT;
     while !cluster.nodes[FULL]
@@ -569,13 +568,7 @@ fn a_node_added_takes_over_the_replicas_of_a_node_removed() {
     let mut cluster = Cluster::start(3);
     let bootstrap = cluster.control_addrs()[1].clone();
     let history = Arc::new(History::default());
-    cluster.rt.block_on(async {
-        let admin = Admin::connect(bootstrap.as_str()).await.unwrap();
-        admin
-            .create_topic(TOPIC, NewTopic::new(PARTITIONS).replication_factor(3))
-            .await
-            .unwrap();
-    });
+    create_topic(&cluster, &bootstrap);
     let producer = cluster.rt.block_on(async {
         Producer::builder(bootstrap.as_str())
             .request_timeout(Duration::from_secs(2))
@@ -664,13 +657,7 @@ fn overload_on_a_cluster_is_refused_and_nothing_acknowledged_is_lost() {
     let mut cluster =
         Cluster::start_with(3, &["--produce-budget-bytes", &BUDGET_BYTES.to_string()]);
     let bootstrap = cluster.control_addrs()[0].clone();
-    cluster.rt.block_on(async {
-        let admin = Admin::connect(bootstrap.as_str()).await.unwrap();
-        admin
-            .create_topic(TOPIC, NewTopic::new(PARTITIONS).replication_factor(3))
-            .await
-            .unwrap();
-    });
+    create_topic(&cluster, &bootstrap);
     let leaders: Vec<String> = (0..PARTITIONS)
         .map(|p| format!("http://{}", cluster.nodes[agreed_leader(&cluster, p)].data))
         .collect();
