@@ -53,4 +53,4 @@ pub use consumer::{Consumer, ConsumerBuilder, OffsetReset, StartFrom};
 pub use error::{Error, GroupError, Result};
 pub use producer::{Acks, Delivery, Producer, ProducerBuilder};
 pub use record::{ConsumerRecord, ProducerRecord, RecordHeader, RecordMetadata, TopicPartition};
-pub use strata_proto::target::{LocalConnector, Target};
+pub use strata_proto::target::{Credentials, LocalConnector, Target};
