@@ -1,5 +1,6 @@
 //! The subcommands of the `strata` binary, one file each.
 
+pub mod auth;
 pub mod bench;
 pub mod cluster;
 pub mod consume;
@@ -9,7 +10,10 @@ pub mod serve;
 pub mod status;
 pub mod topic;
 
+use std::path::PathBuf;
+
 use clap::Args;
+use strata_client::{Credentials, Target};
 
 /// Default control address clients bootstrap from.
 pub const DEFAULT_BOOTSTRAP: &str = "127.0.0.1:7401";
@@ -20,6 +24,45 @@ pub struct ClientArgs {
     /// Control address of any broker.
     #[arg(long, global = true, env = "STRATA_BOOTSTRAP", default_value = DEFAULT_BOOTSTRAP)]
     pub bootstrap: String,
+    /// CA certificate (PEM) that signs the brokers' certificates; connects
+    /// with TLS.
+    #[arg(long, global = true, env = "STRATA_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Name the brokers' certificates carry, if not the bootstrap host.
+    #[arg(long, global = true, env = "STRATA_TLS_DOMAIN")]
+    pub tls_domain: Option<String>,
+    /// Bearer token for a broker with authentication on (prefer the
+    /// environment variable: flags show in process lists).
+    #[arg(long, global = true, env = "STRATA_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl ClientArgs {
+    /// The brokers to reach, with the TLS and token settings given.
+    pub fn target(&self) -> CliResult<Target> {
+        if self.tls_ca.is_none() && self.token.is_none() && self.tls_domain.is_none() {
+            return Ok(Target::Remote(self.bootstrap.clone()));
+        }
+        let tls_ca_pem = self
+            .tls_ca
+            .as_ref()
+            .map(|path| {
+                std::fs::read(path)
+                    .map_err(|e| CliError(format!("cannot read --tls-ca {}: {e}", path.display())))
+            })
+            .transpose()?;
+        if self.tls_domain.is_some() && tls_ca_pem.is_none() {
+            return Err(CliError("--tls-domain needs --tls-ca".into()));
+        }
+        Ok(Target::secure(
+            self.bootstrap.clone(),
+            Credentials {
+                tls_ca_pem,
+                tls_domain: self.tls_domain.clone(),
+                token: self.token.clone(),
+            },
+        ))
+    }
 }
 
 /// The CLI's error: one line for the user.
