@@ -30,6 +30,8 @@ struct Pki {
     ca: PathBuf,
     cert: PathBuf,
     key: PathBuf,
+    ca_params: rcgen::CertificateParams,
+    ca_key: rcgen::KeyPair,
 }
 
 impl Pki {
@@ -49,7 +51,7 @@ impl Pki {
             KeyUsagePurpose::DigitalSignature,
         ];
         let ca_cert = ca.self_signed(&ca_key).unwrap();
-        let issuer = Issuer::new(ca, &ca_key);
+        let issuer = Issuer::new(ca.clone(), &ca_key);
         let key = KeyPair::generate().unwrap();
         let mut leaf =
             CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
@@ -65,11 +67,26 @@ impl Pki {
             ca: path("ca.pem"),
             cert: path("cert.pem"),
             key: path("key.pem"),
+            ca_params: ca,
+            ca_key,
         };
         std::fs::write(&pki.ca, ca_cert.pem()).unwrap();
         std::fs::write(&pki.cert, cert.pem()).unwrap();
         std::fs::write(&pki.key, key.serialize_pem()).unwrap();
         pki
+    }
+
+    /// A client certificate with subject CN `name`, signed by this CA:
+    /// (certificate PEM, key PEM).
+    fn client(&self, name: &str) -> (Vec<u8>, Vec<u8>) {
+        use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair};
+        let issuer = Issuer::new(self.ca_params.clone(), &self.ca_key);
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        (cert.pem().into_bytes(), key.serialize_pem().into_bytes())
     }
 
     fn ca_pem(&self) -> Vec<u8> {
@@ -133,6 +150,11 @@ name = "reader"
 token_sha256 = "{}"
 consume = ["t*"]
 groups = ["g*"]
+
+# Known by client certificate only.
+[[principal]]
+name = "billing"
+consume = ["t*"]
 
 [[principal]]
 name = "slow"
@@ -660,7 +682,9 @@ async fn tls_round_trip_through_the_client_and_the_cli_and_plaintext_is_refused_
     let plain = tokio::time::timeout(Duration::from_secs(30), Admin::connect(node.bootstrap()))
         .await
         .expect("a plaintext client against TLS fails, it does not hang");
-    let err = plain.err().expect("plaintext is refused");
+    let Err(err) = plain else {
+        panic!("plaintext is refused")
+    };
     eprintln!("plaintext client: {err} after {:?}", started.elapsed());
     let out = common::cli(&node.bootstrap(), &["topic", "list"], None);
     assert!(!out.status.success());
@@ -677,6 +701,68 @@ async fn tls_round_trip_through_the_client_and_the_cli_and_plaintext_is_refused_
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("certificate"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verified_client_certificate_names_its_principal() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "cluster");
+    let auth = auth_file(dir.path());
+    let mut flags = pki.serve_flags();
+    flags.extend([
+        "--tls-client-ca".to_string(),
+        pki.ca.display().to_string(),
+        "--auth-file".to_string(),
+        auth.display().to_string(),
+    ]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let node = Node::start_with(&dir.path().join("n"), &flags);
+    let as_client = |cert: Option<(Vec<u8>, Vec<u8>)>, token: Option<&str>| {
+        let (tls_cert_pem, tls_key_pem) = cert.map_or((None, None), |(c, k)| (Some(c), Some(k)));
+        Target::secure(
+            node.bootstrap(),
+            Credentials {
+                tls_ca_pem: Some(pki.ca_pem()),
+                tls_cert_pem,
+                tls_key_pem,
+                token: token.map(str::to_owned),
+                ..Default::default()
+            },
+        )
+    };
+    // Known by its certificate: reads metadata, may not administer.
+    let billing = Admin::connect(as_client(Some(pki.client("billing")), None))
+        .await
+        .unwrap();
+    billing.list_topics().await.unwrap();
+    let err = billing
+        .create_topic("t-billing", NewTopic::new(1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::PermissionDenied(_)), "{err:?}");
+    assert!(err.to_string().contains("billing"), "{err}");
+    // A token sent with the certificate wins.
+    let admin = Admin::connect(as_client(Some(pki.client("billing")), Some(ADMIN_TOKEN)))
+        .await
+        .unwrap();
+    admin
+        .create_topic("t-billing", NewTopic::new(1))
+        .await
+        .unwrap();
+    // A certificate naming no principal, or none at all, is not enough.
+    for cert in [Some(pki.client("nobody")), None] {
+        let err = Admin::connect(as_client(cert, None)).await.err().unwrap();
+        assert!(matches!(err, Error::Unauthenticated(_)), "{err:?}");
+    }
+    // A certificate from another CA fails the handshake.
+    let other = Pki::new(dir.path(), "other");
+    let refused = tokio::time::timeout(
+        Duration::from_secs(30),
+        Admin::connect(as_client(Some(other.client("billing")), None)),
+    )
+    .await
+    .expect("refused in bounded time");
+    assert!(refused.is_err());
 }
 
 /// A peer client presenting `identity` (if any), trusting `ca`.

@@ -15,7 +15,7 @@ use strata_proto::target::{Credentials, LocalConnector, Plane};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Uri};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
 
 use crate::error::{Error, Result};
 
@@ -59,6 +59,15 @@ pub(crate) fn endpoint(
         .timeout(Duration::from_millis(TLS_HANDSHAKE_TIMEOUT_MS));
     if let Some(domain) = &credentials.tls_domain {
         tls = tls.domain_name(domain.clone());
+    }
+    match (&credentials.tls_cert_pem, &credentials.tls_key_pem) {
+        (Some(cert), Some(key)) => tls = tls.identity(Identity::from_pem(cert, key)),
+        (None, None) => {}
+        _ => {
+            return Err(Error::InvalidArgument(
+                "a client certificate needs its key, and a key its certificate".into(),
+            ));
+        }
     }
     endpoint
         .tls_config(tls)

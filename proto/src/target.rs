@@ -81,6 +81,11 @@ pub struct Credentials {
     pub tls_ca_pem: Option<Vec<u8>>,
     /// Name the brokers' certificates must carry, if not the host dialled.
     pub tls_domain: Option<String>,
+    /// A client certificate (PEM) to present, for brokers that know their
+    /// clients by certificate; with `tls_key_pem`.
+    pub tls_cert_pem: Option<Vec<u8>>,
+    /// The client certificate's private key (PEM).
+    pub tls_key_pem: Option<Vec<u8>>,
     /// Bearer token sent with every request.
     pub token: Option<String>,
 }
@@ -91,6 +96,7 @@ impl fmt::Debug for Credentials {
         f.debug_struct("Credentials")
             .field("tls", &self.tls_ca_pem.is_some())
             .field("tls_domain", &self.tls_domain)
+            .field("client_certificate", &self.tls_cert_pem.is_some())
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .finish()
     }

@@ -31,6 +31,13 @@ pub struct ClientArgs {
     /// Name the brokers' certificates carry, if not the bootstrap host.
     #[arg(long, global = true, env = "STRATA_TLS_DOMAIN")]
     pub tls_domain: Option<String>,
+    /// Client certificate (PEM) to present, for brokers that know clients
+    /// by certificate (with --tls-key).
+    #[arg(long, global = true, env = "STRATA_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, global = true, env = "STRATA_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Bearer token for a broker with authentication on (prefer the
     /// environment variable: flags show in process lists).
     #[arg(long, global = true, env = "STRATA_TOKEN", hide_env_values = true)]
@@ -40,25 +47,35 @@ pub struct ClientArgs {
 impl ClientArgs {
     /// The brokers to reach, with the TLS and token settings given.
     pub fn target(&self) -> CliResult<Target> {
-        if self.tls_ca.is_none() && self.token.is_none() && self.tls_domain.is_none() {
+        if self.tls_ca.is_none()
+            && self.token.is_none()
+            && self.tls_domain.is_none()
+            && self.tls_cert.is_none()
+        {
             return Ok(Target::Remote(self.bootstrap.clone()));
         }
-        let tls_ca_pem = self
-            .tls_ca
-            .as_ref()
-            .map(|path| {
-                std::fs::read(path)
-                    .map_err(|e| CliError(format!("cannot read --tls-ca {}: {e}", path.display())))
-            })
-            .transpose()?;
-        if self.tls_domain.is_some() && tls_ca_pem.is_none() {
-            return Err(CliError("--tls-domain needs --tls-ca".into()));
+        let read = |path: &Option<PathBuf>, flag: &str| {
+            path.as_ref()
+                .map(|path| {
+                    std::fs::read(path).map_err(|e| {
+                        CliError(format!("cannot read {flag} {}: {e}", path.display()))
+                    })
+                })
+                .transpose()
+        };
+        let tls_ca_pem = read(&self.tls_ca, "--tls-ca")?;
+        if (self.tls_domain.is_some() || self.tls_cert.is_some()) && tls_ca_pem.is_none() {
+            return Err(CliError(
+                "--tls-domain and --tls-cert need --tls-ca (TLS is on only with a CA)".into(),
+            ));
         }
         Ok(Target::secure(
             self.bootstrap.clone(),
             Credentials {
                 tls_ca_pem,
                 tls_domain: self.tls_domain.clone(),
+                tls_cert_pem: read(&self.tls_cert, "--tls-cert")?,
+                tls_key_pem: read(&self.tls_key, "--tls-key")?,
                 token: self.token.clone(),
             },
         ))

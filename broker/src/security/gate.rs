@@ -6,6 +6,9 @@
 //! 1. `rule` (by gRPC path): health checks and the plain HTTP endpoints are
 //!    open; everything else needs a known principal, so *no* RPC is served
 //!    without a valid token (a method missing from the table needs admin).
+//!    A principal is known by its bearer token, or else by the subject CN of
+//!    a client certificate that TLS verified against `--tls-client-ca`. A
+//!    token that is sent wins: a wrong token is refused, never ignored.
 //! 2. The layer checks admin-only RPCs itself and attaches the [`Caller`] to
 //!    the request.
 //! 3. RPCs whose resource is in the message body (topics, groups) are
@@ -21,6 +24,7 @@ use std::task::{Context, Poll};
 
 use axum::http;
 use futures::future::BoxFuture;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Status};
 use tower::{Layer, Service};
 
@@ -109,30 +113,35 @@ impl Gate {
     }
 
     /// Steps 1 and 2 for one request: `Ok(None)` for an open endpoint.
-    fn admit(
-        self: &Arc<Gate>,
-        path: &str,
-        headers: &http::HeaderMap,
-    ) -> Result<Option<Caller>, Status> {
+    fn admit<B>(self: &Arc<Gate>, request: &http::Request<B>) -> Result<Option<Caller>, Status> {
+        let path = request.uri().path();
         let rule = rule(path);
         if rule == Rule::Open {
             return Ok(None);
         }
-        let token = headers
+        let token = request
+            .headers()
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix(BEARER_PREFIX))
             .map(str::trim);
+        let certified =
+            || certificate_name(request).and_then(|name| self.table.by_certificate_name(&name));
         let principal = match token {
-            None => {
-                return Err(self.refuse(
-                    DenyReason::Unauthenticated,
-                    Error::Unauthenticated(
-                        "this broker requires a bearer token (--token or STRATA_TOKEN)".into(),
-                    ),
-                    path,
-                ));
-            }
+            None => match certified() {
+                Some(principal) => principal,
+                None => {
+                    return Err(self.refuse(
+                        DenyReason::Unauthenticated,
+                        Error::Unauthenticated(
+                            "this broker requires a bearer token (--token or STRATA_TOKEN) \
+                             or a client certificate it knows"
+                                .into(),
+                        ),
+                        path,
+                    ));
+                }
+            },
             Some(token) => self.table.authenticate(token).ok_or_else(|| {
                 self.refuse(
                     DenyReason::Unauthenticated,
@@ -157,6 +166,19 @@ impl Gate {
             gate: self.clone(),
         }))
     }
+}
+
+/// The subject CN of the client certificate TLS verified for this
+/// connection, if any. Only a verified chain reaches the extensions: rustls
+/// refuses the handshake for a certificate the client CA did not sign.
+fn certificate_name<B>(request: &http::Request<B>) -> Option<String> {
+    let info = request
+        .extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()?;
+    let certs = info.peer_certs()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(certs.first()?.as_ref()).ok()?;
+    let name = cert.subject().iter_common_name().next()?.as_str().ok()?;
+    Some(name.to_owned())
 }
 
 fn rpc_name(path: &str) -> &str {
@@ -250,7 +272,7 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
-        match self.gate.admit(request.uri().path(), request.headers()) {
+        match self.gate.admit(&request) {
             Ok(caller) => {
                 if let Some(caller) = caller {
                     request.extensions_mut().insert(caller);

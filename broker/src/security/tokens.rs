@@ -16,6 +16,12 @@
 //! name = "ops"
 //! token_sha256 = "..."
 //! admin = true
+//!
+//! # No token: reached only with a client certificate (signed by
+//! # --tls-client-ca) whose subject CN is this name.
+//! [[principal]]
+//! name = "billing"
+//! consume = ["orders*"]
 //! ```
 
 use std::sync::Arc;
@@ -61,7 +67,7 @@ struct File {
 #[serde(deny_unknown_fields)]
 struct Entry {
     name: String,
-    token_sha256: String,
+    token_sha256: Option<String>,
     #[serde(default)]
     admin: bool,
     #[serde(default)]
@@ -73,10 +79,11 @@ struct Entry {
     produce_bytes_per_sec: Option<u64>,
 }
 
-/// The principals of an auth file, each with its token's hash.
+/// The principals of an auth file, each with its token's hash (if it has a
+/// token).
 #[derive(Clone)]
 pub struct AuthTable {
-    entries: Vec<(Arc<Principal>, [u8; TOKEN_HASH_BYTES])>,
+    entries: Vec<(Arc<Principal>, Option<[u8; TOKEN_HASH_BYTES]>)>,
 }
 
 impl std::fmt::Debug for AuthTable {
@@ -92,7 +99,7 @@ impl AuthTable {
     /// Parses an auth file's text; the error names the problem, never a hash.
     pub fn parse(text: &str) -> Result<AuthTable, String> {
         let file: File = toml::from_str(text).map_err(|e| e.to_string())?;
-        let mut entries: Vec<(Arc<Principal>, [u8; TOKEN_HASH_BYTES])> = Vec::new();
+        let mut entries: Vec<(Arc<Principal>, Option<[u8; TOKEN_HASH_BYTES]>)> = Vec::new();
         for e in file.principal {
             if e.name.trim().is_empty() {
                 return Err("a principal has an empty name".into());
@@ -100,13 +107,19 @@ impl AuthTable {
             if entries.iter().any(|(p, _)| p.name == e.name) {
                 return Err(format!("principal {:?} is listed twice", e.name));
             }
-            let hash = parse_hex(&e.token_sha256).ok_or_else(|| {
-                format!(
-                    "principal {:?}: token_sha256 must be 64 hex digits (see `strata auth hash-token`)",
-                    e.name
-                )
-            })?;
-            if entries.iter().any(|(_, h)| *h == hash) {
+            let hash = e
+                .token_sha256
+                .as_deref()
+                .map(|hex| {
+                    parse_hex(hex).ok_or_else(|| {
+                        format!(
+                            "principal {:?}: token_sha256 must be 64 hex digits (see `strata auth hash-token`)",
+                            e.name
+                        )
+                    })
+                })
+                .transpose()?;
+            if hash.is_some() && entries.iter().any(|(_, h)| *h == hash) {
                 return Err(format!(
                     "principal {:?} has the same token as another principal",
                     e.name
@@ -142,11 +155,22 @@ impl AuthTable {
         let presented = digest(&SHA256, token.as_bytes());
         let mut found = None;
         for (principal, hash) in &self.entries {
-            if bool::from(hash.ct_eq(presented.as_ref())) {
+            if let Some(hash) = hash
+                && bool::from(hash.ct_eq(presented.as_ref()))
+            {
                 found = Some(principal.clone());
             }
         }
         found
+    }
+
+    /// The principal named `name`: the subject of a verified client
+    /// certificate (the CA that signed it vouches for the name).
+    pub fn by_certificate_name(&self, name: &str) -> Option<Arc<Principal>> {
+        self.entries
+            .iter()
+            .find(|(p, _)| p.name == name)
+            .map(|(p, _)| p.clone())
     }
 
     pub fn principals(&self) -> impl Iterator<Item = &Arc<Principal>> {
