@@ -910,66 +910,46 @@ fn peers_use_mutual_tls_and_a_node_without_the_cluster_certificate_is_refused() 
     });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_producer_over_its_quota_is_throttled_not_disconnected_and_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let auth = auth_file(dir.path());
-    let node = Node::start_with(
-        &dir.path().join("n"),
-        &["--auth-file", auth.to_str().unwrap()],
-    );
-    let admin = Admin::connect(with_token(&node, ADMIN_TOKEN))
-        .await
-        .unwrap();
-    admin.create_topic("quota", NewTopic::new(2)).await.unwrap();
+const QUOTA_RECORD_BYTES: usize = 1024;
+const QUOTA_RECORDS: usize = 512;
+const QUOTA_BATCH_BYTES: usize = 16 * 1024;
 
-    const RECORD_BYTES: usize = 1024;
-    const RECORDS: usize = 512;
-    const BATCH_BYTES: usize = 16 * 1024;
-    let total = (RECORDS * RECORD_BYTES) as u64;
-    let producer = Producer::builder(with_token(&node, SLOW_TOKEN))
-        .batch_size(BATCH_BYTES)
+/// Produces `QUOTA_RECORDS` records to `topic` as `target`, checks that
+/// every one is acked and then read back exactly once, where it was acked,
+/// and returns how long producing took.
+async fn produce_and_read_back(target: Target, topic: &str) -> Duration {
+    let producer = Producer::builder(target.clone())
+        .batch_size(QUOTA_BATCH_BYTES)
         .build()
         .await
         .unwrap();
     let started = Instant::now();
-    let mut deliveries = Vec::with_capacity(RECORDS);
-    for i in 0..RECORDS {
+    let mut deliveries = Vec::with_capacity(QUOTA_RECORDS);
+    for i in 0..QUOTA_RECORDS {
         let mut value = format!("{i:08}").into_bytes();
-        value.resize(RECORD_BYTES, b'.');
+        value.resize(QUOTA_RECORD_BYTES, b'.');
         deliveries.push(
             producer
-                .enqueue(ProducerRecord::new("quota", value))
+                .enqueue(ProducerRecord::new(topic, value))
                 .await
                 .unwrap(),
         );
     }
-    let mut acked = Vec::with_capacity(RECORDS);
+    let mut acked = Vec::with_capacity(QUOTA_RECORDS);
     for (i, d) in deliveries.into_iter().enumerate() {
         let meta = d.await.unwrap_or_else(|e| panic!("record {i} failed: {e}"));
         acked.push((meta.partition, meta.offset.unwrap(), i));
     }
     let elapsed = started.elapsed();
-    // One second of burst and the last batch may go unpaid; the rest waits
-    // for the quota. (No upper bound: machines are noisy.)
-    let floor = (total - SLOW_QUOTA_BYTES_PER_SEC - 2 * BATCH_BYTES as u64) as f64
-        / SLOW_QUOTA_BYTES_PER_SEC as f64;
-    assert!(
-        elapsed.as_secs_f64() >= floor,
-        "{total} bytes at {SLOW_QUOTA_BYTES_PER_SEC} B/s took only {elapsed:?} (floor {floor:.1} s)"
-    );
-    let (_, metrics) = http_get(node.control, "/metrics");
-    assert!(common::metric(&metrics, "strata_quota_throttled_total").unwrap() > 0.0);
 
-    // Every acked record is there exactly once.
-    let consumer = Consumer::builder(with_token(&node, SLOW_TOKEN))
-        .topics(["quota"])
+    let consumer = Consumer::builder(target)
+        .topics([topic])
         .start_from(StartFrom::Earliest)
         .build()
         .await
         .unwrap();
-    let mut seen = Vec::with_capacity(RECORDS);
-    while seen.len() < RECORDS {
+    let mut seen = Vec::with_capacity(QUOTA_RECORDS);
+    while seen.len() < QUOTA_RECORDS {
         let r = tokio::time::timeout(Duration::from_secs(30), consumer.next_record())
             .await
             .expect("every record arrives")
@@ -985,6 +965,55 @@ async fn a_producer_over_its_quota_is_throttled_not_disconnected_and_loses_nothi
     // Nothing more: no duplicates past the acked ones.
     let more = tokio::time::timeout(Duration::from_secs(2), consumer.next_record()).await;
     assert!(more.is_err(), "an unexpected extra record: {more:?}");
+    elapsed
+}
+
+/// The least time `QUOTA_RECORDS` records can take at `bytes_per_sec`: one
+/// second of burst and the last batch may go unpaid; the rest waits. (No
+/// upper bound: machines are noisy.)
+fn quota_floor(bytes_per_sec: u64) -> f64 {
+    let total = (QUOTA_RECORDS * QUOTA_RECORD_BYTES) as u64;
+    (total - bytes_per_sec - 2 * QUOTA_BATCH_BYTES as u64) as f64 / bytes_per_sec as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_over_its_quota_is_throttled_not_disconnected_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let auth = auth_file(dir.path());
+    let node = Node::start_with(
+        &dir.path().join("n"),
+        &["--auth-file", auth.to_str().unwrap()],
+    );
+    let admin = Admin::connect(with_token(&node, ADMIN_TOKEN))
+        .await
+        .unwrap();
+    admin.create_topic("quota", NewTopic::new(2)).await.unwrap();
+    let elapsed = produce_and_read_back(with_token(&node, SLOW_TOKEN), "quota").await;
+    let floor = quota_floor(SLOW_QUOTA_BYTES_PER_SEC);
+    assert!(
+        elapsed.as_secs_f64() >= floor,
+        "at {SLOW_QUOTA_BYTES_PER_SEC} B/s producing took only {elapsed:?} (floor {floor:.1} s)"
+    );
+    let (_, metrics) = http_get(node.control, "/metrics");
+    assert!(common::metric(&metrics, "strata_quota_throttled_total").unwrap() > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_over_its_byte_rate_is_slowed_not_disconnected_and_loses_nothing() {
+    const RATE: u64 = 64 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start_with(
+        &dir.path().join("n"),
+        &["--connection-max-bytes-per-sec", &RATE.to_string()],
+    );
+    let admin = Admin::connect(node.bootstrap()).await.unwrap();
+    admin.create_topic("slow", NewTopic::new(2)).await.unwrap();
+    let elapsed = produce_and_read_back(node.bootstrap().into(), "slow").await;
+    let floor = quota_floor(RATE);
+    assert!(
+        elapsed.as_secs_f64() >= floor,
+        "at {RATE} B/s per connection producing took only {elapsed:?} (floor {floor:.1} s)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -107,6 +107,9 @@ pub struct BrokerConfig {
     pub joins: bool,
     /// Open connections per listener (data, control, peer) at most.
     pub max_connections: usize,
+    /// Bytes per second each data-port connection may send; `None`:
+    /// unlimited (the default). Past it the connection is read more slowly.
+    pub connection_max_bytes_per_sec: Option<u64>,
     /// A fetch stream whose consumer takes nothing for this long is closed.
     pub fetch_idle_timeout: Duration,
     /// TLS and authentication of the network listeners (off by default).
@@ -139,6 +142,7 @@ impl Default for BrokerConfig {
             peers: BTreeMap::new(),
             joins: false,
             max_connections: MAX_CONNECTIONS,
+            connection_max_bytes_per_sec: None,
             fetch_idle_timeout: Duration::from_millis(FETCH_IDLE_TIMEOUT_MS),
             security: crate::security::SecurityConfig::default(),
             metrics_enabled: true,

@@ -91,6 +91,10 @@ pub struct ServeArgs {
     /// Open connections per listener at most [default: 4096].
     #[arg(long)]
     max_connections: Option<usize>,
+    /// Bytes per second each data-port connection may send (read more
+    /// slowly past it; nothing is refused) [default: unlimited].
+    #[arg(long)]
+    connection_max_bytes_per_sec: Option<u64>,
     /// Close a fetch stream whose consumer reads nothing for this long [default: 300000].
     #[arg(long)]
     fetch_idle_timeout_ms: Option<u64>,
@@ -135,6 +139,7 @@ struct FileConfig {
     peer_key: Option<PathBuf>,
     auth_file: Option<PathBuf>,
     max_connections: Option<usize>,
+    connection_max_bytes_per_sec: Option<u64>,
     fetch_idle_timeout_ms: Option<u64>,
 }
 
@@ -219,6 +224,14 @@ pub async fn run(args: ServeArgs) -> CliResult {
     if max_connections == Some(0) {
         return Err(CliError("--max-connections must be at least 1".into()));
     }
+    let connection_max_bytes_per_sec = args
+        .connection_max_bytes_per_sec
+        .or(file.connection_max_bytes_per_sec);
+    if connection_max_bytes_per_sec == Some(0) {
+        return Err(CliError(
+            "--connection-max-bytes-per-sec must be positive (leave it out for no limit)".into(),
+        ));
+    }
     let fetch_idle_timeout_ms = args.fetch_idle_timeout_ms.or(file.fetch_idle_timeout_ms);
     if fetch_idle_timeout_ms == Some(0) {
         return Err(CliError("--fetch-idle-timeout-ms must be positive".into()));
@@ -253,6 +266,7 @@ pub async fn run(args: ServeArgs) -> CliResult {
                 std::time::Duration::from_millis,
             ),
         max_connections: max_connections.unwrap_or(defaults.max_connections),
+        connection_max_bytes_per_sec,
         fetch_idle_timeout: fetch_idle_timeout_ms.map_or(
             defaults.fetch_idle_timeout,
             std::time::Duration::from_millis,

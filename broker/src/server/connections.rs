@@ -2,11 +2,18 @@
 //! `max_connections` open at once. A connection over the limit is closed as
 //! soon as it is accepted, before TLS or HTTP/2 spend anything on it, so a
 //! flood of sockets cannot exhaust the node's file descriptors or memory.
+//!
+//! With a byte rate, each connection reads at most that many bytes per
+//! second (a token bucket holding one second's worth): past it the socket
+//! is simply not read for a while, so TCP and HTTP/2 flow control slow the
+//! sender down. Nothing is refused and nothing is dropped.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
 
 use futures::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -18,17 +25,70 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::broker::Broker;
 
+/// Bytes a rate-limited connection waits to have in its bucket before it
+/// reads again, so a slow rate means fewer, larger reads, not a busy loop.
+const MIN_READ_BYTES: f64 = 1024.0;
+
 /// An accepted connection holding one of its listener's slots until closed.
 #[derive(Debug)]
 pub struct Conn {
     stream: TcpStream,
     _slot: OwnedSemaphorePermit,
+    rate: Option<ReadRate>,
 }
 
-/// The connections of `listener`, at most `max` open at once.
+/// A token bucket on the bytes read from one connection.
+#[derive(Debug)]
+struct ReadRate {
+    bytes_per_sec: f64,
+    tokens: f64,
+    refilled: Instant,
+    /// Set while waiting for the bucket to refill.
+    waiting: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl ReadRate {
+    fn new(bytes_per_sec: u64) -> ReadRate {
+        let rate = bytes_per_sec as f64;
+        ReadRate {
+            bytes_per_sec: rate,
+            tokens: rate,
+            refilled: Instant::now(),
+            waiting: None,
+        }
+    }
+
+    fn refill(&mut self) {
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.bytes_per_sec).min(self.bytes_per_sec);
+        self.refilled = now;
+    }
+
+    /// Bytes the next read may take, or `Pending` until the bucket refills.
+    fn poll_allowance(&mut self, cx: &mut Context<'_>) -> Poll<usize> {
+        loop {
+            if let Some(sleep) = &mut self.waiting {
+                ready!(sleep.as_mut().poll(cx));
+                self.waiting = None;
+            }
+            self.refill();
+            let wanted = MIN_READ_BYTES.min(self.bytes_per_sec);
+            if self.tokens >= wanted {
+                return Poll::Ready(self.tokens as usize);
+            }
+            let wait = (wanted - self.tokens) / self.bytes_per_sec;
+            self.waiting = Some(Box::pin(tokio::time::sleep(Duration::from_secs_f64(wait))));
+        }
+    }
+}
+
+/// The connections of `listener`, at most `max` open at once, each reading
+/// at most `bytes_per_sec` if given.
 pub fn limited(
     listener: TcpListener,
     max: usize,
+    bytes_per_sec: Option<u64>,
     broker: Broker,
     name: &'static str,
 ) -> impl Stream<Item = io::Result<Conn>> {
@@ -49,6 +109,7 @@ pub fn limited(
                 Some(Ok(Conn {
                     stream,
                     _slot: slot,
+                    rate: bytes_per_sec.map(ReadRate::new),
                 }))
             }
             Err(_) => {
@@ -75,7 +136,21 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let this = &mut *self;
+        let Some(rate) = &mut this.rate else {
+            return Pin::new(&mut this.stream).poll_read(cx, buf);
+        };
+        let allowed = ready!(rate.poll_allowance(cx));
+        let mut limited = buf.take(allowed);
+        ready!(Pin::new(&mut this.stream).poll_read(cx, &mut limited))?;
+        let n = limited.filled().len();
+        // SAFETY: the `n` bytes were initialised and filled by the read into
+        // `limited`, which borrows the start of `buf`'s unfilled part (the
+        // same pattern as `tokio::io::Take`).
+        unsafe { buf.assume_init(n) };
+        buf.advance(n);
+        rate.tokens -= n as f64;
+        Poll::Ready(Ok(()))
     }
 }
 

@@ -208,6 +208,11 @@ pub fn serve(broker: &Broker, addrs: &ListenAddrs) -> Result<ServerHandle> {
         accept_http1,
         tls,
         max_connections: broker.config().max_connections,
+        // Only produce traffic is worth limiting per connection; peers and
+        // admin requests are small or trusted.
+        connection_bytes_per_sec: (name == "strata-data")
+            .then_some(broker.config().connection_max_bytes_per_sec)
+            .flatten(),
         broker: broker.clone(),
     };
     let threads = vec![
@@ -292,6 +297,8 @@ struct Listener {
     accept_http1: bool,
     tls: Option<ServerTlsConfig>,
     max_connections: usize,
+    /// Bytes per second each connection may send us; `None`: unlimited.
+    connection_bytes_per_sec: Option<u64>,
     broker: Broker,
 }
 
@@ -308,6 +315,7 @@ fn spawn_listener(
         accept_http1,
         tls,
         max_connections,
+        connection_bytes_per_sec,
         broker,
     } = listener;
     let mut builder = Server::builder();
@@ -335,7 +343,13 @@ fn spawn_listener(
                     Ok(l) => l,
                     Err(e) => return tracing::error!(name, error = %e, "listener failed"),
                 };
-                let incoming = connections::limited(listener, max_connections, broker, name);
+                let incoming = connections::limited(
+                    listener,
+                    max_connections,
+                    connection_bytes_per_sec,
+                    broker,
+                    name,
+                );
                 let mut grace = stopped.clone();
                 let server = builder
                     .accept_http1(accept_http1)
