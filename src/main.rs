@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use cli::{bench, cluster, consume, group, produce, serve, status, topic};
+use cli::{auth, bench, cluster, consume, group, produce, serve, status, topic};
 
 #[derive(Parser)]
 #[command(name = "strata", version, about = "Strata: a durable log broker")]
@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a broker node.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Create, list, describe and delete topics.
     Topic(topic::TopicArgs),
     /// Produce stdin lines as records, one per line.
@@ -34,6 +34,8 @@ enum Command {
     Status(status::StatusArgs),
     /// Add or remove cluster nodes.
     Cluster(cluster::ClusterArgs),
+    /// Hash bearer tokens for an auth file.
+    Auth(auth::AuthArgs),
     /// Measure throughput and latency (produce, consume, e2e) and baselines (disk, tcp).
     Bench(bench::BenchArgs),
 }
@@ -52,7 +54,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve::run(args).await,
+            Command::Serve(args) => serve::run(*args).await,
             Command::Topic(args) => topic::run(args).await,
             Command::Produce(args) => produce::run(args).await,
             Command::Consume(args) => consume::run(args).await,
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
             Command::Status(args) => status::run(args).await,
             Command::Cluster(args) => cluster::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Auth(args) => auth::run(args),
         }
     });
     match result {

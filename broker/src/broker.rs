@@ -214,6 +214,13 @@ impl Broker {
                 .peers
                 .iter()
                 .map(|(&id, addr)| (NodeId::from(id), addr.clone())),
+        )
+        .with_tls(
+            config
+                .security
+                .peer_tls
+                .as_ref()
+                .map(|tls| tls.client_config()),
         );
         let metadata = if clustered {
             let members = config

@@ -38,6 +38,15 @@ pub const DATA_WORKER_THREADS: usize = 0;
 /// decoding limit this bounds the request bytes one connection can pin.
 pub const DATA_MAX_CONCURRENT_STREAMS: u32 = 256;
 
+/// Connections each listener holds open at most; more are closed as soon as
+/// they are accepted (counted in `strata_connections_refused_total`).
+pub const MAX_CONNECTIONS: usize = 4096;
+
+/// How long a fetch stream may wait for its consumer to take the next
+/// response before the broker closes it (slow-loris protection; the client
+/// reopens it when it reads again).
+pub const FETCH_IDLE_TIMEOUT_MS: u64 = 300_000;
+
 /// Consumer group defaults.
 pub const GROUP_SESSION_TIMEOUT_MS: u64 = 10_000;
 pub const GROUP_MIN_SESSION_TIMEOUT_MS: u64 = 1_000;
@@ -96,6 +105,15 @@ pub struct BrokerConfig {
     /// Join an existing cluster (wait to be added with `cluster add-node`)
     /// instead of forming one from `peers`.
     pub joins: bool,
+    /// Open connections per listener (data, control, peer) at most.
+    pub max_connections: usize,
+    /// Bytes per second each data-port connection may send; `None`:
+    /// unlimited (the default). Past it the connection is read more slowly.
+    pub connection_max_bytes_per_sec: Option<u64>,
+    /// A fetch stream whose consumer takes nothing for this long is closed.
+    pub fetch_idle_timeout: Duration,
+    /// TLS and authentication of the network listeners (off by default).
+    pub security: crate::security::SecurityConfig,
     /// Record request metrics (on by default; off only to measure their cost).
     pub metrics_enabled: bool,
     /// Fault injection for tests: wait this long before recovering partitions,
@@ -123,6 +141,10 @@ impl Default for BrokerConfig {
             advertised_data_addr: None,
             peers: BTreeMap::new(),
             joins: false,
+            max_connections: MAX_CONNECTIONS,
+            connection_max_bytes_per_sec: None,
+            fetch_idle_timeout: Duration::from_millis(FETCH_IDLE_TIMEOUT_MS),
+            security: crate::security::SecurityConfig::default(),
             metrics_enabled: true,
             debug_recovery_delay: None,
             debug_ack_before_commit: false,

@@ -110,6 +110,24 @@ pub enum Error {
     #[error("deadline exceeded")]
     DeadlineExceeded,
 
+    /// The request carries no credentials, or ones the broker does not know.
+    /// The message never repeats the credential.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+
+    /// The caller is known but may not do this.
+    #[error("permission denied: {principal:?} may not {action} {resource}")]
+    PermissionDenied {
+        principal: String,
+        action: &'static str,
+        resource: String,
+    },
+
+    /// A fetch stream whose consumer took nothing for this long was closed;
+    /// the consumer reopens it when it reads again.
+    #[error("fetch stream closed: the consumer read nothing for {} ms", idle.as_millis())]
+    StreamIdle { idle: Duration },
+
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -15,6 +15,7 @@ pub mod log;
 pub mod metrics;
 pub mod partition;
 pub mod raft;
+pub mod security;
 pub mod server;
 
 pub use broker::{Broker, Topic};

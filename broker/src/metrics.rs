@@ -210,6 +210,23 @@ pub fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: f64)
     let _ = writeln!(out, " {value}");
 }
 
+/// Why a request was refused at the door (the `reason` label of
+/// `strata_auth_denied_total`; a fixed set, so the series stay bounded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyReason {
+    Unauthenticated,
+    PermissionDenied,
+}
+
+impl DenyReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            DenyReason::Unauthenticated => "unauthenticated",
+            DenyReason::PermissionDenied => "permission_denied",
+        }
+    }
+}
+
 /// The node-wide request metrics. Per-partition and per-group series are
 /// computed from broker state at scrape time (see `server::http`).
 ///
@@ -233,6 +250,14 @@ pub struct Metrics {
     pub recovery_seconds: Gauge,
     pub recovery_truncated_bytes: Counter,
     control_requests: Counter,
+    // Security series are recorded even with metrics off: they are rare and
+    // an operator needs them.
+    auth_denied_unauthenticated: Counter,
+    auth_denied_permission: Counter,
+    quota_throttled: Counter,
+    quota_throttle_ms: Counter,
+    connections_refused: Counter,
+    fetch_idle_closed: Counter,
 }
 
 impl Default for Metrics {
@@ -260,6 +285,12 @@ impl Metrics {
             recovery_seconds: Gauge::default(),
             recovery_truncated_bytes: Counter::default(),
             control_requests: Counter::default(),
+            auth_denied_unauthenticated: Counter::default(),
+            auth_denied_permission: Counter::default(),
+            quota_throttled: Counter::default(),
+            quota_throttle_ms: Counter::default(),
+            connections_refused: Counter::default(),
+            fetch_idle_closed: Counter::default(),
         }
     }
 
@@ -314,6 +345,36 @@ impl Metrics {
         if self.enabled {
             self.control_requests.inc();
         }
+    }
+
+    pub fn auth_denied(&self, reason: DenyReason) {
+        match reason {
+            DenyReason::Unauthenticated => self.auth_denied_unauthenticated.inc(),
+            DenyReason::PermissionDenied => self.auth_denied_permission.inc(),
+        }
+    }
+
+    pub fn auth_denied_count(&self, reason: DenyReason) -> u64 {
+        match reason {
+            DenyReason::Unauthenticated => self.auth_denied_unauthenticated.get(),
+            DenyReason::PermissionDenied => self.auth_denied_permission.get(),
+        }
+    }
+
+    /// A produce refused by its principal's quota, told to wait `wait`.
+    pub fn quota_throttled(&self, wait: Duration) {
+        self.quota_throttled.inc();
+        self.quota_throttle_ms.add(wait.as_millis() as u64);
+    }
+
+    /// A connection closed at once because its listener was full.
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
+    }
+
+    /// A fetch stream closed because its consumer read nothing for too long.
+    pub fn fetch_idle_closed(&self) {
+        self.fetch_idle_closed.inc();
     }
 
     /// Renders the node-wide series.
@@ -402,6 +463,50 @@ impl Metrics {
             "strata_control_requests_total",
             "Requests served on the control port.",
             &self.control_requests,
+        );
+        header(
+            out,
+            "strata_auth_denied_total",
+            "Requests refused by authentication or authorization, by reason.",
+            "counter",
+        );
+        for reason in [DenyReason::Unauthenticated, DenyReason::PermissionDenied] {
+            sample(
+                out,
+                "strata_auth_denied_total",
+                &[("reason", reason.label())],
+                self.auth_denied_count(reason) as f64,
+            );
+        }
+        counter(
+            out,
+            "strata_quota_throttled_total",
+            "Produce requests refused (RESOURCE_EXHAUSTED) because their principal's quota was spent.",
+            &self.quota_throttled,
+        );
+        header(
+            out,
+            "strata_quota_throttle_seconds_total",
+            "Sum of the waits told to quota-throttled producers.",
+            "counter",
+        );
+        sample(
+            out,
+            "strata_quota_throttle_seconds_total",
+            &[],
+            self.quota_throttle_ms.get() as f64 / 1000.0,
+        );
+        counter(
+            out,
+            "strata_connections_refused_total",
+            "Connections closed at once because their listener had --max-connections open.",
+            &self.connections_refused,
+        );
+        counter(
+            out,
+            "strata_fetch_idle_closed_total",
+            "Fetch streams closed because their consumer read nothing for --fetch-idle-timeout-ms.",
+            &self.fetch_idle_closed,
         );
         header(
             out,

@@ -28,9 +28,8 @@ use strata_proto::v1::MetadataRequest;
 use strata_proto::v1::control_client::ControlClient;
 use strata_proto::v1::data_client::DataClient;
 use tonic::Status;
-use tonic::transport::Channel;
 
-use crate::channel::{endpoint, is_valid_addr, local_channel};
+use crate::channel::{Token, Transport, endpoint, is_valid_addr, local_channel};
 use crate::control_plane::ControlPlane;
 use crate::error::{ERROR_KIND_KEY, Error, LEADER_KEY, Result, node_cannot_serve};
 use crate::metadata::{LeaderNews, Lookup, Metadata};
@@ -57,7 +56,7 @@ struct LastRefresh {
 pub(crate) struct Connection {
     target: Target,
     control: ControlPlane,
-    data: Mutex<HashMap<String, Channel>>,
+    data: Mutex<HashMap<String, Transport>>,
     metadata: RwLock<Metadata>,
     /// Held while a metadata request is in flight, so refreshes queue instead
     /// of racing. An async mutex: waiting for it is waiting for the refresh,
@@ -92,7 +91,7 @@ impl Connection {
     /// in use cannot serve it (see `control_plane`).
     pub async fn control_call<T, F, Fut>(&self, rpc: F) -> Result<T>
     where
-        F: FnMut(ControlClient<Channel>) -> Fut,
+        F: FnMut(ControlClient<Transport>) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
     {
         self.control.call(rpc).await
@@ -104,22 +103,25 @@ impl Connection {
         self.control.current()
     }
 
-    fn data_channel(&self, addr: &str) -> Result<Channel> {
+    fn data_channel(&self, addr: &str) -> Result<Transport> {
         let mut channels = self.data.lock();
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
         }
-        let channel = match &self.target {
-            Target::Local(c) => local_channel(c, Plane::Data),
-            Target::Remote(_) => {
-                endpoint(addr, Duration::from_millis(CONNECT_TIMEOUT_MS))?.connect_lazy()
-            }
-        };
+        let timeout = Duration::from_millis(CONNECT_TIMEOUT_MS);
+        let channel =
+            match &self.target {
+                Target::Local(c) => Token::default().wrap(local_channel(c, Plane::Data)),
+                Target::Remote(_) => Token::default()
+                    .wrap(endpoint(addr, timeout, &Default::default())?.connect_lazy()),
+                Target::Secure(_, credentials) => Token::new(credentials)?
+                    .wrap(endpoint(addr, timeout, credentials)?.connect_lazy()),
+            };
         channels.insert(addr.to_owned(), channel.clone());
         Ok(channel)
     }
 
-    fn data_client_for(&self, addr: &str) -> Result<DataClient<Channel>> {
+    fn data_client_for(&self, addr: &str) -> Result<DataClient<Transport>> {
         Ok(DataClient::new(self.data_channel(addr)?)
             .max_decoding_message_size(MAX_RESPONSE_BYTES)
             .max_encoding_message_size(MAX_BATCH_BYTES + 64 * 1024))
@@ -127,7 +129,7 @@ impl Connection {
 
     /// A data client for the node leading `topic`/`partition`. A caller that
     /// sees the request fail reports it with [`Connection::leader_failed`].
-    pub async fn data_client(&self, topic: &str, partition: u32) -> Result<DataClient<Channel>> {
+    pub async fn data_client(&self, topic: &str, partition: u32) -> Result<DataClient<Transport>> {
         let addr = self.leader_addr(topic, partition).await?;
         self.data_client_for(&addr)
     }
@@ -136,7 +138,7 @@ impl Connection {
     /// its failure where the leader went.
     pub async fn leader_call<T, F, Fut>(&self, topic: &str, partition: u32, rpc: F) -> Result<T>
     where
-        F: FnOnce(DataClient<Channel>) -> Fut,
+        F: FnOnce(DataClient<Transport>) -> Fut,
         Fut: Future<Output = std::result::Result<T, Status>>,
     {
         let client = self.data_client(topic, partition).await?;
@@ -169,7 +171,7 @@ impl Connection {
     /// names, and moves to another node when one cannot serve.
     pub async fn coordinator_call<T, F, Fut>(&self, mut rpc: F) -> Result<T>
     where
-        F: FnMut(DataClient<Channel>) -> Fut,
+        F: FnMut(DataClient<Transport>) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
     {
         let mut error = None;
@@ -213,7 +215,7 @@ impl Connection {
     /// alike (producer ids).
     pub async fn any_node_call<T, F, Fut>(&self, mut rpc: F) -> Result<T>
     where
-        F: FnMut(DataClient<Channel>) -> Fut,
+        F: FnMut(DataClient<Transport>) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
     {
         let addrs = self.metadata.read().data_addrs();

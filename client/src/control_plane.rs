@@ -23,12 +23,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
-use strata_proto::target::{Plane, Target};
+use strata_proto::target::{Credentials, Plane, Target};
 use strata_proto::v1::control_client::ControlClient;
 use tonic::Status;
-use tonic::transport::Channel;
 
-use crate::channel::{endpoint, is_valid_addr, local_channel};
+use crate::channel::{Token, Transport, endpoint, is_valid_addr, local_channel};
 use crate::error::{Error, Result, node_cannot_serve, source_chain};
 
 /// Separates the addresses of a bootstrap list (as in Kafka's `bootstrap.servers`).
@@ -41,7 +40,11 @@ const IN_PROCESS_ADDR: &str = "in-process";
 #[derive(Debug)]
 enum Route {
     /// Over TCP; connects lazily, giving up on one connect after the timeout.
-    Network { connect_timeout: Duration },
+    Network {
+        connect_timeout: Duration,
+        credentials: Credentials,
+        token: Token,
+    },
     /// To the broker in this process; there is only ever one address.
     InProcess,
 }
@@ -52,7 +55,7 @@ struct Channels {
     current: String,
     /// A channel per address tried so far, reused so a node is not dialled anew
     /// on every failover.
-    by_addr: HashMap<String, Channel>,
+    by_addr: HashMap<String, Transport>,
 }
 
 #[derive(Debug)]
@@ -92,9 +95,10 @@ impl ControlPlane {
     /// Connects to the first address of `target` that answers, in order.
     /// Fails only if none does, naming every address tried and why it failed.
     pub async fn bootstrap(target: &Target, connect_timeout: Duration) -> Result<ControlPlane> {
-        let list = match target {
+        let (list, credentials) = match target {
             Target::Local(connector) => {
-                let channel = local_channel(connector, Plane::Control);
+                // In-process callers are the process itself: no token.
+                let channel = Token::default().wrap(local_channel(connector, Plane::Control));
                 return Ok(ControlPlane::with_channel(
                     Route::InProcess,
                     vec![IN_PROCESS_ADDR.to_owned()],
@@ -102,13 +106,15 @@ impl ControlPlane {
                     channel,
                 ));
             }
-            Target::Remote(list) => list,
+            Target::Remote(list) => (list, Credentials::default()),
+            Target::Secure(list, credentials) => (list, credentials.clone()),
         };
+        let token = Token::new(&credentials)?;
         let addrs = parse_bootstrap(list)?;
         // Every entry must be an address: a typo fails here, not at failover.
         let endpoints = addrs
             .iter()
-            .map(|a| endpoint(a, connect_timeout))
+            .map(|a| endpoint(a, connect_timeout, &credentials))
             .collect::<Result<Vec<_>>>()?;
         let mut failures: Vec<(&str, String)> = Vec::with_capacity(addrs.len());
         for (addr, endpoint) in addrs.iter().zip(endpoints) {
@@ -119,10 +125,14 @@ impl ControlPlane {
                     }
                     let current = addr.clone();
                     return Ok(ControlPlane::with_channel(
-                        Route::Network { connect_timeout },
+                        Route::Network {
+                            connect_timeout,
+                            credentials,
+                            token: token.clone(),
+                        },
                         addrs,
                         current,
-                        channel,
+                        token.wrap(channel),
                     ));
                 }
                 Err(e) => failures.push((addr, source_chain(&e))),
@@ -145,7 +155,7 @@ impl ControlPlane {
         })
     }
 
-    fn with_channel(route: Route, addrs: Vec<String>, current: String, channel: Channel) -> Self {
+    fn with_channel(route: Route, addrs: Vec<String>, current: String, channel: Transport) -> Self {
         assert!(addrs.contains(&current), "the node in use is a known one");
         ControlPlane {
             route,
@@ -181,7 +191,6 @@ impl ControlPlane {
     }
 
     /// The address calls go to first.
-    #[cfg(test)]
     pub fn current(&self) -> String {
         self.channels.lock().current.clone()
     }
@@ -190,7 +199,7 @@ impl ControlPlane {
     /// the node asked cannot serve it (see the module docs).
     pub async fn call<T, F, Fut>(&self, mut rpc: F) -> Result<T>
     where
-        F: FnMut(ControlClient<Channel>) -> Fut,
+        F: FnMut(ControlClient<Transport>) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
     {
         let (mut addr, mut channel) = {
@@ -220,7 +229,7 @@ impl ControlPlane {
             failures.push((addr.clone(), status.message().to_owned()));
             let next = loop {
                 let Some(next) = self.next_untried(&addr, &failures) else {
-                    return Err(all_failed(status, failures));
+                    return Err(self.hint_tls(all_failed(status, failures)));
                 };
                 match self.channel(&next) {
                     Ok(channel) => break (next, channel),
@@ -228,6 +237,29 @@ impl ControlPlane {
                 }
             };
             (addr, channel) = next;
+        }
+    }
+
+    /// A plaintext client on a TLS port sees the connection close before any
+    /// answer (the broker's TLS layer cannot parse HTTP/2), which the
+    /// transport reports as a bare CANCELLED or UNKNOWN. Say what likely
+    /// happened instead of "operation was canceled".
+    fn hint_tls(&self, error: Error) -> Error {
+        let plaintext = matches!(&self.route,
+            Route::Network { credentials, .. } if credentials.tls_ca_pem.is_none());
+        match error {
+            Error::Broker {
+                code: tonic::Code::Cancelled | tonic::Code::Unknown,
+                kind,
+                message,
+            } if plaintext && kind.is_empty() => Error::Connect {
+                addr: self.current(),
+                message: format!(
+                    "{message}: the connection closed without an answer; if the broker \
+                     requires TLS, connect with --tls-ca (Credentials::tls_ca_pem)"
+                ),
+            },
+            e => e,
         }
     }
 
@@ -241,13 +273,17 @@ impl ControlPlane {
             .cloned()
     }
 
-    fn channel(&self, addr: &str) -> Result<Channel> {
+    fn channel(&self, addr: &str) -> Result<Transport> {
         let mut channels = self.channels.lock();
         if let Some(channel) = channels.by_addr.get(addr) {
             return Ok(channel.clone());
         }
-        let channel = match self.route {
-            Route::Network { connect_timeout } => endpoint(addr, connect_timeout)?.connect_lazy(),
+        let channel = match &self.route {
+            Route::Network {
+                connect_timeout,
+                credentials,
+                token,
+            } => token.wrap(endpoint(addr, *connect_timeout, credentials)?.connect_lazy()),
             Route::InProcess => unreachable!("an in-process control plane has one address"),
         };
         channels.by_addr.insert(addr.to_owned(), channel.clone());
@@ -276,16 +312,18 @@ mod tests {
     use super::*;
 
     fn plane(addrs: &[&str]) -> ControlPlane {
-        let channel = endpoint(addrs[0], Duration::from_secs(1))
+        let channel = endpoint(addrs[0], Duration::from_secs(1), &Credentials::default())
             .expect("valid address")
             .connect_lazy();
         ControlPlane::with_channel(
             Route::Network {
                 connect_timeout: Duration::from_secs(1),
+                credentials: Credentials::default(),
+                token: Token::default(),
             },
             addrs.iter().map(|a| a.to_string()).collect(),
             addrs[0].to_owned(),
-            channel,
+            Token::default().wrap(channel),
         )
     }
 

@@ -96,6 +96,16 @@ pub enum Error {
     #[error("{0}")]
     DeadlineExceeded(String),
 
+    /// The broker does not know who is calling: no token, or a wrong one.
+    /// Retrying with the same credentials cannot help.
+    #[error("{0}")]
+    Unauthenticated(String),
+
+    /// The caller may not do this (its grants in the broker's auth file).
+    /// Retrying cannot help.
+    #[error("{0}")]
+    PermissionDenied(String),
+
     /// The producer or consumer was closed.
     #[error("closed")]
     Closed,
@@ -181,6 +191,8 @@ impl Error {
             ("rebalance-in-progress", _) => group(GroupError::RebalanceInProgress),
             ("group-not-found", _) => group(GroupError::NotFound),
             ("corrupt", _) | (_, Code::DataLoss) => Error::Corrupt(message),
+            (_, Code::Unauthenticated) => Error::Unauthenticated(message),
+            (_, Code::PermissionDenied) => Error::PermissionDenied(message),
             (_, Code::Unavailable) => Error::Unavailable(message),
             (_, Code::DeadlineExceeded) => Error::DeadlineExceeded(message),
             (_, Code::NotFound) => Error::TopicNotFound(message),

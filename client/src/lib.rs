@@ -10,7 +10,10 @@
 //! Every constructor takes a [`Target`]: a broker's control address
 //! (`"127.0.0.1:7401"`), a bootstrap list of control addresses separated by
 //! commas (`"h1:7401,h2:7401,h3:7401"`, like Kafka's `bootstrap.servers`), or
-//! an in-process broker from `strata-broker`.
+//! an in-process broker from `strata-broker`. [`Target::secure`] adds TLS (a
+//! CA to trust, optionally a client certificate) and a bearer token; a broker
+//! refusing them answers with [`Error::Unauthenticated`] or
+//! [`Error::PermissionDenied`], which are never retried.
 //!
 //! A client connects to the first address of the list that answers, learns
 //! every node's control address from the cluster's metadata, and moves its
@@ -53,4 +56,4 @@ pub use consumer::{Consumer, ConsumerBuilder, OffsetReset, StartFrom};
 pub use error::{Error, GroupError, Result};
 pub use producer::{Acks, Delivery, Producer, ProducerBuilder};
 pub use record::{ConsumerRecord, ProducerRecord, RecordHeader, RecordMetadata, TopicPartition};
-pub use strata_proto::target::{LocalConnector, Target};
+pub use strata_proto::target::{Credentials, LocalConnector, Target};

@@ -72,13 +72,52 @@ impl LocalConnector {
     }
 }
 
+/// How a client checks the broker it reaches over the network and proves
+/// who it is. The default is plaintext without a token.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    /// CA certificates (PEM) that sign the brokers' certificates; set, every
+    /// connection (control and data) uses TLS.
+    pub tls_ca_pem: Option<Vec<u8>>,
+    /// Name the brokers' certificates must carry, if not the host dialled.
+    pub tls_domain: Option<String>,
+    /// A client certificate (PEM) to present, for brokers that know their
+    /// clients by certificate; with `tls_key_pem`.
+    pub tls_cert_pem: Option<Vec<u8>>,
+    /// The client certificate's private key (PEM).
+    pub tls_key_pem: Option<Vec<u8>>,
+    /// Bearer token sent with every request.
+    pub token: Option<String>,
+}
+
+impl fmt::Debug for Credentials {
+    /// Never prints the token.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("tls", &self.tls_ca_pem.is_some())
+            .field("tls_domain", &self.tls_domain)
+            .field("client_certificate", &self.tls_cert_pem.is_some())
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
 /// A broker to connect to.
 #[derive(Debug, Clone)]
 pub enum Target {
     /// A control address, `host:port` (with or without `http://`).
     Remote(String),
+    /// A control address reached with TLS and/or a bearer token.
+    Secure(String, Credentials),
     /// A broker in this process.
     Local(LocalConnector),
+}
+
+impl Target {
+    /// `addrs` (a bootstrap list), reached with `credentials`.
+    pub fn secure(addrs: impl Into<String>, credentials: Credentials) -> Target {
+        Target::Secure(addrs.into(), credentials)
+    }
 }
 
 impl From<&str> for Target {

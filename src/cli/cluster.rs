@@ -35,7 +35,7 @@ enum ClusterCommand {
 }
 
 pub async fn run(args: ClusterArgs) -> CliResult {
-    let admin = Admin::connect(args.client.bootstrap.as_str()).await?;
+    let admin = Admin::connect(args.client.target()?).await?;
     let members = match args.command {
         ClusterCommand::AddNode {
             id,

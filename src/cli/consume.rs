@@ -44,8 +44,8 @@ pub struct ConsumeArgs {
 }
 
 pub async fn run(args: ConsumeArgs) -> CliResult {
-    let bootstrap = args.client.bootstrap.as_str();
-    let admin = Admin::connect(bootstrap).await?;
+    let bootstrap = args.client.target()?;
+    let admin = Admin::connect(bootstrap.clone()).await?;
     let partitions = admin.partition_count(&args.topic).await?;
     let ends: BTreeMap<TopicPartition, u64> = if args.until_end {
         let tps: Vec<_> = (0..partitions)

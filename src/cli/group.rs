@@ -53,7 +53,7 @@ fn group_json(g: &GroupInfo) -> serde_json::Value {
 }
 
 pub async fn run(args: GroupArgs) -> CliResult {
-    let admin = Admin::connect(args.client.bootstrap.as_str()).await?;
+    let admin = Admin::connect(args.client.target()?).await?;
     match args.command {
         GroupCommand::List => {
             let groups = admin.list_groups().await?;

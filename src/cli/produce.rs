@@ -46,7 +46,7 @@ pub async fn run(args: ProduceArgs) -> CliResult {
         AcksArg::Leader => Acks::Leader,
         AcksArg::None => Acks::None,
     };
-    let producer = Producer::builder(args.client.bootstrap.as_str())
+    let producer = Producer::builder(args.client.target()?)
         .acks(acks)
         .build()
         .await?;

@@ -11,6 +11,7 @@ use clap::{Args, ValueEnum};
 use serde::Deserialize;
 use strata_broker::config::{CONTROL_ADDR, DATA_ADDR, DATA_DIR, PEER_ADDR};
 use strata_broker::log::storage::{Faults, FaultyStorage, FileStorage, Storage};
+use strata_broker::security::{SecurityConfig, TlsFiles};
 use strata_broker::{Broker, BrokerConfig, ListenAddrs};
 
 use super::{CliError, CliResult};
@@ -61,6 +62,42 @@ pub struct ServeArgs {
     /// How often retention, checkpoints and consumer-group checks run [default: 5000].
     #[arg(long)]
     maintenance_interval_ms: Option<u64>,
+    /// TLS certificate (PEM) of this node; with --tls-key, turns TLS on for
+    /// all three ports (mutual TLS on the peer port).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// CA (PEM) verifying client certificates on the data and control ports
+    /// (optional for clients); also the peer CA unless --peer-ca is given.
+    #[arg(long)]
+    tls_client_ca: Option<PathBuf>,
+    /// CA (PEM) that signs the cluster's node certificates; peers must
+    /// present one on the peer port.
+    #[arg(long)]
+    peer_ca: Option<PathBuf>,
+    /// Certificate (PEM) for the peer port, if not --tls-cert; alone (with
+    /// --peer-key and --peer-ca) it turns on mutual TLS between nodes only.
+    #[arg(long, requires = "peer_key")]
+    peer_cert: Option<PathBuf>,
+    /// Private key (PEM) of --peer-cert.
+    #[arg(long, requires = "peer_cert")]
+    peer_key: Option<PathBuf>,
+    /// Principals, token hashes and grants (TOML); turns authentication on
+    /// for the data and control ports.
+    #[arg(long)]
+    auth_file: Option<PathBuf>,
+    /// Open connections per listener at most [default: 4096].
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Bytes per second each data-port connection may send (read more
+    /// slowly past it; nothing is refused) [default: unlimited].
+    #[arg(long)]
+    connection_max_bytes_per_sec: Option<u64>,
+    /// Close a fetch stream whose consumer reads nothing for this long [default: 300000].
+    #[arg(long)]
+    fetch_idle_timeout_ms: Option<u64>,
     /// Fault injection for tests: delay partition recovery by this long.
     #[arg(long, hide = true)]
     debug_recovery_delay_ms: Option<u64>,
@@ -94,6 +131,16 @@ struct FileConfig {
     fetch_budget_bytes: Option<u64>,
     advertised_data_addr: Option<String>,
     maintenance_interval_ms: Option<u64>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    peer_ca: Option<PathBuf>,
+    peer_cert: Option<PathBuf>,
+    peer_key: Option<PathBuf>,
+    auth_file: Option<PathBuf>,
+    max_connections: Option<usize>,
+    connection_max_bytes_per_sec: Option<u64>,
+    fetch_idle_timeout_ms: Option<u64>,
 }
 
 /// Log filter without RUST_LOG: openraft reports every vote and heartbeat
@@ -151,6 +198,44 @@ pub async fn run(args: ServeArgs) -> CliResult {
         }
     };
     let parse = |a: &str| a.parse::<SocketAddr>().expect("valid default address");
+    // Read once, before anything listens: a bad file fails the start.
+    let tls = TlsFiles {
+        cert: args.tls_cert.or(file.tls_cert),
+        key: args.tls_key.or(file.tls_key),
+        client_ca: args.tls_client_ca.or(file.tls_client_ca),
+        peer_cert: args.peer_cert.or(file.peer_cert),
+        peer_key: args.peer_key.or(file.peer_key),
+        peer_ca: args.peer_ca.or(file.peer_ca),
+    };
+    let any_tls = [
+        &tls.cert,
+        &tls.key,
+        &tls.client_ca,
+        &tls.peer_cert,
+        &tls.peer_key,
+        &tls.peer_ca,
+    ]
+    .iter()
+    .any(|f| f.is_some());
+    let tls = any_tls.then_some(tls);
+    let auth_file = args.auth_file.or(file.auth_file);
+    let security = SecurityConfig::load(tls.as_ref(), auth_file.as_deref()).map_err(CliError)?;
+    let max_connections = args.max_connections.or(file.max_connections);
+    if max_connections == Some(0) {
+        return Err(CliError("--max-connections must be at least 1".into()));
+    }
+    let connection_max_bytes_per_sec = args
+        .connection_max_bytes_per_sec
+        .or(file.connection_max_bytes_per_sec);
+    if connection_max_bytes_per_sec == Some(0) {
+        return Err(CliError(
+            "--connection-max-bytes-per-sec must be positive (leave it out for no limit)".into(),
+        ));
+    }
+    let fetch_idle_timeout_ms = args.fetch_idle_timeout_ms.or(file.fetch_idle_timeout_ms);
+    if fetch_idle_timeout_ms == Some(0) {
+        return Err(CliError("--fetch-idle-timeout-ms must be positive".into()));
+    }
     let node_id = args.node_id.or(file.node_id).unwrap_or(1);
     let defaults = BrokerConfig::default();
     let config = BrokerConfig {
@@ -180,6 +265,13 @@ pub async fn run(args: ServeArgs) -> CliResult {
                 defaults.maintenance_interval,
                 std::time::Duration::from_millis,
             ),
+        max_connections: max_connections.unwrap_or(defaults.max_connections),
+        connection_max_bytes_per_sec,
+        fetch_idle_timeout: fetch_idle_timeout_ms.map_or(
+            defaults.fetch_idle_timeout,
+            std::time::Duration::from_millis,
+        ),
+        security,
         ..defaults
     };
     let addrs = ListenAddrs {

@@ -17,7 +17,7 @@ pub struct StatusArgs {
 }
 
 pub async fn run(args: StatusArgs) -> CliResult {
-    let admin = Admin::connect(args.client.bootstrap.as_str()).await?;
+    let admin = Admin::connect(args.client.target()?).await?;
     let s = admin.cluster_status().await?;
     if args.json {
         return print_json(&json!({

@@ -117,7 +117,7 @@ fn replica_list(replicas: &[u32]) -> String {
 }
 
 pub async fn run(args: TopicArgs) -> CliResult {
-    let admin = Admin::connect(args.client.bootstrap.as_str()).await?;
+    let admin = Admin::connect(args.client.target()?).await?;
     match args.command {
         TopicCommand::Create {
             name,

@@ -23,7 +23,7 @@ use strata_proto::limits::{
 };
 use strata_proto::v1::peer_client::PeerClient;
 use strata_proto::v1::{RaftAppendRequest, RaftReply, RaftRequest};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::{NodeId, TypeConfig, wire};
 
@@ -46,6 +46,9 @@ pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     book: Arc<parking_lot::RwLock<HashMap<NodeId, String>>>,
     learned: Arc<parking_lot::RwLock<HashMap<NodeId, String>>>,
+    /// Mutual TLS to peers (the cluster CA and this node's certificate);
+    /// `None`: plaintext.
+    tls: Option<ClientTlsConfig>,
 }
 
 impl Peers {
@@ -81,22 +84,40 @@ impl Peers {
         self.book.read().get(&node).cloned()
     }
 
+    /// The same peers, dialled over mutual TLS with `tls`.
+    pub fn with_tls(mut self, tls: Option<ClientTlsConfig>) -> Peers {
+        self.tls = tls;
+        self
+    }
+
+    /// The one place peer channels are built: every call to a peer (Raft,
+    /// proposals, hellos) goes through a channel made here.
+    fn endpoint(&self, addr: &str) -> Result<Endpoint, String> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| format!("peer address {addr}: {e}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES)
+            .max_frame_size(HTTP2_MAX_FRAME_BYTES)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5));
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| format!("peer TLS for {addr}: {e}"))?;
+        }
+        Ok(endpoint)
+    }
+
     pub(crate) fn client(&self, addr: &str) -> Result<PeerClient<Channel>, String> {
         let channel = {
             let mut channels = self.channels.lock();
             match channels.get(addr) {
                 Some(c) => c.clone(),
                 None => {
-                    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-                        .map_err(|e| format!("peer address {addr}: {e}"))?
-                        .connect_timeout(CONNECT_TIMEOUT)
-                        .tcp_nodelay(true)
-                        .initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)
-                        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES)
-                        .max_frame_size(HTTP2_MAX_FRAME_BYTES)
-                        .http2_keep_alive_interval(Duration::from_secs(5))
-                        .keep_alive_timeout(Duration::from_secs(5));
-                    let channel = endpoint.connect_lazy();
+                    let channel = self.endpoint(addr)?.connect_lazy();
                     channels.insert(addr.to_string(), channel.clone());
                     channel
                 }

@@ -19,6 +19,7 @@ use crate::groups::assignment::Assignor;
 use crate::groups::coordinator::Heartbeat;
 use crate::groups::offsets::OffsetCommit;
 use crate::partition::Acks as PartitionAcks;
+use crate::security::{Action, authorize, throttle};
 
 #[derive(Debug, Clone)]
 pub struct DataService {
@@ -63,6 +64,21 @@ impl Data for DataService {
     ) -> Result<Response<ProduceResponse>, Status> {
         let started = Instant::now();
         let metrics = self.broker.metrics();
+        let check = authorize(
+            &request,
+            Action::Produce,
+            [request.get_ref().topic.as_str()],
+        )
+        .and_then(|()| {
+            throttle(&request, request.get_ref().batch.len() as u64).map_err(|e| to_status(&e))
+        });
+        if let Err(status) = check {
+            metrics.produce_error(
+                status.code() as i32,
+                status.code() == tonic::Code::ResourceExhausted,
+            );
+            return Err(status);
+        }
         let r = request.into_inner();
         let acks = match Acks::try_from(r.acks) {
             Ok(Acks::All) => PartitionAcks::All,
@@ -113,6 +129,8 @@ impl Data for DataService {
         request: Request<FetchRequest>,
     ) -> Result<Response<Self::FetchStream>, Status> {
         let until = deadline::deadline(request.metadata());
+        let topics = request.get_ref().positions.iter().map(|p| p.topic.as_str());
+        authorize(&request, Action::Consume, topics)?;
         let r = request.into_inner();
         fetch::open(&self.broker, r.positions, r.max_bytes, r.max_wait_ms, until)
             .map(Response::new)
@@ -127,6 +145,12 @@ impl Data for DataService {
         &self,
         request: Request<ListOffsetsRequest>,
     ) -> Result<Response<ListOffsetsResponse>, Status> {
+        let topics = request
+            .get_ref()
+            .partitions
+            .iter()
+            .map(|p| p.topic.as_str());
+        authorize(&request, Action::Consume, topics)?;
         let r = request.into_inner();
         let spec =
             OffsetSpec::try_from(r.spec).map_err(|_| invalid("unknown offset spec".to_owned()))?;
@@ -176,6 +200,9 @@ impl Data for DataService {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
+        authorize(&request, Action::Group, [request.get_ref().group.as_str()])?;
+        let topics = request.get_ref().topics.iter().map(String::as_str);
+        authorize(&request, Action::Consume, topics)?;
         let r = request.into_inner();
         check_group(&r.group)?;
         self.broker.check_coordinator().map_err(|e| to_status(&e))?;
@@ -212,6 +239,7 @@ impl Data for DataService {
         &self,
         request: Request<LeaveGroupRequest>,
     ) -> Result<Response<LeaveGroupResponse>, Status> {
+        authorize(&request, Action::Group, [request.get_ref().group.as_str()])?;
         let r = request.into_inner();
         check_group(&r.group)?;
         self.broker.check_coordinator().map_err(|e| to_status(&e))?;
@@ -226,6 +254,9 @@ impl Data for DataService {
         &self,
         request: Request<CommitOffsetsRequest>,
     ) -> Result<Response<CommitOffsetsResponse>, Status> {
+        authorize(&request, Action::Group, [request.get_ref().group.as_str()])?;
+        let topics = request.get_ref().offsets.iter().map(|o| o.topic.as_str());
+        authorize(&request, Action::Consume, topics)?;
         let r = request.into_inner();
         self.broker.check_coordinator().map_err(|e| to_status(&e))?;
         let commits = r
@@ -249,6 +280,7 @@ impl Data for DataService {
         &self,
         request: Request<FetchOffsetsRequest>,
     ) -> Result<Response<FetchOffsetsResponse>, Status> {
+        authorize(&request, Action::Group, [request.get_ref().group.as_str()])?;
         let r = request.into_inner();
         check_group(&r.group)?;
         let wanted = tp_pairs(&r.partitions);

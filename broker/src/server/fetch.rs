@@ -6,12 +6,16 @@
 //! channel of capacity one; the budget is released when gRPC takes the message
 //! for sending. A slow consumer therefore pins at most about two responses,
 //! and HTTP/2 flow control does the rest. The stream's task ends as soon as the
-//! client goes away, its deadline passes, or the broker shuts down.
+//! client goes away, its deadline passes, or the broker shuts down — or when
+//! gRPC has taken nothing from it for `fetch_idle_timeout` (a consumer that
+//! stopped reading): the stream then ends with UNAVAILABLE `stream-idle`.
 
 use futures::Stream;
 use futures::future::select_all;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 use strata_proto::limits::FETCH_MAX_BYTES;
 use strata_proto::v1::{FetchPosition, FetchResponse, PartitionError};
@@ -90,11 +94,18 @@ pub fn open(
         ms => Duration::from_millis(u64::from(ms).min(FETCH_MAX_WAIT_LIMIT_MS)),
     };
     let (tx, rx) = mpsc::channel::<(Result<FetchResponse, Status>, Option<BudgetPermit>)>(1);
+    let idle = broker.config().fetch_idle_timeout;
+    let idled = Arc::new(AtomicBool::new(false));
+    let sender = Sender {
+        tx: tx.clone(),
+        idle,
+        idled: idled.clone(),
+    };
     let broker = broker.clone();
     let span = tracing::debug_span!("fetch", partitions = cursors.len(), max_bytes);
     tokio::spawn(async move {
-        let deadline_tx = tx.clone();
-        let stream = run(broker, cursors, max_bytes, max_wait, tx);
+        let deadline_tx = tx;
+        let stream = run(broker, cursors, max_bytes, max_wait, sender);
         match deadline {
             None => stream.await,
             Some(at) => tokio::select! {
@@ -107,9 +118,49 @@ pub fn open(
         }
     }.instrument(span));
     // Dropping the permit as gRPC takes the message returns its bytes to the budget.
-    Ok(Box::pin(
-        ReceiverStream::new(rx).map(|(response, _permit)| response),
-    ))
+    let mut responses = ReceiverStream::new(rx).map(|(response, _permit)| response);
+    let mut ended = false;
+    Ok(Box::pin(futures::stream::poll_fn(move |cx| {
+        if ended {
+            return Poll::Ready(None);
+        }
+        // Set before the task drops its sender, so it is seen before the end.
+        if idled.load(Ordering::Acquire) {
+            ended = true;
+            return Poll::Ready(Some(Err(to_status(&Error::StreamIdle { idle }))));
+        }
+        Pin::new(&mut responses).poll_next(cx)
+    })))
+}
+
+/// The task's end of a stream: hands responses to gRPC, and gives up on a
+/// consumer that has not taken the previous one within `idle`.
+struct Sender {
+    tx: mpsc::Sender<(Result<FetchResponse, Status>, Option<BudgetPermit>)>,
+    idle: Duration,
+    idled: Arc<AtomicBool>,
+}
+
+impl Sender {
+    /// Whether `item` was handed over; `false`: the stream is over.
+    async fn send(
+        &self,
+        item: (Result<FetchResponse, Status>, Option<BudgetPermit>),
+        broker: &Broker,
+    ) -> bool {
+        match tokio::time::timeout(self.idle, self.tx.send(item)).await {
+            Ok(sent) => sent.is_ok(),
+            Err(_) => {
+                broker.metrics().fetch_idle_closed();
+                tracing::info!(
+                    idle_ms = self.idle.as_millis() as u64,
+                    "fetch stream closed: its consumer read nothing"
+                );
+                self.idled.store(true, Ordering::Release);
+                false
+            }
+        }
+    }
 }
 
 fn response(c: &Cursor, records: bytes::Bytes, error: Option<PartitionError>) -> FetchResponse {
@@ -138,13 +189,13 @@ async fn run(
     mut cursors: Vec<Cursor>,
     max_bytes: usize,
     max_wait: Duration,
-    tx: mpsc::Sender<(Result<FetchResponse, Status>, Option<BudgetPermit>)>,
+    tx: Sender,
 ) {
     broker.metrics().fetch_stream_opened();
     let _active = ActiveStream(broker.clone());
     let mut shutdown = broker.shutdown_signal();
     loop {
-        if tx.is_closed() || broker.is_shutting_down() {
+        if tx.tx.is_closed() || broker.is_shutting_down() {
             return;
         }
         let mut sent = false;
@@ -154,17 +205,16 @@ async fn run(
             }
             let permit = tokio::select! {
                 permit = broker.fetch_budget().acquire(max_bytes) => permit,
-                _ = tx.closed() => return,
+                _ = tx.tx.closed() => return,
             };
             match c.partition.read(c.offset, max_bytes).await {
                 Ok(chunk) if chunk.bytes.is_empty() => {}
                 Ok(chunk) => {
                     c.offset = chunk.next_offset;
                     broker.metrics().fetch_response(chunk.bytes.len() as u64);
-                    if tx
-                        .send((Ok(response(c, chunk.bytes, None)), Some(permit)))
+                    if !tx
+                        .send((Ok(response(c, chunk.bytes, None)), Some(permit)), &broker)
                         .await
-                        .is_err()
                     {
                         return;
                     }
@@ -181,10 +231,12 @@ async fn run(
                         message: to_status(&e).message().into(),
                     };
                     c.done = true;
-                    if tx
-                        .send((Ok(response(c, bytes::Bytes::new(), Some(error))), None))
+                    if !tx
+                        .send(
+                            (Ok(response(c, bytes::Bytes::new(), Some(error))), None),
+                            &broker,
+                        )
                         .await
-                        .is_err()
                     {
                         return;
                     }
@@ -202,7 +254,7 @@ async fn run(
         if !sent {
             tokio::select! {
                 _ = select_all(waiting) => {}
-                _ = tx.closed() => return,
+                _ = tx.tx.closed() => return,
                 _ = shutdown.changed() => return,
             }
         }

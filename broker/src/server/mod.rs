@@ -10,6 +10,7 @@
 //! errors through `status`. The server knows nothing of files or offsets
 //! within segments.
 
+pub mod connections;
 pub mod control_service;
 pub mod data_service;
 mod deadline;
@@ -32,14 +33,13 @@ use strata_proto::v1::control_server::ControlServer;
 use strata_proto::v1::data_server::DataServer;
 use strata_proto::v1::peer_server::PeerServer;
 use tokio::sync::watch;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::{Routes, RoutesBuilder};
-use tonic::transport::Server;
+use tonic::transport::{Server, ServerTlsConfig};
 
 use crate::broker::Broker;
 use crate::config::{DATA_MAX_CONCURRENT_STREAMS, ListenAddrs};
 use crate::error::{Error, Result};
+use crate::security::{Gate, GateLayer};
 use control_service::ControlService;
 use data_service::DataService;
 use peer_service::PeerService;
@@ -185,29 +185,68 @@ pub fn serve(broker: &Broker, addrs: &ListenAddrs) -> Result<ServerHandle> {
         .max_encoding_message_size(crate::raft::network::MAX_PEER_MESSAGE_BYTES),
     );
 
+    // Authentication wraps the data and control services (not the peer
+    // port: mutual TLS is how nodes know each other).
+    let security = &broker.config().security;
+    let (data_routes, control_routes) = match &security.auth {
+        Some(table) => {
+            let gate = GateLayer(Gate::new(table.clone(), broker.clone()));
+            (
+                Routes::from(data_routes.into_axum_router().layer(gate.clone())),
+                Routes::from(control_routes.into_axum_router().layer(gate)),
+            )
+        }
+        None => (data_routes, control_routes),
+    };
+    let tls = security.tls.as_ref();
+    let peer_tls = security.peer_tls.as_ref();
+    let listener = |name, workers, socket, routes, accept_http1, tls| Listener {
+        name,
+        workers,
+        socket,
+        routes,
+        accept_http1,
+        tls,
+        max_connections: broker.config().max_connections,
+        // Only produce traffic is worth limiting per connection; peers and
+        // admin requests are small or trusted.
+        connection_bytes_per_sec: (name == "strata-data")
+            .then_some(broker.config().connection_max_bytes_per_sec)
+            .flatten(),
+        broker: broker.clone(),
+    };
     let threads = vec![
         spawn_listener(
-            "strata-data",
-            Some(workers),
-            data,
-            data_routes,
-            false,
+            listener(
+                "strata-data",
+                Some(workers),
+                data,
+                data_routes,
+                false,
+                tls.map(|t| t.server_config()),
+            ),
             stopped.clone(),
         )?,
         spawn_listener(
-            "strata-control",
-            None,
-            control,
-            control_routes,
-            true,
+            listener(
+                "strata-control",
+                None,
+                control,
+                control_routes,
+                true,
+                tls.map(|t| t.server_config()),
+            ),
             stopped.clone(),
         )?,
         spawn_listener(
-            "strata-peer",
-            None,
-            peer,
-            peer_routes,
-            false,
+            listener(
+                "strata-peer",
+                None,
+                peer,
+                peer_routes,
+                false,
+                peer_tls.map(|t| t.server_config()),
+            ),
             stopped.clone(),
         )?,
     ];
@@ -239,7 +278,8 @@ pub fn serve(broker: &Broker, addrs: &ListenAddrs) -> Result<ServerHandle> {
                 .await;
         }
     });
-    tracing::info!(data = %bound.data, control = %bound.control, peer = %bound.peer, "listening");
+    tracing::info!(data = %bound.data, control = %bound.control, peer = %bound.peer,
+        tls = tls.is_some(), peer_tls = peer_tls.is_some(), auth = security.auth.is_some(), "listening");
     Ok(ServerHandle {
         addrs: bound,
         stop,
@@ -247,15 +287,43 @@ pub fn serve(broker: &Broker, addrs: &ListenAddrs) -> Result<ServerHandle> {
     })
 }
 
-/// Runs one tonic server on its own runtime in its own thread.
-fn spawn_listener(
+/// One listener's settings.
+struct Listener {
     name: &'static str,
+    /// Worker threads of its runtime; `None`: a single-threaded runtime.
     workers: Option<usize>,
-    listener: TcpListener,
+    socket: TcpListener,
     routes: Routes,
     accept_http1: bool,
+    tls: Option<ServerTlsConfig>,
+    max_connections: usize,
+    /// Bytes per second each connection may send us; `None`: unlimited.
+    connection_bytes_per_sec: Option<u64>,
+    broker: Broker,
+}
+
+/// Runs one tonic server on its own runtime in its own thread.
+fn spawn_listener(
+    listener: Listener,
     mut stopped: watch::Receiver<bool>,
 ) -> Result<JoinHandle<()>> {
+    let Listener {
+        name,
+        workers,
+        socket: listener,
+        routes,
+        accept_http1,
+        tls,
+        max_connections,
+        connection_bytes_per_sec,
+        broker,
+    } = listener;
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| Error::Internal(format!("TLS settings of {name}: {e}")))?;
+    }
     let runtime = match workers {
         Some(n) => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(n)
@@ -275,17 +343,15 @@ fn spawn_listener(
                     Ok(l) => l,
                     Err(e) => return tracing::error!(name, error = %e, "listener failed"),
                 };
-                // `serve_with_incoming*` ignores the builder's TCP settings, so
-                // disable Nagle on each accepted socket here: with it on, small
-                // fetch responses waited out the peer's 40 ms delayed ACK.
-                let incoming = TcpListenerStream::new(listener).map(|conn| {
-                    conn.and_then(|stream| {
-                        stream.set_nodelay(true)?;
-                        Ok(stream)
-                    })
-                });
+                let incoming = connections::limited(
+                    listener,
+                    max_connections,
+                    connection_bytes_per_sec,
+                    broker,
+                    name,
+                );
                 let mut grace = stopped.clone();
-                let server = Server::builder()
+                let server = builder
                     .accept_http1(accept_http1)
                     .max_concurrent_streams(DATA_MAX_CONCURRENT_STREAMS)
                     .initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)

@@ -51,6 +51,9 @@ pub fn classify(error: &Error) -> (Code, &'static str) {
         Error::DataDirInUse { .. } => (Code::Unavailable, "data-dir-in-use"),
         Error::DeadlineExceeded => (Code::DeadlineExceeded, "deadline-exceeded"),
         Error::Internal(_) => (Code::Internal, "internal"),
+        Error::Unauthenticated(_) => (Code::Unauthenticated, "unauthenticated"),
+        Error::PermissionDenied { .. } => (Code::PermissionDenied, "permission-denied"),
+        Error::StreamIdle { .. } => (Code::Unavailable, "stream-idle"),
     }
 }
 

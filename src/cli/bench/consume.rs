@@ -32,7 +32,7 @@ pub struct Read {
 
 pub async fn run(args: &BenchArgs) -> CliResult<Report> {
     let topic = args.topic()?;
-    let admin = Admin::connect(args.client.bootstrap.as_str()).await?;
+    let admin = Admin::connect(args.client.target()?).await?;
     let partitions = admin.partition_count(topic).await?;
     let tps: Vec<_> = (0..partitions)
         .map(|p| TopicPartition::new(topic, p))
@@ -76,7 +76,7 @@ pub async fn open(args: &BenchArgs, start: StartFrom) -> CliResult<Vec<Arc<Consu
     let topic = args.topic()?;
     let mut out = Vec::with_capacity(args.consumers);
     if args.consumers == 1 {
-        let c = Consumer::builder(args.client.bootstrap.as_str())
+        let c = Consumer::builder(args.client.target()?)
             .topics([topic])
             .start_from(start)
             .build()
@@ -91,7 +91,7 @@ pub async fn open(args: &BenchArgs, start: StartFrom) -> CliResult<Vec<Arc<Consu
         OffsetReset::Earliest
     };
     for i in 0..args.consumers {
-        let c = Consumer::builder(args.client.bootstrap.as_str())
+        let c = Consumer::builder(args.client.target()?)
             .group(group.clone())
             .topics([topic])
             .client_id(format!("bench-{i}"))

@@ -15,7 +15,7 @@ const POSITION_TIMEOUT: Duration = Duration::from_secs(30);
 pub async fn run(args: &BenchArgs) -> CliResult<Report> {
     let consumers = consume::open(args, StartFrom::Latest).await?;
     // Produce only once every partition has a consumer positioned at its end.
-    let partitions = strata_client::Admin::connect(args.client.bootstrap.as_str())
+    let partitions = strata_client::Admin::connect(args.client.target()?)
         .await?
         .partition_count(args.topic()?)
         .await? as usize;

@@ -143,7 +143,7 @@ async fn ensure_topic(args: &BenchArgs) -> CliResult {
     if !args.create {
         return Ok(());
     }
-    let admin = Admin::connect(args.client.bootstrap.as_str()).await?;
+    let admin = Admin::connect(args.client.target()?).await?;
     match admin
         .create_topic(args.topic()?, NewTopic::new(args.partitions))
         .await

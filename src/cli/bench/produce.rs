@@ -75,7 +75,7 @@ pub async fn send_all(args: &BenchArgs, bar: ProgressBar) -> CliResult<Sent> {
     let producers = args.producers as u64;
     let mut handles = Vec::with_capacity(args.producers);
     for _ in 0..args.producers {
-        let mut builder = Producer::builder(args.client.bootstrap.as_str()).acks(acks);
+        let mut builder = Producer::builder(args.client.target()?).acks(acks);
         if let Some(bytes) = args.batch_size {
             builder = builder.batch_size(bytes);
         }

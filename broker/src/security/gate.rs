@@ -1,0 +1,288 @@
+//! The door of the data and control ports when authentication is on: a tower
+//! layer that authenticates every request before any handler runs, and the
+//! one table of what each RPC requires.
+//!
+//! A request passes in three steps:
+//! 1. `rule` (by gRPC path): health checks and the plain HTTP endpoints are
+//!    open; everything else needs a known principal, so *no* RPC is served
+//!    without a valid token (a method missing from the table needs admin).
+//!    A principal is known by its bearer token, or else by the subject CN of
+//!    a client certificate that TLS verified against `--tls-client-ca`. A
+//!    token that is sent wins: a wrong token is refused, never ignored.
+//! 2. The layer checks admin-only RPCs itself and attaches the [`Caller`] to
+//!    the request.
+//! 3. RPCs whose resource is in the message body (topics, groups) are
+//!    checked by the handler, right after decoding, with [`authorize`]; a
+//!    produce also passes the principal's quota with [`throttle`].
+//!
+//! Denials answer UNAUTHENTICATED or PERMISSION_DENIED, are counted in
+//! `strata_auth_denied_total{reason}` and logged with the principal, the RPC
+//! and the resource — never the token.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::http;
+use futures::future::BoxFuture;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tonic::{Request, Status};
+use tower::{Layer, Service};
+
+use super::acl::{Action, Principal};
+use super::quota::Quotas;
+use super::tokens::AuthTable;
+use crate::broker::Broker;
+use crate::error::Error;
+use crate::metrics::DenyReason;
+use crate::server::status::to_status;
+
+/// The scheme of the `authorization` header a client sends its token in.
+const BEARER_PREFIX: &str = "Bearer ";
+
+/// What an RPC needs before its handler runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    /// Served to anyone: health checks, `/healthz`, `/readyz`, `/metrics`.
+    Open,
+    /// Any known principal (reads of cluster metadata every client needs).
+    Authenticated,
+    /// An admin principal.
+    Admin,
+    /// A known principal, then a per-topic or per-group check in the handler.
+    Resource,
+}
+
+/// The table: every RPC of the data and control services and what it needs.
+pub fn rule(path: &str) -> Rule {
+    if path.starts_with("/grpc.health.v1.Health/") {
+        return Rule::Open;
+    }
+    match path {
+        "/metrics" | "/healthz" | "/readyz" => Rule::Open,
+        "/strata.v1.Data/Produce"
+        | "/strata.v1.Data/Fetch"
+        | "/strata.v1.Data/ListOffsets"
+        | "/strata.v1.Data/Heartbeat"
+        | "/strata.v1.Data/LeaveGroup"
+        | "/strata.v1.Data/CommitOffsets"
+        | "/strata.v1.Data/FetchOffsets" => Rule::Resource,
+        "/strata.v1.Data/InitProducer"
+        | "/strata.v1.Control/ListTopics"
+        | "/strata.v1.Control/DescribeTopic"
+        | "/strata.v1.Control/Metadata"
+        | "/strata.v1.Control/ClusterStatus"
+        | "/strata.v1.Control/ListGroups"
+        | "/strata.v1.Control/DescribeGroup" => Rule::Authenticated,
+        "/strata.v1.Control/CreateTopic"
+        | "/strata.v1.Control/DeleteTopic"
+        | "/strata.v1.Control/AddNode"
+        | "/strata.v1.Control/RemoveNode" => Rule::Admin,
+        // Deny by default: a method added without a rule needs admin.
+        _ => Rule::Admin,
+    }
+}
+
+/// Authentication state shared by the listeners of a node.
+#[derive(Debug)]
+pub struct Gate {
+    table: Arc<AuthTable>,
+    quotas: Quotas,
+    broker: Broker,
+}
+
+/// The authenticated caller of one request, attached to it by the layer.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub principal: Arc<Principal>,
+    gate: Arc<Gate>,
+}
+
+impl Gate {
+    pub fn new(table: Arc<AuthTable>, broker: Broker) -> Arc<Gate> {
+        Arc::new(Gate {
+            quotas: Quotas::new(&table),
+            table,
+            broker,
+        })
+    }
+
+    fn refuse(&self, reason: DenyReason, error: Error, rpc: &str) -> Status {
+        self.broker.metrics().auth_denied(reason);
+        tracing::warn!(rpc, reason = reason.label(), error = %error, "request refused");
+        to_status(&error)
+    }
+
+    /// Steps 1 and 2 for one request: `Ok(None)` for an open endpoint.
+    fn admit<B>(self: &Arc<Gate>, request: &http::Request<B>) -> Result<Option<Caller>, Status> {
+        let path = request.uri().path();
+        let rule = rule(path);
+        if rule == Rule::Open {
+            return Ok(None);
+        }
+        let token = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix(BEARER_PREFIX))
+            .map(str::trim);
+        let certified =
+            || certificate_name(request).and_then(|name| self.table.by_certificate_name(&name));
+        let principal = match token {
+            None => match certified() {
+                Some(principal) => principal,
+                None => {
+                    return Err(self.refuse(
+                        DenyReason::Unauthenticated,
+                        Error::Unauthenticated(
+                            "this broker requires a bearer token (--token or STRATA_TOKEN) \
+                             or a client certificate it knows"
+                                .into(),
+                        ),
+                        path,
+                    ));
+                }
+            },
+            Some(token) => self.table.authenticate(token).ok_or_else(|| {
+                self.refuse(
+                    DenyReason::Unauthenticated,
+                    Error::Unauthenticated("the bearer token is not valid".into()),
+                    path,
+                )
+            })?,
+        };
+        if rule == Rule::Admin && !principal.allows(Action::Admin, "") {
+            return Err(self.refuse(
+                DenyReason::PermissionDenied,
+                Error::PermissionDenied {
+                    principal: principal.name.clone(),
+                    action: Action::Admin.name(),
+                    resource: format!("the cluster ({})", rpc_name(path)),
+                },
+                path,
+            ));
+        }
+        Ok(Some(Caller {
+            principal,
+            gate: self.clone(),
+        }))
+    }
+}
+
+/// The subject CN of the client certificate TLS verified for this
+/// connection, if any. Only a verified chain reaches the extensions: rustls
+/// refuses the handshake for a certificate the client CA did not sign.
+fn certificate_name<B>(request: &http::Request<B>) -> Option<String> {
+    let info = request
+        .extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()?;
+    let certs = info.peer_certs()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(certs.first()?.as_ref()).ok()?;
+    let name = cert.subject().iter_common_name().next()?.as_str().ok()?;
+    Some(name.to_owned())
+}
+
+fn rpc_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// Step 3: whether the caller of `request` may do `action` on each of
+/// `resources`. Without a caller (authentication off, or the in-process
+/// listener) everything is allowed.
+pub fn authorize<'a, T>(
+    request: &Request<T>,
+    action: Action,
+    resources: impl IntoIterator<Item = &'a str>,
+) -> Result<(), Status> {
+    let Some(caller) = request.extensions().get::<Caller>() else {
+        return Ok(());
+    };
+    for resource in resources {
+        if !caller.principal.allows(action, resource) {
+            let kind = match action {
+                Action::Group => "group",
+                _ => "topic",
+            };
+            return Err(caller.gate.refuse(
+                DenyReason::PermissionDenied,
+                Error::PermissionDenied {
+                    principal: caller.principal.name.clone(),
+                    action: action.name(),
+                    resource: format!("{kind} {resource:?}"),
+                },
+                action.name(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Takes `bytes` from the caller's produce quota, or refuses with
+/// RESOURCE_EXHAUSTED and the time until the quota allows more.
+pub fn throttle<T>(request: &Request<T>, bytes: u64) -> Result<(), Error> {
+    let Some(caller) = request.extensions().get::<Caller>() else {
+        return Ok(());
+    };
+    caller
+        .gate
+        .quotas
+        .admit(&caller.principal.name, bytes)
+        .map_err(|retry_after| {
+            caller.gate.broker.metrics().quota_throttled(retry_after);
+            Error::Overloaded {
+                what: "produce quota",
+                retry_after,
+            }
+        })
+}
+
+/// The layer applying a [`Gate`] to every request of a listener.
+#[derive(Debug, Clone)]
+pub struct GateLayer(pub Arc<Gate>);
+
+impl<S> Layer<S> for GateLayer {
+    type Service = GateService<S>;
+
+    fn layer(&self, inner: S) -> GateService<S> {
+        GateService {
+            gate: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GateService<S> {
+    gate: Arc<Gate>,
+    inner: S,
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for GateService<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+        match self.gate.admit(&request) {
+            Ok(caller) => {
+                if let Some(caller) = caller {
+                    request.extensions_mut().insert(caller);
+                }
+                Box::pin(self.inner.call(request))
+            }
+            Err(status) => {
+                let response = status.into_http();
+                Box::pin(async move { Ok(response) })
+            }
+        }
+    }
+}
