@@ -68,14 +68,22 @@ pub fn open(
                 pos.topic, pos.partition
             )));
         }
-        let (start, hw) = (partition.start_offset(), partition.high_watermark());
-        if pos.offset < start || pos.offset > hw {
+        // Out of range means outside the log, not above the high watermark:
+        // a newly elected leader's high watermark trails the offsets its
+        // predecessor acknowledged until it commits an entry of its own term,
+        // so a consumer that moves over asks for offsets above it but within
+        // the log. Such a cursor waits below like any other at the end;
+        // calling it out of range would reset the consumer (to the start,
+        // typically) and make it read everything again.
+        let start = partition.start_offset();
+        let end = partition.high_watermark().max(partition.end_offset());
+        if pos.offset < start || pos.offset > end {
             return Err(Error::OffsetOutOfRange {
                 topic: pos.topic,
                 partition: pos.partition,
                 requested: pos.offset,
                 start,
-                end: hw,
+                end,
             });
         }
         cursors.push(Cursor {
