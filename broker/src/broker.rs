@@ -424,12 +424,7 @@ impl Broker {
             .and_then(|r| r.first().copied())
             .unwrap_or(self.node_id());
         match topic.partition(partition).ok().and_then(|p| p.replica()) {
-            Some(replica) => replica
-                .raft()
-                .metrics()
-                .borrow()
-                .current_leader
-                .map_or(NO_LEADER, |l| l as u32),
+            Some(replica) => replica.leader().map_or(NO_LEADER, |l| l as u32),
             None => preferred,
         }
     }

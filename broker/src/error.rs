@@ -77,6 +77,19 @@ pub enum Error {
     #[error("this node does not coordinate consumer groups{}", leader.as_ref().map(|l| format!("; the coordinator is at {l}")).unwrap_or_default())]
     NotCoordinator { leader: Option<String> },
 
+    /// This node's replica of the partition stopped: its Raft group hit a
+    /// fatal error (storage, typically a full or failing disk) and takes no
+    /// writes until the node restarts. Nothing of the request was proposed,
+    /// and the other replicas elect a leader, so a retry there may succeed.
+    #[error(
+        "this node's replica of {topic}/{partition} has stopped ({reason}); retry on the partition's new leader"
+    )]
+    ReplicaStopped {
+        topic: String,
+        partition: u32,
+        reason: String,
+    },
+
     /// The cluster cannot agree on a change now (no metadata leader, or no
     /// quorum of nodes reachable); retrying later may succeed.
     #[error("no quorum: {0}")]

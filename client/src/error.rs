@@ -283,7 +283,13 @@ mod tests {
             );
         }
         // The broker refused before acting: another node may serve.
-        for kind in ["shutting-down", "recovering", "no-quorum", "not-leader"] {
+        for kind in [
+            "shutting-down",
+            "recovering",
+            "no-quorum",
+            "not-leader",
+            "replica-stopped",
+        ] {
             assert!(node_cannot_serve(&broker_status(Code::Unavailable, kind)));
         }
         // The broker answered: sending it elsewhere would not change that.

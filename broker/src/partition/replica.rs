@@ -178,7 +178,29 @@ impl Replica {
 
     /// Whether this node leads the partition now.
     pub fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow().current_leader == Some(self.node_id)
+        self.leader() == Some(self.node_id)
+    }
+
+    /// The node this replica takes for the partition's leader: `None` while
+    /// unknown, and once this replica has stopped (its Raft core quit on a
+    /// fatal error), whose last view of the leader, often itself, is stale
+    /// and must not send clients here.
+    pub fn leader(&self) -> Option<NodeId> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.running_state.as_ref().ok().and(m.current_leader)
+    }
+
+    /// Why this replica stopped, if it has.
+    fn stopped(&self) -> Option<Error> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let fatal = m.running_state.as_ref().err()?;
+        Some(Error::ReplicaStopped {
+            topic: self.topic.to_string(),
+            partition: self.partition,
+            reason: fatal.to_string(),
+        })
     }
 
     /// Appends a verified batch through Raft; resolves once a quorum has it
@@ -207,6 +229,9 @@ impl Replica {
 
     /// `None` when this node may take writes; otherwise why not.
     fn refuse_writes(&self) -> Option<Error> {
+        if let Some(stopped) = self.stopped() {
+            return Some(stopped);
+        }
         // Read in place: cloning the metrics (membership, replication map)
         // on every append would cost more than the check.
         let (leader, own_term_applied) = {
@@ -346,9 +371,11 @@ async fn proposer(replica: std::sync::Weak<Replica>, mut rx: mpsc::UnboundedRece
         let responder = match replica.raft.client_write_ff(Payload(p.batch)).await {
             Ok(rx) => rx,
             Err(fatal) => {
-                let _ = p
-                    .reply
-                    .send(Err(Error::Internal(format!("Raft stopped: {fatal}"))));
+                let _ = p.reply.send(Err(Error::ReplicaStopped {
+                    topic: replica.topic.to_string(),
+                    partition: replica.partition,
+                    reason: fatal.to_string(),
+                }));
                 continue;
             }
         };

@@ -29,6 +29,7 @@ pub fn classify(error: &Error) -> (Code, &'static str) {
         Error::Overloaded { .. } => (Code::ResourceExhausted, "overloaded"),
         Error::NotLeader { .. } => (Code::Unavailable, "not-leader"),
         Error::NoQuorum(_) => (Code::Unavailable, "no-quorum"),
+        Error::ReplicaStopped { .. } => (Code::Unavailable, "replica-stopped"),
         Error::NotCoordinator { .. } => (Code::Unavailable, "not-coordinator"),
         Error::Storage(e) => match e {
             LogError::OffsetOutOfRange { .. } => (Code::OutOfRange, "offset-out-of-range"),
