@@ -4,7 +4,9 @@
 //! Producers (idempotent, acks=all) and consumers run for the whole length of
 //! the run while a nemesis, driven by a seeded RNG, keeps one fault at a time
 //! going: kill -9 a node (then restart it on its data), freeze one
-//! (SIGSTOP/SIGCONT), or cut one off from its peers both ways (proxies). At
+//! (SIGSTOP/SIGCONT), cut one off from its peers both ways (proxies), or
+//! restart one on a disk that fills up at once (ENOSPC through the storage
+//! layer, `serve --debug-disk-space-bytes`), then with space again. At
 //! the end the cluster heals, the replicas converge, the nodes stop, every
 //! replica's log is compared byte for byte, and the checker judges what the
 //! clients saw against the final log.
@@ -90,13 +92,27 @@ enum Fault {
     Kill(usize),
     Pause(usize),
     Isolate(usize),
+    /// Restart the node on a disk that is full after `DISK_SPACE_BYTES`
+    /// more bytes (its catch-up alone fills it); lifted by a restart with
+    /// space.
+    FillDisk(usize),
 }
+
+/// Room a `FillDisk` node gets: enough to start, far too little to catch up.
+const DISK_SPACE_BYTES: &str = "16384";
+const DISK_SPACE_FLAG: &str = "--debug-disk-space-bytes";
 
 fn begin(cluster: &mut Cluster, fault: Fault) {
     match fault {
         Fault::Kill(i) => cluster.nodes[i].kill9(),
         Fault::Pause(i) => cluster.nodes[i].pause(),
         Fault::Isolate(i) => cluster.isolate(i),
+        Fault::FillDisk(i) => {
+            let node = &mut cluster.nodes[i];
+            node.kill9();
+            node.set_flag(DISK_SPACE_FLAG, DISK_SPACE_BYTES);
+            node.restart();
+        }
     }
 }
 
@@ -105,6 +121,12 @@ fn end(cluster: &mut Cluster, fault: Fault) {
         Fault::Kill(i) => cluster.nodes[i].restart(),
         Fault::Pause(i) => cluster.nodes[i].resume(),
         Fault::Isolate(_) => cluster.heal(),
+        Fault::FillDisk(i) => {
+            let node = &mut cluster.nodes[i];
+            node.kill9();
+            node.drop_flag(DISK_SPACE_FLAG);
+            node.restart();
+        }
     }
 }
 
@@ -216,15 +238,17 @@ fn randomized_faults_lose_duplicate_or_reorder_nothing() {
         length.as_secs()
     );
     let mut faults = Vec::new();
+    let mut disk_full_errors = 0;
     let outcome = run(&[], |cluster, history| {
         let mut rng = StdRng::seed_from_u64(seed);
         let deadline = Instant::now() + length;
         while Instant::now() < deadline {
             let node = rng.random_range(0..3);
-            let fault = match rng.random_range(0..3) {
+            let fault = match rng.random_range(0..4) {
                 0 => Fault::Kill(node),
                 1 => Fault::Pause(node),
-                _ => Fault::Isolate(node),
+                2 => Fault::Isolate(node),
+                _ => Fault::FillDisk(node),
             };
             let hold = Duration::from_millis(rng.random_range(500..3000));
             let rest = Duration::from_millis(rng.random_range(500..2000));
@@ -235,8 +259,22 @@ fn randomized_faults_lose_duplicate_or_reorder_nothing() {
             std::thread::sleep(rest);
             faults.push((fault, history.acked_count() - acked));
         }
+        disk_full_errors = cluster
+            .nodes
+            .iter()
+            .map(|n| n.log().matches("No space left on device").count())
+            .sum();
     });
     eprintln!("faults (fault, records acknowledged while it was held or after): {faults:?}");
+    let fills = faults
+        .iter()
+        .filter(|(f, _)| matches!(f, Fault::FillDisk(_)))
+        .count();
+    eprintln!("{fills} disk fills; the nodes logged {disk_full_errors} ENOSPC errors");
+    assert!(
+        fills == 0 || disk_full_errors > 0,
+        "the disk fills never bit (no ENOSPC in any node's log)"
+    );
     let report = judge(&outcome);
     assert!(report.is_clean(), "seed {seed}:\n{}", report.explain());
     assert!(

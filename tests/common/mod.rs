@@ -205,7 +205,12 @@ impl Node {
         }
     }
 
-    /// Starts the node again on the same ports (clients keep their address).
+    /// Sets the `serve` flag `name` to `value` for the next (re)start.
+    pub fn set_flag(&mut self, name: &str, value: &str) {
+        self.drop_flag(name);
+        self.extra.extend([name.to_owned(), value.to_owned()]);
+    }
+
     /// Drops the `serve` flag `name` and its value from those the next
     /// (re)start uses.
     pub fn drop_flag(&mut self, name: &str) {
@@ -222,6 +227,7 @@ impl Node {
             .is_some_and(|c| c.try_wait().expect("wait").is_some())
     }
 
+    /// Starts the node again on the same ports (clients keep their address).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the node first");
         self.spawn("serving");
