@@ -12,53 +12,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SCALE=${SCALE:-1}
-OUT=target/bench-results.jsonl
-n() { python3 -c "print(max(1000, int($1 * $SCALE)))"; }
+# shellcheck source=benches/lib.sh
+source benches/lib.sh
 
 cargo build --release --quiet
-BIN=target/release/strata
-WORK=$(mktemp -d ./strata-bench.XXXXXX)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-: > "$OUT"
-
-# Waits until the broker whose stdout is $1.out serves; sets BOOT to its
-# control address.
-wait_serving() {
-  local dir=$1
-  for _ in $(seq 1 600); do
-    if grep -q '^strata serving' "$dir.out" 2>/dev/null; then
-      BOOT=$(sed -n 's/^strata serving .* control=\([^ ]*\) .*/\1/p' "$dir.out")
-      return
-    fi
-    sleep 0.1
-  done
-  echo "broker in $dir did not start" >&2; cat "$dir.log" >&2; exit 1
-}
-
-# Starts a broker on ephemeral ports; sets BOOT to its control address.
-start_broker() {
-  local dir=$1; shift
-  "$BIN" serve --data-dir "$dir" --data-addr 127.0.0.1:0 --control-addr 127.0.0.1:0 \
-    --peer-addr 127.0.0.1:0 "$@" > "$dir.out" 2> "$dir.log" &
-  PIDS+=($!)
-  wait_serving "$dir"
-}
+bench_setup target/bench-results.jsonl
 
 # Starts a three-node cluster (ports picked free now; a collision with another
 # process in between is possible but unlikely); sets BOOT3 to a bootstrap list.
 start_cluster() {
   local ports
-  ports=($(python3 -c 'import socket
+  read -ra ports < <(python3 -c 'import socket
 socks = [socket.socket() for _ in range(3)]
 for s in socks: s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))'))
+print(" ".join(str(s.getsockname()[1]) for s in socks))')
   local peers="1=127.0.0.1:${ports[0]},2=127.0.0.1:${ports[1]},3=127.0.0.1:${ports[2]}"
   local dirs=() boots=()
   for i in 1 2 3; do
@@ -75,27 +42,6 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))'))
   done
   BOOT3=$(IFS=,; echo "${boots[*]}")
 }
-
-# Runs one bench, labels its JSON line, prints and records it.
-# CPU time in ms process $1 has used so far.
-cpu_ms() { awk -v hz="$(getconf CLK_TCK)" '{print int(($14 + $15) * 1000 / hz)}' "/proc/$1/stat"; }
-
-# Runs one bench, labels its JSON line, prints and records it. With
-# CPU_PID set, also records the CPU time that process (a broker) spent.
-bench() {
-  local label=$1; shift
-  local line before=0 after=0
-  [[ -n ${CPU_PID:-} ]] && before=$(cpu_ms "$CPU_PID")
-  line=$("$BIN" bench "$@" --json)
-  [[ -n ${CPU_PID:-} ]] && after=$(cpu_ms "$CPU_PID")
-  line=$(python3 -c 'import json,sys
-d = json.loads(sys.argv[1]); d["label"] = sys.argv[2]
-if sys.argv[3] != "": d["broker_cpu_ms"] = int(sys.argv[3])
-print(json.dumps(d))' "$line" "$label" "${CPU_PID:+$((after - before))}")
-  echo "$line" | tee -a "$OUT"
-}
-
-field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$(grep "\"label\": \"$1\"" "$OUT")" "$2"; }
 
 echo "# machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -r)" >&2
 
