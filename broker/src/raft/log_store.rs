@@ -445,6 +445,13 @@ impl Inner {
     /// Entries with indexes in `[start, end)`, at most `max_bytes` of data
     /// entries (but at least one entry).
     fn entries(&self, start: u64, end: u64, max_bytes: usize) -> Result<Vec<Entry>, StorageError> {
+        // A read is one snapshot of the log (openraft's requirement): a
+        // conflict truncation must not cut the log between finding where the
+        // entries start and reading them. Without this, a leader's stale
+        // replication task read entries its node had just truncated as a new
+        // follower, got "offset out of range", and the storage error stopped
+        // the node's Raft core for the partition for good.
+        let _no_cut = self.cut.read();
         // Purged entries are hidden even where their records remain.
         let (start, control): (u64, Vec<ControlEntry>) = {
             let state = self.state.lock();
