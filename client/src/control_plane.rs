@@ -242,14 +242,15 @@ impl ControlPlane {
 
     /// A plaintext client on a TLS port sees the connection close before any
     /// answer (the broker's TLS layer cannot parse HTTP/2), which the
-    /// transport reports as a bare CANCELLED or UNKNOWN. Say what likely
-    /// happened instead of "operation was canceled".
+    /// transport reports as a bare CANCELLED, UNKNOWN or, when the broker's
+    /// TLS alert arrives first, INTERNAL ("h2 protocol error"). Say what
+    /// likely happened instead.
     fn hint_tls(&self, error: Error) -> Error {
         let plaintext = matches!(&self.route,
             Route::Network { credentials, .. } if credentials.tls_ca_pem.is_none());
         match error {
             Error::Broker {
-                code: tonic::Code::Cancelled | tonic::Code::Unknown,
+                code: tonic::Code::Cancelled | tonic::Code::Unknown | tonic::Code::Internal,
                 kind,
                 message,
             } if plaintext && kind.is_empty() => Error::Connect {
