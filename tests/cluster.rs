@@ -230,7 +230,9 @@ fn a_full_disk_on_one_node_loses_no_acknowledged_record() {
     create_topic(&cluster, &bootstrap);
     let (history, task) = start_producing(&cluster, &bootstrap);
 
-    let deadline = Instant::now() + PHASE_TIMEOUT;
+    // Filling 1.5 MB takes seconds on an idle machine; a loaded one (CI
+    // beside other work) can take far longer, which is not what this tests.
+    let deadline = Instant::now() + 3 * PHASE_TIMEOUT;
     while !cluster.nodes[FULL]
         .log()
         .contains("No space left on device")
@@ -588,16 +590,19 @@ fn a_node_added_takes_over_the_replicas_of_a_node_removed() {
     });
     assert_eq!(members, vec![1, 2, 3, 4]);
     cluster.nodes[added].wait_serving();
-    // Rebalanced: six replicas on four nodes, node 4 holds some.
+    // Rebalanced: six replicas on four nodes, node 4 holds some. The node
+    // answering may be a metadata follower a moment behind the leader.
     cluster.rt.block_on(async {
         let admin = Admin::connect(bootstrap.as_str()).await.unwrap();
-        let topic = admin.describe_topic(TOPIC).await.unwrap();
-        let on_4 = topic
-            .partitions
-            .iter()
-            .filter(|p| p.replicas.contains(&4))
-            .count();
-        assert!(on_4 >= 1, "{:?}", topic.partitions);
+        let deadline = Instant::now() + PHASE_TIMEOUT;
+        loop {
+            let topic = admin.describe_topic(TOPIC).await.unwrap();
+            if topic.partitions.iter().any(|p| p.replicas.contains(&4)) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{:?}", topic.partitions);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     });
     history.wait_for_progress(300, "after a node joined");
 
@@ -672,21 +677,33 @@ fn overload_on_a_cluster_is_refused_and_nothing_acknowledged_is_lost() {
     let controls = cluster.control_addrs();
     let rss_before: Vec<u64> = cluster.nodes.iter().map(|n| n.peak_rss_bytes()).collect();
 
+    let started = Instant::now();
     let health_ms = cluster.rt.block_on(async {
-        let deadline = Instant::now() + Duration::from_secs(secs);
+        // At least `secs`, and on until every partition has taken a batch:
+        // on a loaded machine an election under the flood can take seconds.
+        let end = Instant::now() + Duration::from_secs(secs);
+        let cap = Instant::now() + PHASE_TIMEOUT;
+        let flooding = {
+            let acked = acked.clone();
+            move || {
+                let now = Instant::now();
+                now < cap && (now < end || acked.iter().any(|a| a.load(Ordering::Relaxed) == 0))
+            }
+        };
         let mut senders = Vec::new();
         for t in 0..SENDERS {
             let partition = t % PARTITIONS;
             let addr = leaders[partition as usize].clone();
-            let (payload, acked, refused, redirected) = (
+            let (payload, acked, refused, redirected, flooding) = (
                 payload.clone(),
                 acked.clone(),
                 refused.clone(),
                 redirected.clone(),
+                flooding.clone(),
             );
             senders.push(tokio::spawn(async move {
                 let mut client = DataClient::connect(addr).await.unwrap();
-                while Instant::now() < deadline {
+                while flooding() {
                     let request = ProduceRequest {
                         topic: TOPIC.into(),
                         partition,
@@ -704,9 +721,20 @@ fn overload_on_a_cluster_is_refused_and_nothing_acknowledged_is_lost() {
                             refused.fetch_add(1, Ordering::Relaxed);
                         }
                         // Leadership may move under load; the batch may or
-                        // may not be committed, and is not counted.
+                        // may not be committed, and is not counted. Follow
+                        // the new leader, or wait out the election.
                         Err(s) if s.code() == Code::Unavailable => {
                             redirected.fetch_add(1, Ordering::Relaxed);
+                            let leader = s.metadata().get("strata-leader");
+                            match leader.and_then(|l| l.to_str().ok()) {
+                                Some(leader) => {
+                                    let addr = format!("http://{leader}");
+                                    if let Ok(c) = DataClient::connect(addr).await {
+                                        client = c;
+                                    }
+                                }
+                                None => tokio::time::sleep(Duration::from_millis(50)).await,
+                            }
                         }
                         Err(s) => panic!("overload answered with {s:?}"),
                     }
@@ -724,7 +752,7 @@ fn overload_on_a_cluster_is_refused_and_nothing_acknowledged_is_lost() {
                 .unwrap();
             probes.push(tonic_health::pb::health_client::HealthClient::new(channel));
         }
-        while Instant::now() < deadline {
+        while flooding() {
             for probe in &mut probes {
                 let asked = Instant::now();
                 let answer = probe
@@ -748,8 +776,9 @@ fn overload_on_a_cluster_is_refused_and_nothing_acknowledged_is_lost() {
     let acked: Vec<u64> = acked.iter().map(|a| a.load(Ordering::Relaxed)).collect();
     let peaks: Vec<u64> = cluster.nodes.iter().map(|n| n.peak_rss_bytes()).collect();
     println!(
-        "{secs} s: acked {acked:?} records; refused {} requests, {} unavailable; \
+        "{:.1} s: acked {acked:?} records; refused {} requests, {} unavailable; \
          health median {median:.2} ms, max {:.1} ms; peak RSS MB {:?} (before {:?})",
+        started.elapsed().as_secs_f64(),
         refused.load(Ordering::Relaxed),
         redirected.load(Ordering::Relaxed),
         sorted[sorted.len() - 1],
@@ -771,9 +800,11 @@ fn overload_on_a_cluster_is_refused_and_nothing_acknowledged_is_lost() {
             i + 1
         );
     }
-    // Slow health would show as seconds; a starved control plane as timeouts.
+    // A control plane queued behind the flood would answer in seconds, or
+    // time out; the bound leaves room for a loaded machine (this is not a
+    // latency benchmark: benches/run.sh and docs/benchmarks.md are).
     assert!(
-        median < 50.0,
+        median < 250.0,
         "health median {median:.1} ms under the flood"
     );
 

@@ -239,10 +239,25 @@ impl Cluster {
             {
                 return first.iter().map(|(hw, _)| *hw).collect();
             }
-            assert!(
-                Instant::now() < deadline,
-                "replicas never converged: {views:?}"
-            );
+            if Instant::now() >= deadline {
+                // What the nodes said went wrong, for the failure report.
+                for (i, node) in self.nodes.iter().enumerate() {
+                    let log = node.log();
+                    let bad: Vec<&str> = log
+                        .lines()
+                        .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+                        .collect();
+                    eprintln!(
+                        "node {} ({} warnings and errors, the last 20):",
+                        i + 1,
+                        bad.len()
+                    );
+                    for line in &bad[bad.len().saturating_sub(20)..] {
+                        eprintln!("  {line}");
+                    }
+                }
+                panic!("replicas never converged: {views:?}");
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
