@@ -16,7 +16,10 @@ cd "$(dirname "$0")/.."
 source benches/lib.sh
 
 cargo build --release --quiet
-bench_setup target/bench-results.jsonl
+# `benches/run.sh SECTION` runs one section (only `metrics` so far), into
+# its own results file.
+SECTION=${1:-}
+bench_setup "target/bench-results${SECTION:+-$SECTION}.jsonl"
 
 # Starts a three-node cluster (ports picked free now; a collision with another
 # process in between is possible but unlikely); sets BOOT3 to a bootstrap list.
@@ -43,8 +46,39 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))')
   BOOT3=$(IFS=,; echo "${boots[*]}")
 }
 
+# Metrics cost: two fresh brokers, with and without request metrics, the same
+# workload alternated seven times, the order flipped every round (whichever
+# runs second in a pair meets the other's leftovers). Their data lives in
+# memory (/dev/shm), so fsync costs nothing and the disk's noise (±30% here)
+# is gone: the brokers run CPU-bound, where a per-request cost shows most.
+# Each run also records the broker's CPU time. `benches/run.sh metrics` runs
+# only this.
+METRICS_ROUNDS=(1 2 3 4 5 6 7)
+metrics_cost() {
+  MEM=$(mktemp -d /dev/shm/strata-bench.XXXXXX)
+  trap 'bench_cleanup; rm -rf "$MEM"' EXIT
+  start_broker "$MEM/n_off" --no-metrics
+  local b_off=$BOOT pid_off=${PIDS[-1]}
+  start_broker "$MEM/n_on"
+  local b_on=$BOOT pid_on=${PIDS[-1]}
+  local round
+  for round in "${METRICS_ROUNDS[@]}"; do
+    local order=(off on)
+    (( round % 2 == 0 )) && order=(on off)
+    for side in "${order[@]}"; do
+      local boot=$b_on pid=$pid_on
+      [[ $side == off ]] && boot=$b_off pid=$pid_off
+      CPU_PID=$pid bench "produce_1KiB_metrics_${side}_$round" produce --bootstrap "$boot" \
+        --topic "tm$round" --create --partitions 4 --messages "$(n 400000)" --size 1024 --producers 4
+    done
+  done
+}
+
 echo "# machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -r)" >&2
 
+if [[ $SECTION == metrics ]]; then
+  metrics_cost
+else
 # Baselines: what the disk and the loopback network can do.
 bench disk_1MiB_fsync disk --messages "$(n 262144)" --size 1024 --batch-size 1048576 --dir "$WORK"
 bench disk_64KiB_fsync disk --messages "$(n 65536)" --size 1024 --batch-size 65536 --dir "$WORK"
@@ -99,25 +133,7 @@ done
 # In-process versus loopback gRPC, same broker, same run.
 bench embedded_1KiB embedded --messages "$(n 200000)" --size 1024 --producers 4 --dir "$WORK"
 
-# Metrics cost: two fresh brokers, with and without request metrics, the same
-# workload alternated five times. Their data lives in memory (/dev/shm), so
-# fsync costs nothing and the disk's noise (±30% here) is gone: the brokers
-# run CPU-bound, where a per-request cost shows most. Each run also records
-# the broker's CPU time.
-MEM=$(mktemp -d /dev/shm/strata-bench.XXXXXX)
-trap 'bench_cleanup; rm -rf "$MEM"' EXIT
-start_broker "$MEM/n_off" --no-metrics
-B_OFF=$BOOT
-PID_OFF=${PIDS[-1]}
-start_broker "$MEM/n_on"
-B_ON=$BOOT
-PID_ON=${PIDS[-1]}
-for round in 1 2 3 4 5; do
-  CPU_PID=$PID_OFF bench "produce_1KiB_metrics_off_$round" produce --bootstrap "$B_OFF" --topic "tm$round" \
-    --create --partitions 4 --messages "$(n 200000)" --size 1024 --producers 4
-  CPU_PID=$PID_ON bench "produce_1KiB_metrics_on_$round" produce --bootstrap "$B_ON" --topic "tm$round" \
-    --create --partitions 4 --messages "$(n 200000)" --size 1024 --producers 4
-done
+metrics_cost
 
 # Three nodes on this machine, every partition replicated three times: each
 # acknowledged batch is fsynced by all three processes on the same disk and
@@ -130,32 +146,39 @@ bench cluster3_consume_1KiB_catch_up consume --bootstrap "$BOOT3" --topic r1k --
 bench cluster3_produce_100B_acks_all produce --bootstrap "$BOOT3" --topic r100 --create --partitions 4 \
   --messages "$(n 1000000)" --size 100 --producers 4
 e2e_peak_and_half cluster3_ "$BOOT3" "$(n 100000)"
+fi
 
+# The ratios of whatever ran (all of it, or one section).
 python3 - "$OUT" <<'PY' >&2
 import json, sys
 r = {}
 for line in open(sys.argv[1]):
     d = json.loads(line); r[d["label"]] = d
 def mb(k): return r[k]["mb_per_s"]
-print("# ratios")
-print(f"produce 1KiB (4 producers) / disk write+fsync 1MiB: {mb('produce_1KiB_acks_all') / mb('disk_1MiB_fsync'):.2f}")
-print(f"consume catch-up / produce:                         {mb('consume_1KiB_catch_up') / mb('produce_1KiB_acks_all'):.2f}")
-print(f"in-process / loopback gRPC:                         {r['embedded_1KiB']['in_process_over_loopback']:.2f}")
 def median(xs): return sorted(xs)[len(xs) // 2]
-def ratio(a, b): return median([mb(f"{a}_{i}") for i in (1, 2, 3)]) / median([mb(f"{b}_{i}") for i in (1, 2, 3)])
-print(f"produce / engine append, 4 x 4 (medians of 3):      {ratio('produce_1KiB_4p', 'engine_append_1KiB_4w'):.2f}")
-print(f"produce / engine append, 1 x 1 (medians of 3):      {ratio('produce_1KiB_1p', 'engine_append_1KiB_1w'):.2f}")
-five = (1, 2, 3, 4, 5)
-on = median([mb(f"produce_1KiB_metrics_on_{i}") for i in five])
-off = median([mb(f"produce_1KiB_metrics_off_{i}") for i in five])
-print(f"metrics on / off, in memory (medians of 5):         {on / off:.3f}")
-def cpu(k): return median([r[f"{k}_{i}"]["broker_cpu_ms"] for i in five])
-print(f"broker CPU, metrics off / on (medians of 5):        {cpu('produce_1KiB_metrics_off') / cpu('produce_1KiB_metrics_on'):.3f}")
-print(f"3-node produce 1KiB / single node:                  {mb('cluster3_produce_1KiB_acks_all') / mb('produce_1KiB_acks_all'):.2f}")
-print(f"3-node produce 1KiB / disk write+fsync 1MiB:        {mb('cluster3_produce_1KiB_acks_all') / mb('disk_1MiB_fsync'):.2f}")
-print(f"3-node produce 100B / single node:                  {mb('cluster3_produce_100B_acks_all') / mb('produce_100B_acks_all'):.2f}")
-for p in ("", "cluster3_"):
-    half, fast = r[f"{p}e2e_1KiB_half_peak"], r[f"{p}e2e_1KiB_half_peak_linger_1ms"]
-    label = f"{'3-node' if p else 'single-node'} e2e p99 at half peak:"
-    print(f"{label:52}{half['p99_ms']:.1f} ms (linger 1 ms: {fast['p99_ms']:.1f} ms)")
+def rounds(prefix): return sorted({int(k.rsplit("_", 1)[1]) for k in r if k.startswith(prefix)})
+def ratio(a, b): return median([mb(f"{a}_{i}") for i in rounds(a)]) / median([mb(f"{b}_{i}") for i in rounds(b)])
+def cpu(k): return median([r[f"{k}_{i}"]["broker_cpu_ms"] for i in rounds(k)])
+def e2e(p): return f"{r[p + 'e2e_1KiB_half_peak']['p99_ms']:.1f} ms (linger 1 ms: {r[p + 'e2e_1KiB_half_peak_linger_1ms']['p99_ms']:.1f} ms)"
+metrics_runs = len(rounds("produce_1KiB_metrics_on"))
+lines = [
+    ("produce 1KiB (4 producers) / disk write+fsync 1MiB", lambda: f"{mb('produce_1KiB_acks_all') / mb('disk_1MiB_fsync'):.2f}"),
+    ("consume catch-up / produce", lambda: f"{mb('consume_1KiB_catch_up') / mb('produce_1KiB_acks_all'):.2f}"),
+    ("in-process / loopback gRPC", lambda: f"{r['embedded_1KiB']['in_process_over_loopback']:.2f}"),
+    ("produce / engine append, 4 x 4 (medians of 3)", lambda: f"{ratio('produce_1KiB_4p', 'engine_append_1KiB_4w'):.2f}"),
+    ("produce / engine append, 1 x 1 (medians of 3)", lambda: f"{ratio('produce_1KiB_1p', 'engine_append_1KiB_1w'):.2f}"),
+    (f"metrics on / off, in memory (medians of {metrics_runs})", lambda: f"{ratio('produce_1KiB_metrics_on', 'produce_1KiB_metrics_off'):.3f}"),
+    (f"broker CPU, metrics off / on (medians of {metrics_runs})", lambda: f"{cpu('produce_1KiB_metrics_off') / cpu('produce_1KiB_metrics_on'):.3f}"),
+    ("3-node produce 1KiB / single node", lambda: f"{mb('cluster3_produce_1KiB_acks_all') / mb('produce_1KiB_acks_all'):.2f}"),
+    ("3-node produce 1KiB / disk write+fsync 1MiB", lambda: f"{mb('cluster3_produce_1KiB_acks_all') / mb('disk_1MiB_fsync'):.2f}"),
+    ("3-node produce 100B / single node", lambda: f"{mb('cluster3_produce_100B_acks_all') / mb('produce_100B_acks_all'):.2f}"),
+    ("single-node e2e p99 at half peak", lambda: e2e("")),
+    ("3-node e2e p99 at half peak", lambda: e2e("cluster3_")),
+]
+print("# ratios")
+for title, value in lines:
+    try:
+        print(f"{title + ':':52}{value()}")
+    except (KeyError, IndexError):
+        pass  # that section did not run
 PY
