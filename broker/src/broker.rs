@@ -304,10 +304,11 @@ impl Broker {
             let mut states = metadata.watch();
             let first = states.borrow_and_update().clone();
             self.sweep_stale_topic_dirs(&first).await;
-            self.reconcile(&first).await;
+            let complete = self.reconcile(&first).await;
             tokio::spawn(crate::cluster::placement::reconcile_forever(
                 self.downgrade(),
                 states,
+                complete,
             ));
         }
         let specs = if self.is_clustered() {

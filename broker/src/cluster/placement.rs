@@ -123,8 +123,9 @@ impl Broker {
     }
 
     /// Brings this node's open partitions in line with the cluster metadata,
-    /// then drives the moves of partitions it leads.
-    pub(crate) async fn reconcile(&self, state: &ClusterState) {
+    /// then drives the moves of partitions it leads. Returns whether every
+    /// replica this node should hold is open.
+    pub(crate) async fn reconcile(&self, state: &ClusterState) -> bool {
         for (&id, addrs) in &state.nodes {
             self.inner.peers.learn(id, &addrs.peer);
         }
@@ -155,6 +156,7 @@ impl Broker {
             self.inner.reconciled.send_replace(state.applied_index);
         }
         self.drive_moves(state);
+        complete
     }
 
     /// Opens the replicas of `assignment` this node should hold and does not,
@@ -654,13 +656,37 @@ pub const LEARNER_CATCH_UP_TIMEOUT: std::time::Duration = std::time::Duration::f
 /// (each new replica must first catch up on the partition's whole log).
 pub const MOVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
+/// First wait before reopening replicas that failed to open.
+const RECONCILE_RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(500);
+/// Longest wait between such attempts.
+const RECONCILE_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Reconciles partitions with every new cluster metadata state, until the
-/// broker is gone or shutting down.
+/// broker is gone or shutting down. `complete`: whether the first pass
+/// opened everything.
+///
+/// A pass that left a replica unopened (its disk was full, its group could
+/// not be founded yet) is retried with backoff even if the metadata does not
+/// change: a quiet cluster may never change it, and the replica would stay
+/// closed for good (found by the nemesis: a node restarted on a full disk,
+/// then with space, held no copy of two partitions).
 pub(crate) async fn reconcile_forever(
     inner: std::sync::Weak<Inner>,
     mut states: watch::Receiver<Arc<ClusterState>>,
+    complete: bool,
 ) {
-    while states.changed().await.is_ok() {
+    let mut retry = (!complete).then_some(RECONCILE_RETRY_MIN);
+    loop {
+        let changed = match retry {
+            None => states.changed().await.is_ok(),
+            Some(after) => tokio::select! {
+                changed = states.changed() => changed.is_ok(),
+                () = tokio::time::sleep(after) => true,
+            },
+        };
+        if !changed {
+            return;
+        }
         let state = states.borrow_and_update().clone();
         let Some(broker) = Broker::upgrade(&inner) else {
             return;
@@ -668,6 +694,9 @@ pub(crate) async fn reconcile_forever(
         if broker.is_shutting_down() {
             return;
         }
-        broker.reconcile(&state).await;
+        retry = match broker.reconcile(&state).await {
+            true => None,
+            false => Some(retry.map_or(RECONCILE_RETRY_MIN, |r| (r * 2).min(RECONCILE_RETRY_MAX))),
+        };
     }
 }
