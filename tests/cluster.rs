@@ -682,7 +682,7 @@ fn overload_on_a_cluster_is_refused_and_nothing_acknowledged_is_lost() {
         // At least `secs`, and on until every partition has taken a batch:
         // on a loaded machine an election under the flood can take seconds.
         let end = Instant::now() + Duration::from_secs(secs);
-        let cap = Instant::now() + PHASE_TIMEOUT;
+        let cap = end + PHASE_TIMEOUT;
         let flooding = {
             let acked = acked.clone();
             move || {
