@@ -707,14 +707,27 @@ async fn tls_round_trip_through_the_client_and_the_cli_and_plaintext_is_refused_
 async fn a_verified_client_certificate_names_its_principal() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path(), "cluster");
+    // Client certificates come from a CA of their own: one the peer CA also
+    // is would make every client a cluster node (refused below).
+    let clients = Pki::new(dir.path(), "clients");
     let auth = auth_file(dir.path());
     let mut flags = pki.serve_flags();
     flags.extend([
         "--tls-client-ca".to_string(),
-        pki.ca.display().to_string(),
+        clients.ca.display().to_string(),
         "--auth-file".to_string(),
         auth.display().to_string(),
     ]);
+    let same_ca = Command::new(STRATA)
+        .args(["serve", "--data-dir"])
+        .arg(dir.path().join("same-ca"))
+        .args(pki.serve_flags())
+        .args(["--tls-client-ca", pki.ca.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!same_ca.status.success());
+    let stderr = String::from_utf8_lossy(&same_ca.stderr);
+    assert!(stderr.contains("same CA"), "{stderr}");
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let node = Node::start_with(&dir.path().join("n"), &flags);
     let as_client = |cert: Option<(Vec<u8>, Vec<u8>)>, token: Option<&str>| {
@@ -731,7 +744,7 @@ async fn a_verified_client_certificate_names_its_principal() {
         )
     };
     // Known by its certificate: reads metadata, may not administer.
-    let billing = Admin::connect(as_client(Some(pki.client("billing")), None))
+    let billing = Admin::connect(as_client(Some(clients.client("billing")), None))
         .await
         .unwrap();
     billing.list_topics().await.unwrap();
@@ -742,15 +755,18 @@ async fn a_verified_client_certificate_names_its_principal() {
     assert!(matches!(err, Error::PermissionDenied(_)), "{err:?}");
     assert!(err.to_string().contains("billing"), "{err}");
     // A token sent with the certificate wins.
-    let admin = Admin::connect(as_client(Some(pki.client("billing")), Some(ADMIN_TOKEN)))
-        .await
-        .unwrap();
+    let admin = Admin::connect(as_client(
+        Some(clients.client("billing")),
+        Some(ADMIN_TOKEN),
+    ))
+    .await
+    .unwrap();
     admin
         .create_topic("t-billing", NewTopic::new(1))
         .await
         .unwrap();
     // A certificate naming no principal, or none at all, is not enough.
-    for cert in [Some(pki.client("nobody")), None] {
+    for cert in [Some(clients.client("nobody")), None] {
         let err = Admin::connect(as_client(cert, None)).await.err().unwrap();
         assert!(matches!(err, Error::Unauthenticated(_)), "{err:?}");
     }
@@ -763,6 +779,13 @@ async fn a_verified_client_certificate_names_its_principal() {
     .await
     .expect("refused in bounded time");
     assert!(refused.is_err());
+    // A client certificate is not a node's: the peer port refuses it.
+    let (cert, key) = clients.client("billing");
+    let as_peer = hello(node.peer, &pki, Some(Identity::from_pem(cert, key))).await;
+    assert!(
+        as_peer.is_err(),
+        "a client certificate passed as a node: {as_peer:?}"
+    );
 }
 
 /// A peer client presenting `identity` (if any), trusting `ca`.
@@ -1135,4 +1158,24 @@ async fn an_idle_fetch_stream_is_closed_and_extra_connections_are_refused() {
     };
     assert!(common::metric(&metrics, "strata_connections_refused_total").unwrap() >= 1.0);
     assert!(common::metric(&metrics, "strata_fetch_idle_closed_total").unwrap() >= 1.0);
+}
+
+/// Access control in a cluster whose peer port trusts every connection would
+/// be for show (anyone reaching it could change the cluster): `serve`
+/// refuses the combination and says what to add.
+#[test]
+fn a_cluster_with_auth_but_no_peer_tls_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let auth = auth_file(dir.path());
+    let out = Command::new(STRATA)
+        .args(["serve", "--node-id", "1", "--data-dir"])
+        .arg(dir.path().join("n1"))
+        .args(["--peers", "1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3"])
+        .arg("--auth-file")
+        .arg(&auth)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--peer-ca"), "{stderr}");
 }

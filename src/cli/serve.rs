@@ -70,11 +70,11 @@ pub struct ServeArgs {
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
     /// CA (PEM) verifying client certificates on the data and control ports
-    /// (optional for clients); also the peer CA unless --peer-ca is given.
+    /// (optional for clients); never the same CA as --peer-ca.
     #[arg(long)]
     tls_client_ca: Option<PathBuf>,
-    /// CA (PEM) that signs the cluster's node certificates; peers must
-    /// present one on the peer port.
+    /// CA (PEM) that signs the cluster's node certificates and nothing else;
+    /// peers must present one on the peer port (required with TLS).
     #[arg(long)]
     peer_ca: Option<PathBuf>,
     /// Certificate (PEM) for the peer port, if not --tls-cert; alone (with
@@ -292,6 +292,17 @@ pub async fn run(args: ServeArgs) -> CliResult {
         Some(peers) => parse_peers(&peers, node_id)?,
         None => BTreeMap::new(),
     };
+    // In a cluster the peer port takes metadata changes and Raft traffic
+    // from any node it trusts; without mutual TLS it trusts every
+    // connection, and access control on the other ports would be for show.
+    if config.security.auth.is_some() && peers.len() > 1 && config.security.peer_tls.is_none() {
+        return Err(CliError(
+            "--auth-file in a cluster needs mutual TLS on the peer port (--peer-cert, \
+             --peer-key, --peer-ca): otherwise anyone who reaches the peer port can \
+             change the cluster without a token"
+                .into(),
+        ));
+    }
     let config = BrokerConfig {
         peers,
         joins: args.join,

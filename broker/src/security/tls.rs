@@ -40,8 +40,8 @@ pub struct TlsFiles {
     pub peer_cert: Option<PathBuf>,
     /// Its private key; defaults to `key`.
     pub peer_key: Option<PathBuf>,
-    /// CA of the cluster's node certificates, required on the peer port;
-    /// defaults to `client_ca`.
+    /// CA of the cluster's node certificates (and nothing else), required
+    /// with any TLS; never the same CA as `client_ca`.
     pub peer_ca: Option<PathBuf>,
 }
 
@@ -118,18 +118,28 @@ pub fn load(files: &TlsFiles) -> Result<(Option<ServerTls>, Option<PeerTls>), St
     let peer = match peer_pair {
         None => None,
         Some(pair) => {
-            let ca_pem = match (
-                &files.peer_ca,
-                server.as_ref().and_then(|s| s.client_ca_pem.clone()),
-            ) {
-                (Some(path), _) => read_pem(path, "peer CA")?,
-                (None, Some(ca)) => ca,
-                (None, None) => {
-                    return Err("TLS on the peer port is mutual: give --peer-ca (the CA that signs \
-                                the cluster's node certificates), or --tls-client-ca to use the same CA"
-                        .into());
-                }
+            // The peer port has no other check: a certificate the peer CA
+            // signed *is* a cluster node, free to propose any metadata
+            // change and to feed Raft. So that CA must sign nodes only,
+            // never the client certificates --tls-client-ca admits.
+            let Some(path) = &files.peer_ca else {
+                return Err(
+                    "TLS on the peer port is mutual: give --peer-ca, the CA that signs \
+                            the cluster's node certificates and nothing else"
+                        .into(),
+                );
             };
+            let ca_pem = read_pem(path, "peer CA")?;
+            if server
+                .as_ref()
+                .and_then(|s| s.client_ca_pem.as_ref())
+                .is_some_and(|client_ca| *client_ca == ca_pem)
+            {
+                return Err("--peer-ca is the same CA as --tls-client-ca: every client \
+                            certificate would be accepted as a cluster node; sign node \
+                            certificates with a CA of their own"
+                    .into());
+            }
             Some(PeerTls { pair, ca_pem })
         }
     };
