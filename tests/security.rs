@@ -1179,3 +1179,76 @@ fn a_cluster_with_auth_but_no_peer_tls_is_refused_at_start() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--peer-ca"), "{stderr}");
 }
+
+/// A data client sending `token` as its bearer token.
+async fn data_with_token(
+    node: &Node,
+    token: &str,
+) -> DataClient<
+    tonic::service::interceptor::InterceptedService<
+        Channel,
+        impl Fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone,
+    >,
+> {
+    let header: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
+    DataClient::with_interceptor(channel(node.data).await, move |mut r: tonic::Request<()>| {
+        r.metadata_mut().insert("authorization", header.clone());
+        Ok(r)
+    })
+}
+
+/// A group may hold offsets of topics a caller of the group cannot read:
+/// FetchOffsets leaves those out (CommitOffsets already refuses them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_offsets_leaves_out_topics_the_caller_cannot_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let auth = auth_file(dir.path());
+    let node = Node::start_with(
+        &dir.path().join("n"),
+        &["--auth-file", auth.to_str().unwrap()],
+    );
+    let admin = Admin::connect(with_token(&node, ADMIN_TOKEN))
+        .await
+        .unwrap();
+    for topic in ["t-visible", "q-hidden"] {
+        admin.create_topic(topic, NewTopic::new(1)).await.unwrap();
+    }
+    let offset = |topic: &str| PartitionOffset {
+        topic: topic.into(),
+        partition: 0,
+        offset: 0,
+        metadata: String::new(),
+    };
+    data_with_token(&node, ADMIN_TOKEN)
+        .await
+        .commit_offsets(CommitOffsetsRequest {
+            group: "g-mixed".into(),
+            offsets: vec![offset("t-visible"), offset("q-hidden")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let request = || FetchOffsetsRequest {
+        group: "g-mixed".into(),
+        partitions: Vec::new(),
+    };
+    let topics = |r: FetchOffsetsResponse| -> Vec<String> {
+        let mut t: Vec<String> = r.offsets.into_iter().map(|o| o.topic).collect();
+        t.sort();
+        t
+    };
+    let as_admin = data_with_token(&node, ADMIN_TOKEN)
+        .await
+        .fetch_offsets(request())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(topics(as_admin), ["q-hidden", "t-visible"]);
+    let as_reader = data_with_token(&node, READER_TOKEN)
+        .await
+        .fetch_offsets(request())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(topics(as_reader), ["t-visible"]);
+}

@@ -188,6 +188,21 @@ fn rpc_name(path: &str) -> &str {
 /// Step 3: whether the caller of `request` may do `action` on each of
 /// `resources`. Without a caller (authentication off, or the in-process
 /// listener) everything is allowed.
+/// Whether the request's caller may do `action` on `resource` (always, with
+/// authentication off): for answers that leave out what the caller may not
+/// see rather than refusing the whole request.
+pub fn permits<T>(request: &Request<T>) -> impl Fn(Action, &str) -> bool + use<T> {
+    let principal = request
+        .extensions()
+        .get::<Caller>()
+        .map(|c| c.principal.clone());
+    move |action, resource| {
+        principal
+            .as_ref()
+            .is_none_or(|p| p.allows(action, resource))
+    }
+}
+
 pub fn authorize<'a, T>(
     request: &Request<T>,
     action: Action,

@@ -19,7 +19,7 @@ use crate::groups::assignment::Assignor;
 use crate::groups::coordinator::Heartbeat;
 use crate::groups::offsets::OffsetCommit;
 use crate::partition::Acks as PartitionAcks;
-use crate::security::{Action, authorize, throttle};
+use crate::security::{Action, authorize, permits, throttle};
 
 #[derive(Debug, Clone)]
 pub struct DataService {
@@ -281,6 +281,9 @@ impl Data for DataService {
         request: Request<FetchOffsetsRequest>,
     ) -> Result<Response<FetchOffsetsResponse>, Status> {
         authorize(&request, Action::Group, [request.get_ref().group.as_str()])?;
+        // A group may span topics the caller cannot read: their offsets are
+        // left out, as CommitOffsets refuses them.
+        let may = permits(&request);
         let r = request.into_inner();
         check_group(&r.group)?;
         let wanted = tp_pairs(&r.partitions);
@@ -290,6 +293,7 @@ impl Data for DataService {
             .offsets()
             .fetch(&r.group, filter)
             .into_iter()
+            .filter(|(topic, ..)| may(Action::Consume, topic))
             .map(|(topic, partition, c)| PartitionOffset {
                 topic,
                 partition,
