@@ -227,6 +227,18 @@ impl Replica {
         }
     }
 
+    /// The current term, the index of the last entry in this replica's log,
+    /// and the index of the last one applied.
+    fn log_positions(&self) -> (u64, u64, u64) {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        (
+            m.current_term,
+            m.last_log_index.unwrap_or(0),
+            m.last_applied.map_or(0, |l| l.index),
+        )
+    }
+
     /// `None` when this node may take writes; otherwise why not.
     fn refuse_writes(&self) -> Option<Error> {
         if let Some(stopped) = self.stopped() {
@@ -297,6 +309,13 @@ impl Replica {
 
 async fn proposer(replica: std::sync::Weak<Replica>, mut rx: mpsc::UnboundedReceiver<Proposal>) {
     let mut in_flight: HashMap<u64, VecDeque<InFlight>> = HashMap::new();
+    // (term, last log index) when this proposer first took a write in the
+    // term: every entry up to that index was written before it (by an
+    // earlier term, or by this node before a restart, which openraft may
+    // resume as leader of the same term with the entries unapplied), so the
+    // producer table is complete only once they are applied. Until then a
+    // retried batch could look new and be committed twice.
+    let mut barrier: Option<(u64, u64)> = None;
     while let Some(p) = rx.recv().await {
         let Some(replica) = replica.upgrade() else {
             let _ = p.reply.send(Err(Error::ShuttingDown));
@@ -308,6 +327,19 @@ async fn proposer(replica: std::sync::Weak<Replica>, mut rx: mpsc::UnboundedRece
         in_flight.retain(|_, q| !q.is_empty());
         if let Some(refused) = replica.refuse_writes() {
             let _ = p.reply.send(Err(refused));
+            continue;
+        }
+        let (term, last_log, applied) = replica.log_positions();
+        let logged_before = match barrier {
+            Some((t, index)) if t == term => index,
+            _ => {
+                barrier = Some((term, last_log));
+                last_log
+            }
+        };
+        if applied < logged_before {
+            // Answered like an election in progress: clients retry shortly.
+            let _ = p.reply.send(Err(replica.not_leader(None)));
             continue;
         }
         let h = p.header;
