@@ -197,20 +197,27 @@ async fn channel(addr: std::net::SocketAddr) -> Channel {
         .unwrap()
 }
 
-/// Calls every RPC of the Data and Control services once, with `token` (if
-/// any) as the bearer token, and returns each one's status code.
-async fn call_every_rpc(node: &Node, token: Option<&str>) -> Vec<(&'static str, Code)> {
+/// An interceptor sending `token` (if any) as the bearer token.
+fn bearer(
+    token: Option<&str>,
+) -> impl Fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone + use<> {
     let header = token.map(|t| {
         format!("Bearer {t}")
             .parse::<tonic::metadata::MetadataValue<_>>()
             .unwrap()
     });
-    let auth = move |mut r: tonic::Request<()>| {
+    move |mut r: tonic::Request<()>| {
         if let Some(h) = &header {
             r.metadata_mut().insert("authorization", h.clone());
         }
         Ok(r)
-    };
+    }
+}
+
+/// Calls every RPC of the Data and Control services once, with `token` (if
+/// any) as the bearer token, and returns each one's status code.
+async fn call_every_rpc(node: &Node, token: Option<&str>) -> Vec<(&'static str, Code)> {
+    let auth = bearer(token);
     let mut data = DataClient::with_interceptor(channel(node.data).await, auth.clone());
     let mut control = ControlClient::with_interceptor(channel(node.control).await, auth);
     let code = |r: Result<(), tonic::Status>| r.err().map_or(Code::Ok, |s| s.code());
@@ -1180,23 +1187,6 @@ fn a_cluster_with_auth_but_no_peer_tls_is_refused_at_start() {
     assert!(stderr.contains("--peer-ca"), "{stderr}");
 }
 
-/// A data client sending `token` as its bearer token.
-async fn data_with_token(
-    node: &Node,
-    token: &str,
-) -> DataClient<
-    tonic::service::interceptor::InterceptedService<
-        Channel,
-        impl Fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone,
-    >,
-> {
-    let header: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
-    DataClient::with_interceptor(channel(node.data).await, move |mut r: tonic::Request<()>| {
-        r.metadata_mut().insert("authorization", header.clone());
-        Ok(r)
-    })
-}
-
 /// A group may hold offsets of topics a caller of the group cannot read:
 /// FetchOffsets leaves those out (CommitOffsets already refuses them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1219,8 +1209,9 @@ async fn fetch_offsets_leaves_out_topics_the_caller_cannot_read() {
         offset: 0,
         metadata: String::new(),
     };
-    data_with_token(&node, ADMIN_TOKEN)
-        .await
+    let mut admin_data =
+        DataClient::with_interceptor(channel(node.data).await, bearer(Some(ADMIN_TOKEN)));
+    admin_data
         .commit_offsets(CommitOffsetsRequest {
             group: "g-mixed".into(),
             offsets: vec![offset("t-visible"), offset("q-hidden")],
@@ -1237,18 +1228,17 @@ async fn fetch_offsets_leaves_out_topics_the_caller_cannot_read() {
         t.sort();
         t
     };
-    let as_admin = data_with_token(&node, ADMIN_TOKEN)
-        .await
+    let as_admin = admin_data
         .fetch_offsets(request())
         .await
         .unwrap()
         .into_inner();
     assert_eq!(topics(as_admin), ["q-hidden", "t-visible"]);
-    let as_reader = data_with_token(&node, READER_TOKEN)
-        .await
-        .fetch_offsets(request())
-        .await
-        .unwrap()
-        .into_inner();
+    let as_reader =
+        DataClient::with_interceptor(channel(node.data).await, bearer(Some(READER_TOKEN)))
+            .fetch_offsets(request())
+            .await
+            .unwrap()
+            .into_inner();
     assert_eq!(topics(as_reader), ["t-visible"]);
 }
