@@ -639,6 +639,26 @@ impl Broker {
         }
         self.wait_moves_settled(|r| !r.contains(&leaving)).await?;
         metadata.change(&Change::RemoveNode { id: leaving }).await?;
+        // As for add-node: the leader may have made the change; answer with
+        // the membership once it is seen here, not this node's older view.
+        // (A node removing itself may never hear the change commit.)
+        if leaving == NodeId::from(self.node_id()) {
+            return Ok(remaining);
+        }
+        metadata
+            .raft()
+            .wait(Some(PROPOSE_TIMEOUT))
+            .metrics(
+                |m| {
+                    m.membership_config
+                        .membership()
+                        .voter_ids()
+                        .all(|v| v != leaving)
+                },
+                "the node gone from the voters",
+            )
+            .await
+            .map_err(|e| Error::NoQuorum(format!("node {id} removed, but not seen here: {e}")))?;
         tracing::info!(node = id, "node removed from the cluster");
         Ok(metadata.voters())
     }
