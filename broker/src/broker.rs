@@ -588,9 +588,13 @@ impl Broker {
         if let Some(topic) = self.inner.topics.read().get(name) {
             return Ok(topic.clone());
         }
-        // A topic not opened yet may still be recovering.
+        // A topic not opened yet may still be recovering, or, in a cluster,
+        // be missing from a view of the metadata that is behind: a node
+        // restarted on a full disk told consumers an existing topic did not
+        // exist (a nemesis run). Those answers are retriable elsewhere.
+        let unsettled = self.inner.metadata.as_ref().is_some_and(|m| !m.settled());
         match &*self.inner.recovery.borrow() {
-            Recovery::Ready => Err(Error::TopicNotFound(name.to_owned())),
+            Recovery::Ready if !unsettled => Err(Error::TopicNotFound(name.to_owned())),
             _ => Err(Error::Recovering),
         }
     }

@@ -379,6 +379,15 @@ impl MetadataGroup {
         let _ = tokio::time::timeout(PROPOSE_TIMEOUT, caught_up).await;
     }
 
+    /// Whether this node's view of the cluster can be trusted to say a topic
+    /// does not exist: its member is running (not stopped by a storage
+    /// error, say on a full disk) and has applied every entry it holds.
+    pub fn settled(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.running_state.is_ok() && m.last_applied.map(|l| l.index) >= m.last_log_index
+    }
+
     /// Whether this node has applied every metadata entry it holds (its view
     /// is as new as its log).
     pub fn caught_up(&self) -> bool {
