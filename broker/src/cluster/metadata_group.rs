@@ -164,6 +164,30 @@ impl MetadataGroup {
         voters
     }
 
+    /// Waits (up to `PROPOSE_TIMEOUT`) until this node's view of the voters
+    /// has `node` among them (`member`) or not: a membership change the
+    /// leader made is seen here a moment later.
+    pub async fn wait_voter(&self, node: NodeId, member: bool) -> Result<()> {
+        self.raft
+            .wait(Some(PROPOSE_TIMEOUT))
+            .metrics(
+                |m| {
+                    m.membership_config
+                        .membership()
+                        .voter_ids()
+                        .any(|v| v == node)
+                        == member
+                },
+                "the membership change",
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                let change = if member { "added" } else { "removed" };
+                Error::NoQuorum(format!("node {node} {change}, but not seen here: {e}"))
+            })
+    }
+
     /// Where the group's membership says `node` listens for peers (the
     /// address it was added with), for nodes missing from `--peers`.
     pub fn member_addr(&self, node: NodeId) -> Option<String> {

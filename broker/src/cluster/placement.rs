@@ -560,21 +560,7 @@ impl Broker {
         metadata.change(&change).await?;
         // The change may have been made by another node (the leader): plan
         // with it applied here.
-        let joined = NodeId::from(id);
-        metadata
-            .raft()
-            .wait(Some(PROPOSE_TIMEOUT))
-            .metrics(
-                |m| {
-                    m.membership_config
-                        .membership()
-                        .voter_ids()
-                        .any(|v| v == joined)
-                },
-                "the new node among the voters",
-            )
-            .await
-            .map_err(|e| Error::NoQuorum(format!("node {id} added, but not seen here: {e}")))?;
+        metadata.wait_voter(NodeId::from(id), true).await?;
         tracing::info!(node = id, %peer_addr, "node added to the cluster");
         if rebalance {
             let moves = plan_rebalance(&metadata.state(), &metadata.voters());
@@ -645,20 +631,7 @@ impl Broker {
         if leaving == NodeId::from(self.node_id()) {
             return Ok(remaining);
         }
-        metadata
-            .raft()
-            .wait(Some(PROPOSE_TIMEOUT))
-            .metrics(
-                |m| {
-                    m.membership_config
-                        .membership()
-                        .voter_ids()
-                        .all(|v| v != leaving)
-                },
-                "the node gone from the voters",
-            )
-            .await
-            .map_err(|e| Error::NoQuorum(format!("node {id} removed, but not seen here: {e}")))?;
+        metadata.wait_voter(leaving, false).await?;
         tracing::info!(node = id, "node removed from the cluster");
         Ok(metadata.voters())
     }
