@@ -296,6 +296,10 @@ pub struct Faults {
     pub space_left_bytes: Option<u64>,
     /// The next write stores only this many bytes, then fails with EIO.
     pub tear_next_write_after: Option<usize>,
+    /// Writes to and truncations of files whose name ends with this fail
+    /// with EIO (a bad spot under one kind of file), so a test can stop a
+    /// multi-file update between its steps.
+    pub fail_files_ending: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -367,6 +371,18 @@ struct FaultyFile {
 }
 
 impl FaultyFile {
+    fn check_writable(&self, state: &FaultState) -> io::Result<()> {
+        let failing = state.faults.fail_files_ending.as_deref();
+        let name = self.path.file_name().and_then(|n| n.to_str());
+        match (failing, name) {
+            (Some(suffix), Some(name)) if name.ends_with(suffix) => Err(io::Error::other(format!(
+                "injected write failure (EIO) on {}",
+                self.path.display()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     fn count_read(&self, bytes: usize) {
         let ext = self
             .path
@@ -381,6 +397,7 @@ impl FaultyFile {
 impl StorageFile for FaultyFile {
     fn write_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
         let mut state = self.state.lock();
+        self.check_writable(&state)?;
         if let Some(left) = state.faults.space_left_bytes {
             if (buf.len() as u64) > left {
                 return Err(io::Error::from_raw_os_error(libc::ENOSPC));
@@ -423,6 +440,7 @@ impl StorageFile for FaultyFile {
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
+        self.check_writable(&self.state.lock())?;
         self.inner.set_len(len)?;
         // Cutting a file is a metadata change we treat as immediately durable;
         // the model only loses appended data.

@@ -285,44 +285,52 @@ async fn flusher(
 
 impl Inner {
     /// Writes `entries` (blocking); returns whether any data needs a flush.
+    ///
+    /// A data entry reaches the segment log only once every control entry
+    /// before it is in the state file. The other order left holes: the data
+    /// survives a process crash in the page cache, the control entry (whose
+    /// write failed on a full disk, or never ran) does not, and openraft then
+    /// refuses to start the group, for good. A control entry durable before
+    /// the data ahead of it is not a hole openraft sees: open drops it
+    /// ([`drop_control_after_hole`]).
     fn write(&self, entries: Vec<Entry>) -> Result<bool, StorageError> {
         let _writing = self.writing.lock();
         let mut data = false;
-        let mut control_changed = false;
+        let mut control = Vec::new();
         for entry in entries {
             let id = entry.log_id;
             match entry.payload {
                 EntryPayload::Normal(Payload(batch)) => {
+                    self.store_control(&mut control)?;
                     self.write_batch(id, &batch)?;
                     data = true;
                 }
-                EntryPayload::Blank => {
-                    self.state.lock().control.insert(
-                        id.index,
-                        ControlEntry {
-                            log_id: id,
-                            membership: None,
-                        },
-                    );
-                    control_changed = true;
-                }
-                EntryPayload::Membership(m) => {
-                    self.state.lock().control.insert(
-                        id.index,
-                        ControlEntry {
-                            log_id: id,
-                            membership: Some(m),
-                        },
-                    );
-                    control_changed = true;
-                }
+                EntryPayload::Blank => control.push(ControlEntry {
+                    log_id: id,
+                    membership: None,
+                }),
+                EntryPayload::Membership(m) => control.push(ControlEntry {
+                    log_id: id,
+                    membership: Some(m),
+                }),
             }
         }
-        if control_changed {
-            let state = self.state.lock().clone();
-            self.state_file.store(&state).map_err(write_err)?;
-        }
+        self.store_control(&mut control)?;
         Ok(data)
+    }
+
+    /// Makes `pending` control entries durable, then visible, and empties it.
+    fn store_control(&self, pending: &mut Vec<ControlEntry>) -> Result<(), StorageError> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let entries = || pending.iter().map(|c| (c.log_id.index, c.clone()));
+        let mut next = self.state.lock().clone();
+        next.control.extend(entries());
+        self.state_file.store(&next).map_err(write_err)?;
+        self.state.lock().control.extend(entries());
+        pending.clear();
+        Ok(())
     }
 
     fn write_batch(&self, id: LogId, batch: &Bytes) -> Result<(), StorageError> {
@@ -519,29 +527,33 @@ impl Inner {
         Ok(out)
     }
 
+    /// Removes the entries from `from` on: data first, then control
+    /// entries. Stopped between the two (a crash, a failed write), the log
+    /// keeps control entries past its data, which open drops
+    /// ([`drop_control_after_hole`]) or keeps as a prefix of the old log.
+    /// The other order kept data past dropped control entries: a hole.
     fn truncate(&self, from: LogId) -> Result<(), StorageError> {
         let cut = self.cut.clone();
         let _no_flush = cut.write();
-        {
-            let mut state = self.state.lock();
-            if state.control.range(from.index..).next().is_some() {
-                state.control.split_off(&from.index);
-                let snapshot = state.clone();
-                drop(state);
-                self.state_file.store(&snapshot).map_err(write_err)?;
-            }
-        }
         if let Some(offset) = self.data_offset_from(from.index)? {
             self.log
                 .truncate_from(offset, NO_LOG_STATE)
                 .map_err(write_err)?;
         }
-        let mut tail = self.tail.lock();
-        tail.truncate(from.index);
-        if tail.is_empty() {
-            // Reload the newest surviving entry so the cache stays anchored.
-            let last = last_data_entry(&self.log).map_err(read_err)?;
-            *tail = Tail::anchored(last.map(DataEntry::into_tail));
+        {
+            let mut tail = self.tail.lock();
+            tail.truncate(from.index);
+            if tail.is_empty() {
+                // Reload the newest surviving entry so the cache stays anchored.
+                let last = last_data_entry(&self.log).map_err(read_err)?;
+                *tail = Tail::anchored(last.map(DataEntry::into_tail));
+            }
+        }
+        let mut next = self.state.lock().clone();
+        if next.control.range(from.index..).next().is_some() {
+            next.control.split_off(&from.index);
+            self.state_file.store(&next).map_err(write_err)?;
+            self.state.lock().control.split_off(&from.index);
         }
         Ok(())
     }
