@@ -3,6 +3,7 @@
 //! Every client command takes `--bootstrap host:port` (a control address) and
 //! on failure prints one line, `error: ...`, and exits non-zero.
 
+mod allocator;
 mod cli;
 
 use std::process::ExitCode;
@@ -41,6 +42,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    allocator::tune();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
