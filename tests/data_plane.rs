@@ -247,8 +247,11 @@ async fn the_control_plane_stays_responsive_while_the_data_port_is_flooded() {
     health_times.sort();
     let median = health_times[health_times.len() / 2];
     println!("grpc health check during the flood: median {median:?}");
+    // Alone on this machine the median is a few ms; the bound leaves room
+    // for a CI machine busy with other work, far below what starvation
+    // behind the flood looked like (seconds).
     assert!(
-        median < Duration::from_millis(10),
+        median < Duration::from_millis(100),
         "health check median {median:?}"
     );
 }
@@ -420,4 +423,62 @@ async fn acks_leader_and_none_answer_early_and_still_write() {
         .into_inner();
     assert_eq!(all.base_offset, 5);
     assert_eq!(all.high_watermark, 6);
+}
+
+/// A produce stream writes and answers its requests in the order sent, with
+/// several in flight, and the first refusal ends it after the answers before
+/// it: nothing sent after the refusal is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_produce_stream_answers_in_order_and_stops_at_the_first_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("n1"));
+    create(&node, "pipe", 1).await;
+    let mut data = data_client(&node).await;
+
+    // Four batches of three records, all sent before any answer is read.
+    let requests: Vec<ProduceRequest> = (0..4).map(|_| produce("pipe", 0, batch(3, 100))).collect();
+    let mut answers = data
+        .produce_stream(futures::stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    for want in [0, 3, 6, 9] {
+        let answer = answers
+            .message()
+            .await
+            .unwrap()
+            .expect("an answer per request");
+        assert_eq!(answer.base_offset, want, "answers come in the order sent");
+    }
+    assert!(
+        answers.message().await.unwrap().is_none(),
+        "then the stream ends"
+    );
+
+    // A good batch, one for a partition that does not exist, another good one.
+    let requests = vec![
+        produce("pipe", 0, batch(3, 100)),
+        produce("pipe", 7, batch(3, 100)),
+        produce("pipe", 0, batch(3, 100)),
+    ];
+    let mut answers = data
+        .produce_stream(futures::stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answers.message().await.unwrap().unwrap().base_offset, 12);
+    let refused = answers
+        .message()
+        .await
+        .expect_err("the refusal ends the stream");
+    assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+    assert!(refused.message().contains('7'), "{}", refused.message());
+
+    // The batch after the refusal was not written: the next one lands at 15.
+    let next = data
+        .produce(produce("pipe", 0, batch(1, 100)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next.base_offset, 15);
 }

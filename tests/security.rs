@@ -238,6 +238,20 @@ async fn call_every_rpc(node: &Node, token: Option<&str>) -> Vec<(&'static str, 
             ),
         ),
         (
+            "Data/ProduceStream",
+            code(
+                async {
+                    let requests = futures::stream::iter([ProduceRequest {
+                        topic: "t1".into(),
+                        ..Default::default()
+                    }]);
+                    let mut answers = data.produce_stream(requests).await?.into_inner();
+                    answers.message().await.map(drop)
+                }
+                .await,
+            ),
+        ),
+        (
             "Data/Fetch",
             code(
                 data.fetch(FetchRequest {

@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 
 use strata_proto::target::{LocalConnector, Target, local_pair};
 
-use crate::budget::ByteBudget;
+use crate::budget::{BudgetPermit, ByteBudget};
 use crate::cluster::metadata::{Command, NodeAddrs, OffsetEntry};
 use crate::cluster::metadata_group::MetadataGroup;
 use crate::cluster::producer_ids::ProducerIds;
@@ -35,7 +35,7 @@ use crate::lock::DirLock;
 use crate::log::now_ms;
 use crate::log::storage::{FileStorage, Storage};
 use crate::metrics::Metrics;
-use crate::partition::{Acks, Appended, Partition};
+use crate::partition::{Acks, Appended, Partition, PendingAppend};
 use crate::raft::NodeId;
 use crate::raft::groups::{METADATA_GROUP, partition_group};
 use crate::raft::network::Peers;
@@ -126,6 +126,24 @@ enum Recovery {
 #[derive(Clone)]
 pub struct Broker {
     pub(crate) inner: Arc<Inner>,
+}
+
+/// A produce queued in order by [`Broker::submit_produce`], holding its
+/// share of the produce budget until it is answered.
+#[derive(Debug)]
+#[must_use = "the produce's outcome is known only by waiting for it"]
+pub struct PendingProduce {
+    pending: PendingAppend,
+    permit: Option<BudgetPermit>,
+}
+
+impl PendingProduce {
+    pub async fn wait(self) -> Result<Appended> {
+        let PendingProduce { pending, permit } = self;
+        let answer = pending.wait().await;
+        drop(permit);
+        answer
+    }
 }
 
 impl std::fmt::Debug for Broker {
@@ -757,25 +775,46 @@ impl Broker {
         batch: Bytes,
         acks: Acks,
     ) -> Result<Appended> {
+        self.submit_produce(topic, partition, batch, acks)?
+            .wait()
+            .await
+    }
+
+    /// [`Broker::produce`] in two steps: queues the batch behind every batch
+    /// submitted to the partition before it (see [`Partition::submit`]) and
+    /// returns at once; the answer comes from [`PendingProduce::wait`]. The
+    /// batch's bytes stay charged to the produce budget until it is answered
+    /// (with `Acks::None`, until it is written).
+    pub fn submit_produce(
+        &self,
+        topic: &str,
+        partition: u32,
+        batch: Bytes,
+        acks: Acks,
+    ) -> Result<PendingProduce> {
         self.check_open()?;
         let p = self.partition(topic, partition)?;
         let permit = self.inner.produce_budget.try_acquire(batch.len())?;
         if acks == Acks::None {
-            strata_proto::batch::verify(&batch)?;
+            let pending = p.submit(batch, Acks::Leader)?;
             tokio::spawn(async move {
                 let _permit = permit;
-                if let Err(e) = p.append(batch, Acks::Leader).await {
+                if let Err(e) = pending.wait().await {
                     tracing::debug!(error = %e, "fire-and-forget produce failed");
                 }
             });
-            return Ok(Appended {
-                base_offset: u64::MAX,
-                duplicate: false,
+            return Ok(PendingProduce {
+                pending: PendingAppend::answered(Appended {
+                    base_offset: u64::MAX,
+                    duplicate: false,
+                }),
+                permit: None,
             });
         }
-        let result = p.append(batch, acks).await;
-        drop(permit);
-        result
+        Ok(PendingProduce {
+            pending: p.submit(batch, acks)?,
+            permit: Some(permit),
+        })
     }
 
     /// A fresh idempotent producer id (epoch 0). In a cluster the node id is

@@ -304,6 +304,42 @@ async fn a_batch_refused_by_a_former_leader_goes_to_the_hinted_leader_and_is_wri
     real.shutdown().await;
 }
 
+/// A producer keeps several batches of a partition in flight: the leader
+/// here answers nothing until five batches have arrived on the stream, which
+/// a producer sending one batch at a time never does (its first batch would
+/// time out and go, alone, to the real broker instead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_pipelines_batches_and_they_are_written_in_order() {
+    const IN_FLIGHT: usize = strata_proto::limits::MAX_IN_FLIGHT_BATCHES;
+    let real = Served::start(&[("t", 1)]).await;
+    let relay = FormerLeader::relay(real.data(), IN_FLIGHT).await;
+    let control = cluster(relay.addr(), &real, 1).await;
+    let producer = Producer::builder(control.addr().to_string())
+        // Every record its own batch.
+        .batch_size(1)
+        .request_timeout(Duration::from_secs(5))
+        .delivery_timeout(WAIT)
+        .build()
+        .await
+        .unwrap();
+    let mut pending = Vec::new();
+    for i in 0..IN_FLIGHT {
+        let record = ProducerRecord::new("t", format!("v{i}"));
+        pending.push(producer.enqueue(record).await.unwrap());
+    }
+    for (i, delivery) in pending.into_iter().enumerate() {
+        assert_eq!(delivery.await.unwrap().offset, Some(i as u64));
+    }
+    assert_eq!(
+        relay.produce_calls(),
+        IN_FLIGHT,
+        "all five batches reached the relay on one stream before any answer"
+    );
+    let want: Vec<String> = (0..IN_FLIGHT).map(|i| format!("v{i}")).collect();
+    assert_eq!(real.values("t").await, want);
+    real.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_produce_to_a_dead_leader_refreshes_metadata_and_reaches_the_new_one() {
     let real = Served::start(&[("t", 1)]).await;

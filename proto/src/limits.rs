@@ -5,6 +5,13 @@
 /// Largest encoded record batch a producer may send or the log will store.
 pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
+/// Batches an idempotent producer may have in flight on one partition: the
+/// broker remembers this many of each producer's latest batches per
+/// partition (Kafka keeps 5), so a retry of any of them is recognised and
+/// answered with its original offset. Also the most requests a broker reads
+/// ahead of its answers on one `ProduceStream`.
+pub const MAX_IN_FLIGHT_BATCHES: usize = 5;
+
 /// Largest single record (key + value + headers, encoded) inside a batch.
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 

@@ -51,6 +51,42 @@ pub struct Appended {
     pub duplicate: bool,
 }
 
+/// An append queued behind every append submitted to its partition before
+/// it: [`PendingAppend::wait`] answers once it is as durable as its acks
+/// asked. Submitting and waiting apart lets a caller keep several appends of
+/// one partition in flight, in order (a pipelined produce stream).
+#[derive(Debug)]
+#[must_use = "the append's outcome is known only by waiting for it"]
+pub struct PendingAppend(Pending);
+
+#[derive(Debug)]
+enum Pending {
+    /// Answered at submission (acks=none).
+    Answered(Appended),
+    /// The group-commit writer answers; a dropped reply means it died.
+    Local(oneshot::Receiver<Result<Appended>>),
+    /// The Raft proposer answers; a dropped reply means it shut down.
+    Replicated(oneshot::Receiver<Result<Appended>>),
+}
+
+impl PendingAppend {
+    /// An append whose answer is already known.
+    pub(crate) fn answered(appended: Appended) -> Self {
+        PendingAppend(Pending::Answered(appended))
+    }
+
+    pub async fn wait(self) -> Result<Appended> {
+        match self.0 {
+            Pending::Answered(appended) => Ok(appended),
+            // Never report success without an answer.
+            Pending::Local(rx) => rx
+                .await
+                .map_err(|_| Error::Internal("group commit stopped".into()))?,
+            Pending::Replicated(rx) => rx.await.map_err(|_| Error::ShuttingDown)?,
+        }
+    }
+}
+
 /// Restores the producer table from the checkpoint and the log's tail.
 struct ProducerReplay {
     states: ProducerStates,
@@ -241,6 +277,14 @@ impl Partition {
     /// batch fsynced: answering earlier would hand out an offset that a
     /// leader change can give to another batch.
     pub async fn append(&self, batch: Bytes, acks: Acks) -> Result<Appended> {
+        self.submit(batch, acks)?.wait().await
+    }
+
+    /// Verifies `batch` and queues it behind every append submitted before
+    /// it, without waiting: appends submitted one after the other are
+    /// written in that order. Errors found before queueing (a bad batch, a
+    /// stopped writer) come back at once.
+    pub fn submit(&self, batch: Bytes, acks: Acks) -> Result<PendingAppend> {
         let header = verify(&batch)?;
         if header.is_control() {
             return Err(Error::InvalidArgument(
@@ -249,7 +293,11 @@ impl Partition {
         }
         let commit = match &self.writer {
             Writer::Local(commit) => commit,
-            Writer::Replicated(replica) => return replica.append(batch, header).await,
+            Writer::Replicated(replica) => {
+                return Ok(PendingAppend(Pending::Replicated(
+                    replica.submit(batch, header)?,
+                )));
+            }
         };
         let (reply, answer) = match acks {
             Acks::None => (None, None),
@@ -264,16 +312,13 @@ impl Partition {
             acks,
             reply,
         })?;
-        match answer {
-            None => Ok(Appended {
+        Ok(PendingAppend(match answer {
+            None => Pending::Answered(Appended {
                 base_offset: u64::MAX,
                 duplicate: false,
             }),
-            // A dropped reply means the drain thread died: never report success.
-            Some(rx) => rx
-                .await
-                .map_err(|_| Error::Internal("group commit stopped".into()))?,
-        }
+            Some(rx) => Pending::Local(rx),
+        }))
     }
 
     /// Whole batches from the one holding `offset`, at most `max_bytes` (at

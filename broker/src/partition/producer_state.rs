@@ -15,9 +15,9 @@ use std::collections::{HashMap, VecDeque};
 
 use strata_proto::batch::{BatchHeader, NO_PRODUCER_ID};
 
-/// Batches remembered per producer (Kafka keeps 5; clients keep at most this
-/// many batches in flight per partition).
-pub const DEDUPE_WINDOW_BATCHES: usize = 5;
+/// Batches remembered per producer: as many as a client may have in flight
+/// on one partition.
+pub const DEDUPE_WINDOW_BATCHES: usize = strata_proto::limits::MAX_IN_FLIGHT_BATCHES;
 
 /// A producer silent for this long is forgotten (7 days, as Kafka).
 pub const PRODUCER_EXPIRY_MS: i64 = 7 * 24 * 60 * 60 * 1000;

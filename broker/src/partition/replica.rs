@@ -206,6 +206,20 @@ impl Replica {
     /// Appends a verified batch through Raft; resolves once a quorum has it
     /// fsynced and it is applied (`acks=all`).
     pub async fn append(&self, batch: Bytes, header: BatchHeader) -> Result<Appended> {
+        self.submit(batch, header)?
+            .await
+            .map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Queues a verified batch for Raft behind every batch queued before it
+    /// (proposals keep that order); the answer comes once a quorum has it
+    /// fsynced and it is applied (`acks=all`). A dropped answer means the
+    /// replica shut down.
+    pub fn submit(
+        &self,
+        batch: Bytes,
+        header: BatchHeader,
+    ) -> Result<oneshot::Receiver<Result<Appended>>> {
         let (reply, answer) = oneshot::channel();
         self.proposals
             .send(Proposal {
@@ -214,7 +228,7 @@ impl Replica {
                 reply,
             })
             .map_err(|_| Error::ShuttingDown)?;
-        answer.await.map_err(|_| Error::ShuttingDown)?
+        Ok(answer)
     }
 
     fn not_leader(&self, leader: Option<NodeId>) -> Error {

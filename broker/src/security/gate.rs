@@ -60,6 +60,7 @@ pub fn rule(path: &str) -> Rule {
     match path {
         "/metrics" | "/healthz" | "/readyz" => Rule::Open,
         "/strata.v1.Data/Produce"
+        | "/strata.v1.Data/ProduceStream"
         | "/strata.v1.Data/Fetch"
         | "/strata.v1.Data/ListOffsets"
         | "/strata.v1.Data/Heartbeat"
@@ -208,7 +209,23 @@ pub fn authorize<'a, T>(
     action: Action,
     resources: impl IntoIterator<Item = &'a str>,
 ) -> Result<(), Status> {
-    let Some(caller) = request.extensions().get::<Caller>() else {
+    authorize_caller(caller(request).as_ref(), action, resources)
+}
+
+/// The caller the layer attached to `request`; `None` with authentication
+/// off. For streams, whose messages are checked one by one after the
+/// request itself is gone.
+pub fn caller<T>(request: &Request<T>) -> Option<Caller> {
+    request.extensions().get::<Caller>().cloned()
+}
+
+/// [`authorize`] for a caller taken from its request with [`caller`].
+pub fn authorize_caller<'a>(
+    caller: Option<&Caller>,
+    action: Action,
+    resources: impl IntoIterator<Item = &'a str>,
+) -> Result<(), Status> {
+    let Some(caller) = caller else {
         return Ok(());
     };
     for resource in resources {
@@ -233,8 +250,9 @@ pub fn authorize<'a, T>(
 
 /// Takes `bytes` from the caller's produce quota, or refuses with
 /// RESOURCE_EXHAUSTED and the time until the quota allows more.
-pub fn throttle<T>(request: &Request<T>, bytes: u64) -> Result<(), Error> {
-    let Some(caller) = request.extensions().get::<Caller>() else {
+/// The caller comes from its request by [`caller`].
+pub fn throttle(caller: Option<&Caller>, bytes: u64) -> Result<(), Error> {
+    let Some(caller) = caller else {
         return Ok(());
     };
     caller

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use acl::{Action, Principal};
-pub use gate::{Gate, GateLayer, authorize, permits, throttle};
+pub use gate::{Caller, Gate, GateLayer, authorize, authorize_caller, caller, permits, throttle};
 pub use tls::{PeerTls, ServerTls, TlsFiles};
 pub use tokens::{AuthTable, hash_token};
 

@@ -2,24 +2,25 @@
 //! A thin adapter: it validates request shapes, calls the broker, and maps
 //! errors through `status`. No storage or partition logic lives here.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use strata_proto::limits::group_id_error;
+use strata_proto::limits::{MAX_IN_FLIGHT_BATCHES, group_id_error};
 use strata_proto::v1::data_server::Data;
 use strata_proto::v1::*;
-use tonic::{Request, Response, Status};
-use tracing::Instrument;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
 
 use super::deadline;
 use super::fetch::{self, FetchStream};
+use super::produce;
 use super::status::to_status;
 use crate::broker::Broker;
 use crate::error::Error;
 use crate::groups::assignment::Assignor;
 use crate::groups::coordinator::Heartbeat;
 use crate::groups::offsets::OffsetCommit;
-use crate::partition::Acks as PartitionAcks;
-use crate::security::{Action, authorize, permits, throttle};
+use crate::security::{Action, authorize, caller, permits};
 
 #[derive(Debug, Clone)]
 pub struct DataService {
@@ -62,64 +63,26 @@ impl Data for DataService {
         &self,
         request: Request<ProduceRequest>,
     ) -> Result<Response<ProduceResponse>, Status> {
-        let started = Instant::now();
-        let metrics = self.broker.metrics();
-        let check = authorize(
-            &request,
-            Action::Produce,
-            [request.get_ref().topic.as_str()],
-        )
-        .and_then(|()| {
-            throttle(&request, request.get_ref().batch.len() as u64).map_err(|e| to_status(&e))
-        });
-        if let Err(status) = check {
-            metrics.produce_error(
-                status.code() as i32,
-                status.code() == tonic::Code::ResourceExhausted,
-            );
-            return Err(status);
-        }
-        let r = request.into_inner();
-        let acks = match Acks::try_from(r.acks) {
-            Ok(Acks::All) => PartitionAcks::All,
-            Ok(Acks::Leader) => PartitionAcks::Leader,
-            Ok(Acks::None) => PartitionAcks::None,
-            Err(_) => Err(Error::InvalidArgument(format!(
-                "unknown acks value {}",
-                r.acks
-            )))
-            .map_err(|e| {
-                metrics.produce_error(tonic::Code::InvalidArgument as i32, false);
-                to_status(&e)
-            })?,
-        };
-        let bytes = r.batch.len() as u64;
-        let span =
-            tracing::debug_span!("produce", topic = %r.topic, partition = r.partition, bytes);
-        match self
-            .broker
-            .produce(&r.topic, r.partition, r.batch, acks)
-            .instrument(span)
-            .await
-        {
-            Ok(done) => {
-                metrics.produce_ok(bytes, done.duplicate, started.elapsed());
-                let high_watermark = self
-                    .broker
-                    .partition(&r.topic, r.partition)
-                    .map_or(0, |p| p.high_watermark());
-                Ok(Response::new(ProduceResponse {
-                    base_offset: done.base_offset,
-                    duplicate: done.duplicate,
-                    high_watermark,
-                }))
-            }
-            Err(e) => {
-                let status = to_status(&e);
-                metrics.produce_error(status.code() as i32, matches!(e, Error::Overloaded { .. }));
-                Err(status)
-            }
-        }
+        let caller = caller(&request);
+        let answer = produce::start(&self.broker, caller.as_ref(), request.into_inner())?;
+        answer.await.map(Response::new)
+    }
+
+    type ProduceStreamStream = ReceiverStream<Result<ProduceResponse, Status>>;
+
+    async fn produce_stream(
+        &self,
+        request: Request<Streaming<ProduceRequest>>,
+    ) -> Result<Response<Self::ProduceStreamStream>, Status> {
+        let caller = caller(&request);
+        let (answers, rx) = mpsc::channel(MAX_IN_FLIGHT_BATCHES);
+        tokio::spawn(produce::pipeline(
+            self.broker.clone(),
+            caller,
+            request.into_inner(),
+            answers,
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     type FetchStream = FetchStream;

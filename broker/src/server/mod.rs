@@ -18,6 +18,7 @@ mod fetch;
 pub mod http;
 pub(crate) mod local;
 pub mod peer_service;
+mod produce;
 pub mod status;
 
 use std::net::{SocketAddr, TcpListener};

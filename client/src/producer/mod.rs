@@ -40,7 +40,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use rand::Rng;
 use strata_proto::batch::Record;
-use strata_proto::limits::MAX_MESSAGE_BYTES;
+use strata_proto::limits::{MAX_IN_FLIGHT_BATCHES, MAX_MESSAGE_BYTES};
 use strata_proto::target::Target;
 use strata_proto::v1::InitProducerRequest;
 use tokio::sync::{Semaphore, oneshot};
@@ -105,6 +105,7 @@ pub(crate) struct ProducerConfig {
     request_timeout: Duration,
     acks: Acks,
     idempotent: bool,
+    max_in_flight: usize,
 }
 
 impl Default for ProducerConfig {
@@ -118,6 +119,7 @@ impl Default for ProducerConfig {
             request_timeout: Duration::from_millis(REQUEST_TIMEOUT_MS),
             acks: Acks::All,
             idempotent: true,
+            max_in_flight: MAX_IN_FLIGHT_BATCHES,
         }
     }
 }
@@ -165,6 +167,14 @@ impl ProducerBuilder {
         self.config.acks = acks;
         self
     }
+    /// Batches of one partition sent before the first is answered (default
+    /// and most: 5, the batches the broker remembers per producer to
+    /// deduplicate retries). They travel on one stream and are written in
+    /// order; 1 sends a batch only once the one before it is answered.
+    pub fn max_in_flight(mut self, batches: usize) -> Self {
+        self.config.max_in_flight = batches;
+        self
+    }
     /// Whether retries are deduplicated by the broker (default on).
     pub fn idempotent(mut self, idempotent: bool) -> Self {
         self.config.idempotent = idempotent;
@@ -178,6 +188,11 @@ impl ProducerBuilder {
             return Err(Error::InvalidArgument(format!(
                 "batch size must be between 1 and {} bytes",
                 strata_proto::limits::MAX_BATCH_BYTES
+            )));
+        }
+        if !(1..=MAX_IN_FLIGHT_BATCHES).contains(&c.max_in_flight) {
+            return Err(Error::InvalidArgument(format!(
+                "max in flight must be between 1 and {MAX_IN_FLIGHT_BATCHES} batches"
             )));
         }
         if c.buffer_memory < c.batch_size {

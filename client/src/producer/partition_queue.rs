@@ -3,14 +3,24 @@
 //!
 //! A batch is sealed when it reaches the batch size, when its linger time has
 //! passed, or on flush; sealing assigns its producer epoch and first sequence
-//! number. Batches are sent one at a time, in order, and retried with the same
-//! bytes (and so the same sequence) until they succeed, fail for good, or hit
-//! the delivery timeout: the broker recognises a retry of a batch it already
+//! number. Batches are sent in order on one produce stream to the partition's
+//! leader, up to `max_in_flight` of them before the first is answered (the
+//! broker writes and answers a stream's batches in the order sent), so the
+//! next batch crosses the wire while the broker fsyncs the previous one.
+//!
+//! When the stream fails (a refusal, a leader change, a lost connection, no
+//! answer within the request timeout), the batches it left unanswered go
+//! back to the front of the queue, marked *maybe written*, and the front one
+//! is sent alone and retried with the same bytes (and so the same sequence)
+//! until it succeeds, fails for good, or hits the delivery timeout; then
+//! pipelining resumes. The broker recognises a retry of a batch it already
 //! wrote and answers with the original offset, so retries never duplicate.
 //!
 //! When a batch fails for good, its records get the error, and the partition
 //! starts a new producer epoch with sequence 0 so the batches behind it are not
-//! refused as out of order. Every record's delivery resolves exactly once.
+//! refused as out of order. Batches that may already be written keep their
+//! stamps: restamped, they would be written a second time. Every record's
+//! delivery resolves exactly once.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -19,8 +29,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use strata_proto::batch::{BatchBuilder, ProducerStamp, Record, restamp_producer};
-use strata_proto::v1::ProduceRequest;
-use tokio::sync::{Notify, OwnedSemaphorePermit, oneshot};
+use strata_proto::v1::{ProduceRequest, ProduceResponse};
+use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
 
 use super::{Acks, ProducerConfig};
 use crate::connection::Connection;
@@ -43,6 +55,20 @@ struct SealedBatch {
     _permit: Option<OwnedSemaphorePermit>,
     created: Instant,
     records: u32,
+    /// Sent on a stream that failed before answering it: the broker may have
+    /// written it.
+    maybe_written: bool,
+}
+
+/// How a run of [`PartitionQueue::pipeline`] ended.
+enum PipelineEnd {
+    /// Closed, and every batch answered.
+    Closed,
+    /// The stream failed or could not start; the batches it did not answer
+    /// are back at the front of the queue.
+    Broken,
+    /// The broker does not serve produce streams (an older version).
+    Unsupported,
 }
 
 #[derive(Default)]
@@ -152,6 +178,7 @@ impl PartitionQueue {
             _permit: open.permit,
             created: open.created,
             records,
+            maybe_written: false,
         });
     }
 
@@ -163,7 +190,10 @@ impl PartitionQueue {
         }
         st.epoch = st.epoch.wrapping_add(1);
         st.next_sequence = 0;
-        for batch in st.sealed.iter_mut() {
+        // A batch that may be written keeps its stamp: sent again unchanged,
+        // it is answered as a duplicate if it was written, or refused as out
+        // of order if not, and only then restamped (in `deliver`).
+        for batch in st.sealed.iter_mut().filter(|b| !b.maybe_written) {
             let mut bytes = batch.payload.to_vec();
             restamp_producer(&mut bytes, st.epoch, st.next_sequence);
             st.next_sequence = st.next_sequence.wrapping_add(batch.records);
@@ -255,12 +285,150 @@ impl PartitionQueue {
 
     /// The partition's sender: sends sealed batches in order until closed.
     pub async fn run(self: Arc<Self>, conn: Arc<Connection>, config: ProducerConfig) {
-        while let Some(mut batch) = self.next_batch(config.linger).await {
+        let mut pipelined = config.max_in_flight > 1;
+        loop {
+            if pipelined {
+                match self.pipeline(&conn, &config).await {
+                    PipelineEnd::Closed => return,
+                    PipelineEnd::Broken => {}
+                    PipelineEnd::Unsupported => pipelined = false,
+                }
+            }
+            // One batch alone, retried until it is answered: after a broken
+            // stream, the first batch the stream left unanswered.
+            let Some(mut batch) = self.next_batch(config.linger).await else {
+                return;
+            };
             let result = self.deliver(&conn, &config, &mut batch).await;
             if result.is_err() {
                 self.reset_sequences(&mut self.state.lock());
             }
             self.resolve(batch, result);
+        }
+    }
+
+    fn request(&self, batch: &SealedBatch, config: &ProducerConfig) -> ProduceRequest {
+        ProduceRequest {
+            topic: self.topic.to_string(),
+            partition: self.partition,
+            // The same bytes on every attempt: the same producer epoch and
+            // sequence, so the leader (old or new) writes the batch once.
+            batch: batch.payload.clone(),
+            acks: config.acks.wire() as i32,
+        }
+    }
+
+    /// Puts unanswered batches back at the front of the queue, in order;
+    /// `sent` if they went out on a stream (the broker may have written them).
+    fn requeue(&self, batches: VecDeque<SealedBatch>, sent: bool) {
+        let mut st = self.state.lock();
+        for mut batch in batches.into_iter().rev() {
+            batch.maybe_written |= sent;
+            st.sealed.push_front(batch);
+        }
+    }
+
+    /// Sends batches on one produce stream to the partition's leader, at most
+    /// `max_in_flight` unanswered, and resolves each with its answer (they
+    /// come in order). Returns once closed and answered, or at the first
+    /// failure, leaving what is unanswered to [`PartitionQueue::deliver`].
+    async fn pipeline(&self, conn: &Connection, config: &ProducerConfig) -> PipelineEnd {
+        let Some(first) = self.next_batch(config.linger).await else {
+            return PipelineEnd::Closed;
+        };
+        let mut client = match conn.data_client(&self.topic, self.partition).await {
+            Ok(client) => client,
+            Err(_) => {
+                // `deliver` finds the leader, with backoff.
+                self.requeue(VecDeque::from([first]), false);
+                return PipelineEnd::Broken;
+            }
+        };
+        let (requests, rx) = mpsc::channel(config.max_in_flight);
+        requests
+            .try_send(self.request(&first, config))
+            .expect("an empty channel has room");
+        let mut in_flight = VecDeque::from([(first, Instant::now())]);
+        let opening = client.produce_stream(ReceiverStream::new(rx));
+        let failure = self.stream(opening, requests, &mut in_flight, config).await;
+        let Some(status) = failure else {
+            return PipelineEnd::Closed;
+        };
+        let unsupported = status.code() == tonic::Code::Unimplemented;
+        let error = Error::from_status(&status);
+        conn.leader_failed(&self.topic, self.partition, &error);
+        tracing::debug!(topic = %self.topic, partition = self.partition, %error,
+            unanswered = in_flight.len(), "produce stream broken");
+        self.requeue(in_flight.into_iter().map(|(b, _)| b).collect(), true);
+        if unsupported {
+            PipelineEnd::Unsupported
+        } else {
+            PipelineEnd::Broken
+        }
+    }
+
+    /// The body of [`PartitionQueue::pipeline`]: `None` when closed and
+    /// answered, else why the stream failed. Requests keep going out while
+    /// the stream opens (a broker may answer the opening only after it has
+    /// read some).
+    async fn stream(
+        &self,
+        opening: impl Future<
+            Output = std::result::Result<
+                tonic::Response<tonic::Streaming<ProduceResponse>>,
+                Status,
+            >,
+        >,
+        requests: mpsc::Sender<ProduceRequest>,
+        in_flight: &mut VecDeque<(SealedBatch, Instant)>,
+        config: &ProducerConfig,
+    ) -> Option<Status> {
+        let mut opening = std::pin::pin!(opening);
+        let mut answers = None;
+        let mut closing = false;
+        loop {
+            if closing && in_flight.is_empty() {
+                return None;
+            }
+            let oldest = in_flight
+                .front()
+                .map(|(_, sent)| *sent + config.request_timeout);
+            tokio::select! {
+                opened = &mut opening, if answers.is_none() => match opened {
+                    Ok(stream) => answers = Some(stream.into_inner()),
+                    Err(status) => return Some(status),
+                },
+                answer = next_answer(&mut answers) => match answer {
+                    Ok(Some(answer)) => {
+                        let Some((batch, _)) = in_flight.pop_front() else {
+                            return Some(Status::internal("an answer to no request on a produce stream"));
+                        };
+                        let base = (config.acks != Acks::None).then_some(answer.base_offset);
+                        self.resolve(batch, Ok(base));
+                    }
+                    Ok(None) => return Some(Status::unavailable("the broker ended the produce stream")),
+                    Err(status) => return Some(status),
+                },
+                batch = self.next_batch(config.linger), if !closing && in_flight.len() < config.max_in_flight => {
+                    match batch {
+                        Some(batch) => {
+                            let request = self.request(&batch, config);
+                            in_flight.push_back((batch, Instant::now()));
+                            // Never full: at most `max_in_flight` unanswered.
+                            if requests.try_send(request).is_err() {
+                                return Some(Status::unavailable("the produce stream closed"));
+                            }
+                        }
+                        None => closing = true,
+                    }
+                }
+                () = sleep_until_some(oldest) => {
+                    return Some(Status::deadline_exceeded(format!(
+                        "no answer to a produce within {:?}",
+                        config.request_timeout
+                    )));
+                }
+            }
         }
     }
 
@@ -272,21 +440,14 @@ impl PartitionQueue {
     ) -> Result<Option<u64>> {
         let deadline = batch.created + config.delivery_timeout;
         let mut backoff = Backoff::default();
-        let mut sent = false;
+        let mut sent = batch.maybe_written;
         let mut restamped = false;
         loop {
             let now = Instant::now();
             let request_timeout = config
                 .request_timeout
                 .min(deadline.saturating_duration_since(now));
-            let mut request = tonic::Request::new(ProduceRequest {
-                topic: self.topic.to_string(),
-                partition: self.partition,
-                // The same bytes on every attempt: the same producer epoch and
-                // sequence, so the leader (old or new) writes the batch once.
-                batch: batch.payload.clone(),
-                acks: config.acks.wire() as i32,
-            });
+            let mut request = tonic::Request::new(self.request(batch, config));
             request.set_timeout(request_timeout);
             // A failure here also tells the connection where the leader went
             // (a hint, or a refresh before the next attempt).
@@ -305,7 +466,9 @@ impl PartitionQueue {
             sent |= !matches!(error, Error::Overloaded { .. } | Error::Connect { .. });
             if matches!(error, Error::OutOfOrderSequence(_)) && !restamped {
                 // The broker does not know our sequence (its producer state
-                // expired): start a new epoch for this batch and those behind it.
+                // expired, or batches before this one failed): start a new
+                // epoch for this batch and those behind it. None of them is
+                // written: the broker writes a producer's batches in sequence.
                 let mut st = self.state.lock();
                 st.sealed.push_front(SealedBatch {
                     payload: batch.payload.clone(),
@@ -313,7 +476,11 @@ impl PartitionQueue {
                     _permit: None,
                     created: batch.created,
                     records: batch.records,
+                    maybe_written: false,
                 });
+                for b in st.sealed.iter_mut() {
+                    b.maybe_written = false;
+                }
                 self.reset_sequences(&mut st);
                 batch.payload = st.sealed.pop_front().expect("just pushed").payload;
                 restamped = true;
@@ -334,5 +501,23 @@ impl PartitionQueue {
                 delay_ms = delay.as_millis() as u64, "retrying produce");
             tokio::time::sleep(delay).await;
         }
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next answer of an open stream; never, while it is still opening.
+async fn next_answer(
+    answers: &mut Option<tonic::Streaming<ProduceResponse>>,
+) -> std::result::Result<Option<ProduceResponse>, Status> {
+    match answers {
+        Some(answers) => answers.message().await,
+        None => std::future::pending().await,
     }
 }

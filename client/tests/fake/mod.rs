@@ -235,6 +235,10 @@ struct DataState {
     produce_calls: AtomicUsize,
     /// Producer (id, epoch, base sequence) of every batch received.
     stamps: parking_lot::Mutex<Vec<(u64, u16, u32)>>,
+    /// A relay, not a former leader: a produce stream's first this-many
+    /// requests are all received before any is answered, then written
+    /// through in order and answered.
+    hold: usize,
 }
 
 /// A former leader's data port: every partition request is answered
@@ -246,12 +250,32 @@ pub struct FormerLeader {
 
 impl FormerLeader {
     pub async fn start(hint: Option<SocketAddr>, write_through: Option<SocketAddr>) -> Self {
-        let state = Arc::new(DataState {
+        Self::serve(DataState {
             hint: hint.map(|a| a.to_string()),
             write_through,
             produce_calls: AtomicUsize::new(0),
             stamps: parking_lot::Mutex::new(Vec::new()),
-        });
+            hold: 0,
+        })
+        .await
+    }
+
+    /// A leader that answers a produce stream only once `hold` requests
+    /// arrived on it (a client sending one batch at a time waits forever),
+    /// writing them to the real broker at `real`.
+    pub async fn relay(real: SocketAddr, hold: usize) -> Self {
+        Self::serve(DataState {
+            hint: Some(real.to_string()),
+            write_through: Some(real),
+            produce_calls: AtomicUsize::new(0),
+            stamps: parking_lot::Mutex::new(Vec::new()),
+            hold,
+        })
+        .await
+    }
+
+    async fn serve(state: DataState) -> Self {
+        let state = Arc::new(state);
         let server = serve(
             tonic::transport::Server::builder()
                 .add_service(DataServer::new(DataService(state.clone()))),
@@ -290,6 +314,29 @@ impl DataService {
         )
     }
 
+    /// Counts and records a produce, writes it through if asked, and says
+    /// what a former leader says.
+    async fn refuse_produce(&self, request: ProduceRequest) -> Status {
+        self.0.produce_calls.fetch_add(1, Ordering::SeqCst);
+        if let Ok(header) = strata_proto::batch::BatchHeader::parse(&request.batch) {
+            self.0.stamps.lock().push((
+                header.producer_id,
+                header.producer_epoch,
+                header.base_sequence,
+            ));
+        }
+        if self.0.write_through.is_some() {
+            let written = match self.real().await {
+                Ok(mut real) => real.produce(request).await.map(drop),
+                Err(status) => Err(status),
+            };
+            if let Err(status) = written {
+                return status;
+            }
+        }
+        self.not_leader()
+    }
+
     async fn real(&self) -> Result<DataClient<tonic::transport::Channel>, Status> {
         let addr = self.0.write_through.ok_or_else(|| self.not_leader())?;
         DataClient::connect(format!("http://{addr}"))
@@ -301,24 +348,40 @@ impl DataService {
 #[tonic::async_trait]
 impl Data for DataService {
     type FetchStream = futures::stream::BoxStream<'static, Result<FetchResponse, Status>>;
+    type ProduceStreamStream = futures::stream::BoxStream<'static, Result<ProduceResponse, Status>>;
 
     async fn produce(
         &self,
         request: Request<ProduceRequest>,
     ) -> Result<Response<ProduceResponse>, Status> {
-        self.0.produce_calls.fetch_add(1, Ordering::SeqCst);
-        let request = request.into_inner();
-        if let Ok(header) = strata_proto::batch::BatchHeader::parse(&request.batch) {
-            self.0.stamps.lock().push((
-                header.producer_id,
-                header.producer_epoch,
-                header.base_sequence,
-            ));
+        Err(self.refuse_produce(request.into_inner()).await)
+    }
+    async fn produce_stream(
+        &self,
+        request: Request<tonic::Streaming<ProduceRequest>>,
+    ) -> Result<Response<Self::ProduceStreamStream>, Status> {
+        let mut requests = request.into_inner();
+        if self.0.hold == 0 {
+            // Takes the first batch as `produce` does, then ends the stream.
+            return match requests.message().await? {
+                Some(first) => Err(self.refuse_produce(first).await),
+                None => Err(self.not_leader()),
+            };
         }
-        if self.0.write_through.is_some() {
-            self.real().await?.produce(request).await?;
+        let mut held = Vec::new();
+        while held.len() < self.0.hold {
+            match requests.message().await? {
+                Some(request) => held.push(request),
+                None => break,
+            }
         }
-        Err(self.not_leader())
+        self.0.produce_calls.fetch_add(held.len(), Ordering::SeqCst);
+        let mut real = self.real().await?;
+        let mut answers = Vec::new();
+        for request in held {
+            answers.push(real.produce(request).await.map(Response::into_inner));
+        }
+        Ok(Response::new(Box::pin(futures::stream::iter(answers))))
     }
     async fn fetch(&self, _: Request<FetchRequest>) -> Result<Response<Self::FetchStream>, Status> {
         Err(self.not_leader())
