@@ -228,8 +228,9 @@ impl ProducerBuilder {
     }
 }
 
-/// The partition queues by (topic, partition).
-type Queues = HashMap<(Arc<str>, u32), Arc<PartitionQueue>>;
+/// The partition queues by topic, then partition: looked up by `&str` on
+/// every record, without allocating a key.
+type Queues = HashMap<Arc<str>, HashMap<u32, Arc<PartitionQueue>>>;
 
 struct Inner {
     conn: Arc<Connection>,
@@ -245,7 +246,7 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         // Senders finish what they hold, then stop: nothing queued is dropped.
-        for q in self.queues.lock().values() {
+        for q in self.queues.lock().values().flat_map(HashMap::values) {
             q.close();
         }
     }
@@ -335,20 +336,24 @@ impl Producer {
                 "record of about {cost} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit"
             )));
         }
-        let permit = match tokio::time::timeout(
-            inner.config.max_block,
-            inner.buffer.clone().acquire_many_owned(cost as u32),
-        )
-        .await
-        {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_)) => return Err(Error::Closed),
-            Err(_) => {
-                return Err(Error::BufferFull {
-                    bytes: cost,
-                    waited: inner.config.max_block,
-                });
-            }
+        let permit = match inner.buffer.clone().try_acquire_many_owned(cost as u32) {
+            Ok(permit) => permit,
+            // Only a full buffer pays for a timer.
+            Err(_) => match tokio::time::timeout(
+                inner.config.max_block,
+                inner.buffer.clone().acquire_many_owned(cost as u32),
+            )
+            .await
+            {
+                Ok(Ok(permit)) => permit,
+                Ok(Err(_)) => return Err(Error::Closed),
+                Err(_) => {
+                    return Err(Error::BufferFull {
+                        bytes: cost,
+                        waited: inner.config.max_block,
+                    });
+                }
+            },
         };
         let partition = match (record.partition, &record.key) {
             (Some(p), _) if p >= partitions => {
@@ -387,7 +392,7 @@ impl Producer {
 
     fn queue(&self, topic: &str, partition: u32) -> Arc<PartitionQueue> {
         let mut queues = self.inner.queues.lock();
-        if let Some(q) = queues.get(&(Arc::from(topic), partition)) {
+        if let Some(q) = queues.get(topic).and_then(|t| t.get(&partition)) {
             return q.clone();
         }
         let topic: Arc<str> = Arc::from(topic);
@@ -401,14 +406,20 @@ impl Producer {
             q.clone()
                 .run(self.inner.conn.clone(), self.inner.config.clone()),
         );
-        queues.insert((topic, partition), q.clone());
+        queues
+            .entry(topic)
+            .or_default()
+            .insert(partition, q.clone());
         q
     }
 
     /// Sends everything enqueued so far without waiting for linger, and waits
     /// until each of those records is resolved.
     pub async fn flush(&self) {
-        let queues: Vec<_> = self.inner.queues.lock().values().cloned().collect();
+        let queues: Vec<_> = (self.inner.queues.lock().values())
+            .flat_map(HashMap::values)
+            .cloned()
+            .collect();
         futures::future::join_all(queues.iter().map(|q| q.flush())).await;
     }
 
@@ -418,7 +429,7 @@ impl Producer {
             .closed
             .store(true, std::sync::atomic::Ordering::Release);
         self.flush().await;
-        for q in self.inner.queues.lock().values() {
+        for q in self.inner.queues.lock().values().flat_map(HashMap::values) {
             q.close();
         }
         Ok(())

@@ -90,6 +90,10 @@ pub struct BenchArgs {
     /// Producer linger in milliseconds (default: the client's, 5 ms).
     #[arg(long)]
     linger_ms: Option<u64>,
+    /// Batches a producer keeps in flight per partition (default: the
+    /// client's, 5; 1 waits for each answer before the next batch).
+    #[arg(long)]
+    max_in_flight: Option<usize>,
     /// Directory for the disk baseline (default: ./strata-data) and for the
     /// brokers `embedded` and `append` open (default: the temp directory).
     #[arg(long)]

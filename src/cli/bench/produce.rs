@@ -63,6 +63,9 @@ pub fn describe(args: &BenchArgs, report: &mut Report) {
     if let Some(rate) = args.rate {
         report.detail("rate", rate);
     }
+    if let Some(batches) = args.max_in_flight {
+        report.detail("max_in_flight", batches as u64);
+    }
 }
 
 /// Runs all producers to completion.
@@ -81,6 +84,9 @@ pub async fn send_all(args: &BenchArgs, bar: ProgressBar) -> CliResult<Sent> {
         }
         if let Some(ms) = args.linger_ms {
             builder = builder.linger(Duration::from_millis(ms));
+        }
+        if let Some(batches) = args.max_in_flight {
+            builder = builder.max_in_flight(batches);
         }
         handles.push(builder.build().await?);
     }
