@@ -19,11 +19,14 @@
 //! `strata_auth_denied_total{reason}` and logged with the principal, the RPC
 //! and the resource — never the token.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::http;
 use futures::future::BoxFuture;
+use parking_lot::Mutex;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Status};
 use tower::{Layer, Service};
@@ -89,6 +92,40 @@ pub struct Gate {
     table: Arc<AuthTable>,
     quotas: Quotas,
     broker: Broker,
+    refusal_log: LogLimiter,
+}
+
+/// Least time between two log lines about refused requests.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// At most one log line per reason per [`REFUSAL_LOG_INTERVAL`].
+#[derive(Debug, Default)]
+struct LogLimiter {
+    /// Per reason: when its last line was logged, and what was dropped since.
+    state: Mutex<HashMap<&'static str, (Instant, u64)>>,
+}
+
+impl LogLimiter {
+    /// `Some(dropped since the last line)` if a line about `reason` may be
+    /// logged now.
+    fn admit(&self, reason: &'static str) -> Option<u64> {
+        let mut state = self.state.lock();
+        let now = Instant::now();
+        match state.get_mut(reason) {
+            Some((last, dropped)) if now.duration_since(*last) < REFUSAL_LOG_INTERVAL => {
+                *dropped += 1;
+                None
+            }
+            Some((last, dropped)) => {
+                *last = now;
+                Some(std::mem::take(dropped))
+            }
+            None => {
+                state.insert(reason, (now, 0));
+                Some(0)
+            }
+        }
+    }
 }
 
 /// The authenticated caller of one request, attached to it by the layer.
@@ -104,12 +141,18 @@ impl Gate {
             quotas: Quotas::new(&table),
             table,
             broker,
+            refusal_log: LogLimiter::default(),
         })
     }
 
     fn refuse(&self, reason: DenyReason, error: Error, rpc: &str) -> Status {
         self.broker.metrics().auth_denied(reason);
-        tracing::warn!(rpc, reason = reason.label(), error = %error, "request refused");
+        // Every refusal is counted; a client looping bad requests gets one
+        // line per interval, with how many were not logged.
+        if let Some(suppressed) = self.refusal_log.admit(reason.label()) {
+            tracing::warn!(rpc, reason = reason.label(), error = %error, suppressed,
+                "request refused (`suppressed`: refusals since the last line, not logged)");
+        }
         to_status(&error)
     }
 
@@ -120,12 +163,28 @@ impl Gate {
         if rule == Rule::Open {
             return Ok(None);
         }
-        let token = request
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix(BEARER_PREFIX))
-            .map(str::trim);
+        // A header that is sent must be a bearer token: anything else is
+        // refused, never taken as no token (which would let a client
+        // certificate authenticate a request that said something else).
+        let token = match request.headers().get(http::header::AUTHORIZATION) {
+            None => None,
+            Some(value) => match value
+                .to_str()
+                .ok()
+                .and_then(|v| v.strip_prefix(BEARER_PREFIX))
+            {
+                Some(token) => Some(token.trim()),
+                None => {
+                    return Err(self.refuse(
+                        DenyReason::Unauthenticated,
+                        Error::Unauthenticated(
+                            "the authorization header is not `Bearer <token>`".into(),
+                        ),
+                        path,
+                    ));
+                }
+            },
+        };
         let certified =
             || certificate_name(request).and_then(|name| self.table.by_certificate_name(&name));
         let principal = match token {
