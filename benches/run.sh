@@ -115,8 +115,8 @@ e2e_peak_and_half() {
 }
 e2e_peak_and_half "" "$B1" "$(n 200000)"
 
-# The broker's own durable appends (in-process: no gRPC, no client; one batch
-# in flight per writer, as the client keeps one per partition) against the
+# The broker's own durable appends (in-process: no gRPC, no client; up to 5
+# batches in flight per writer, as the client keeps per partition) against the
 # same workload produced over gRPC, alternated three times (disk noise
 # dominates single runs): 4 writers on 4 partitions, and 1 on 1.
 for round in 1 2 3; do

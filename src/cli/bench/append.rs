@@ -3,13 +3,16 @@
 //!
 //! A broker opened in this process on a fresh directory; `--producers`
 //! writers, writer `w` appending to partition `w mod --partitions`, each with
-//! one batch in flight (as the client keeps one per partition). Every batch is
+//! up to `--max-in-flight` batches in flight (default: as many as the client
+//! keeps per partition, 5): the next is submitted while earlier ones are
+//! fsynced, as the client's produce stream does. Every batch is
 //! idempotent, `--batch-size` bytes (default: the client's batch, 1 MiB) of
 //! `--size`-byte records, and goes through `Broker::produce` with acks=all:
 //! the produce budget, validation, the dedupe table, group commit and fsync —
 //! everything a produce request costs once it has arrived, without gRPC and
 //! without the client.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -18,6 +21,7 @@ use strata_broker::partition::Acks;
 use strata_broker::{Broker, BrokerConfig};
 use strata_client::producer::BATCH_SIZE_BYTES;
 use strata_proto::batch::{BatchBuilder, ProducerStamp, Record, restamp_producer};
+use strata_proto::limits::MAX_IN_FLIGHT_BATCHES;
 
 use super::payload::{self, Stamp};
 use super::report::{Report, histogram, record};
@@ -36,6 +40,7 @@ pub async fn run(args: &BenchArgs) -> CliResult<Report> {
     broker.create_topic(TOPIC, settings).await?;
     let batch_bytes = args.batch_size.unwrap_or(BATCH_SIZE_BYTES);
     let per_writer = args.messages / args.producers as u64;
+    let in_flight_max = args.max_in_flight.unwrap_or(MAX_IN_FLIGHT_BATCHES).max(1);
 
     let mut writers = Vec::with_capacity(args.producers);
     for w in 0..args.producers {
@@ -50,18 +55,26 @@ pub async fn run(args: &BenchArgs) -> CliResult<Report> {
         let partition = (w % args.partitions as usize) as u32;
         tasks.push(tokio::spawn(async move {
             let mut latency = histogram();
+            let mut submitted = 0u64;
             let mut written = 0u64;
             let mut sequence = 0u32;
+            let mut in_flight = VecDeque::with_capacity(in_flight_max);
             while written < per_writer {
-                // A fresh buffer per batch, as a request brings one.
-                let mut bytes = template.to_vec();
-                restamp_producer(&mut bytes, epoch, sequence);
-                let sent = Instant::now();
-                broker
-                    .produce(TOPIC, partition, Bytes::from(bytes), Acks::All)
-                    .await?;
+                if submitted < per_writer && in_flight.len() < in_flight_max {
+                    // A fresh buffer per batch, as a request brings one.
+                    let mut bytes = template.to_vec();
+                    restamp_producer(&mut bytes, epoch, sequence);
+                    let sent = Instant::now();
+                    let pending =
+                        broker.submit_produce(TOPIC, partition, Bytes::from(bytes), Acks::All)?;
+                    in_flight.push_back((sent, pending));
+                    sequence = sequence.wrapping_add(per_batch);
+                    submitted += u64::from(per_batch);
+                    continue;
+                }
+                let (sent, pending) = in_flight.pop_front().expect("a batch is in flight");
+                pending.wait().await?;
                 record(&mut latency, sent.elapsed());
-                sequence = sequence.wrapping_add(per_batch);
                 written += u64::from(per_batch);
             }
             Ok::<_, strata_broker::Error>((latency, written))
@@ -92,6 +105,7 @@ pub async fn run(args: &BenchArgs) -> CliResult<Report> {
     report.detail("producers", args.producers as u64);
     report.detail("partitions", u64::from(args.partitions));
     report.detail("batch_size", batch_bytes as u64);
+    report.detail("max_in_flight", in_flight_max as u64);
     report.detail("size", args.size as u64);
     Ok(report)
 }
