@@ -1286,3 +1286,70 @@ async fn fetch_offsets_leaves_out_topics_the_caller_cannot_read() {
             .into_inner();
     assert_eq!(topics(as_reader), ["t-visible"]);
 }
+
+/// With authentication on, a connection that makes no authenticated
+/// request is closed after the auth deadline, so anonymous sockets cannot
+/// hold a port's connection slots; one that did stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_without_an_authenticated_request_are_closed_after_the_deadline() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let auth = auth_file(dir.path());
+    let node = Node::start_with(
+        &dir.path().join("n"),
+        &[
+            "--auth-file",
+            auth.to_str().unwrap(),
+            "--auth-deadline-ms",
+            "500",
+            "--max-connections",
+            "2",
+        ],
+    );
+    // An authenticated client takes one slot of the data port.
+    let mut data =
+        DataClient::with_interceptor(channel(node.data).await, bearer(Some(ADMIN_TOKEN)));
+    data.init_producer(InitProducerRequest {}).await.unwrap();
+
+    // An anonymous socket takes the other, and is closed after the deadline.
+    let mut anonymous = std::net::TcpStream::connect(node.data).unwrap();
+    anonymous
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 256];
+    loop {
+        match anonymous.read(&mut buf) {
+            Ok(0) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            // The server's HTTP/2 preface, if it sends one.
+            Ok(_) => continue,
+            Err(e) => panic!(
+                "an anonymous connection was still open after {:?}: {e}",
+                started.elapsed()
+            ),
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // The authenticated connection is still open: of two new sockets, one
+    // gets the free slot and the other is refused at once.
+    let refused = || {
+        let (_, metrics) = http_get(node.control, "/metrics");
+        common::metric(&metrics, "strata_connections_refused_total").unwrap_or(0.0)
+    };
+    let before = refused();
+    let _more: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| std::net::TcpStream::connect(node.data).unwrap())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while refused() < before + 1.0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        refused(),
+        before + 1.0,
+        "the authenticated connection was closed with the anonymous one"
+    );
+    data.init_producer(InitProducerRequest {}).await.unwrap();
+}

@@ -47,6 +47,11 @@ pub const MAX_CONNECTIONS: usize = 4096;
 /// reopens it when it reads again).
 pub const FETCH_IDLE_TIMEOUT_MS: u64 = 300_000;
 
+/// With authentication on, how long a data or control connection may stay
+/// open without a request the gate admits (anonymous sockets would
+/// otherwise hold the port's connection slots).
+pub const AUTH_DEADLINE_MS: u64 = 10_000;
+
 /// Consumer group defaults.
 pub const GROUP_SESSION_TIMEOUT_MS: u64 = 10_000;
 pub const GROUP_MIN_SESSION_TIMEOUT_MS: u64 = 1_000;
@@ -112,6 +117,10 @@ pub struct BrokerConfig {
     pub connection_max_bytes_per_sec: Option<u64>,
     /// A fetch stream whose consumer takes nothing for this long is closed.
     pub fetch_idle_timeout: Duration,
+    /// With authentication on, a data or control connection on which no
+    /// request was admitted (authenticated, or an open endpoint) for this
+    /// long is closed.
+    pub auth_deadline: Duration,
     /// TLS and authentication of the network listeners (off by default).
     pub security: crate::security::SecurityConfig,
     /// Record request metrics (on by default; off only to measure their cost).
@@ -144,6 +153,7 @@ impl Default for BrokerConfig {
             max_connections: MAX_CONNECTIONS,
             connection_max_bytes_per_sec: None,
             fetch_idle_timeout: Duration::from_millis(FETCH_IDLE_TIMEOUT_MS),
+            auth_deadline: Duration::from_millis(AUTH_DEADLINE_MS),
             security: crate::security::SecurityConfig::default(),
             metrics_enabled: true,
             debug_recovery_delay: None,

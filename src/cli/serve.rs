@@ -98,6 +98,10 @@ pub struct ServeArgs {
     /// Close a fetch stream whose consumer reads nothing for this long [default: 300000].
     #[arg(long)]
     fetch_idle_timeout_ms: Option<u64>,
+    /// With --auth-file: close a data or control connection that has made no
+    /// authenticated request for this long after connecting [default: 10000].
+    #[arg(long)]
+    auth_deadline_ms: Option<u64>,
     /// Fault injection for tests: delay partition recovery by this long.
     #[arg(long, hide = true)]
     debug_recovery_delay_ms: Option<u64>,
@@ -141,6 +145,7 @@ struct FileConfig {
     max_connections: Option<usize>,
     connection_max_bytes_per_sec: Option<u64>,
     fetch_idle_timeout_ms: Option<u64>,
+    auth_deadline_ms: Option<u64>,
 }
 
 /// Log filter without RUST_LOG: openraft reports every vote and heartbeat
@@ -236,6 +241,10 @@ pub async fn run(args: ServeArgs) -> CliResult {
     if fetch_idle_timeout_ms == Some(0) {
         return Err(CliError("--fetch-idle-timeout-ms must be positive".into()));
     }
+    let auth_deadline_ms = args.auth_deadline_ms.or(file.auth_deadline_ms);
+    if auth_deadline_ms == Some(0) {
+        return Err(CliError("--auth-deadline-ms must be positive".into()));
+    }
     let node_id = args.node_id.or(file.node_id).unwrap_or(1);
     let defaults = BrokerConfig::default();
     let config = BrokerConfig {
@@ -271,6 +280,8 @@ pub async fn run(args: ServeArgs) -> CliResult {
             defaults.fetch_idle_timeout,
             std::time::Duration::from_millis,
         ),
+        auth_deadline: auth_deadline_ms
+            .map_or(defaults.auth_deadline, std::time::Duration::from_millis),
         security,
         ..defaults
     };

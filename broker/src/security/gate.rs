@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use axum::http;
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tonic::transport::server::TlsConnectInfo;
 use tonic::{Request, Status};
 use tower::{Layer, Service};
 
@@ -37,6 +37,7 @@ use super::tokens::AuthTable;
 use crate::broker::Broker;
 use crate::error::Error;
 use crate::metrics::DenyReason;
+use crate::server::connections::ConnInfo;
 use crate::server::status::to_status;
 
 /// The scheme of the `authorization` header a client sends its token in.
@@ -232,13 +233,22 @@ impl Gate {
 /// connection, if any. Only a verified chain reaches the extensions: rustls
 /// refuses the handshake for a certificate the client CA did not sign.
 fn certificate_name<B>(request: &http::Request<B>) -> Option<String> {
-    let info = request
-        .extensions()
-        .get::<TlsConnectInfo<TcpConnectInfo>>()?;
+    let info = request.extensions().get::<TlsConnectInfo<ConnInfo>>()?;
     let certs = info.peer_certs()?;
     let (_, cert) = x509_parser::parse_x509_certificate(certs.first()?.as_ref()).ok()?;
     let name = cert.subject().iter_common_name().next()?.as_str().ok()?;
     Some(name.to_owned())
+}
+
+/// Tells the connection `request` came on that the gate admitted a request
+/// on it (see the auth deadline in `server::connections`).
+fn mark_admitted<B>(request: &http::Request<B>) {
+    let extensions = request.extensions();
+    if let Some(info) = extensions.get::<ConnInfo>() {
+        info.admit();
+    } else if let Some(info) = extensions.get::<TlsConnectInfo<ConnInfo>>() {
+        info.get_ref().admit();
+    }
 }
 
 fn rpc_name(path: &str) -> &str {
@@ -366,6 +376,7 @@ where
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
         match self.gate.admit(&request) {
             Ok(caller) => {
+                mark_admitted(&request);
                 if let Some(caller) = caller {
                     request.extensions_mut().insert(caller);
                 }

@@ -7,11 +7,17 @@
 //! second (a token bucket holding one second's worth): past it the socket
 //! is simply not read for a while, so TCP and HTTP/2 flow control slow the
 //! sender down. Nothing is refused and nothing is dropped.
+//!
+//! With authentication on, a connection must make a request the gate admits
+//! within the auth deadline, or it is closed: otherwise anonymous sockets
+//! that connect and send nothing could hold every slot of a port. The gate
+//! marks the connection through the [`ConnInfo`] tonic hands every request.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -35,6 +41,25 @@ pub struct Conn {
     stream: TcpStream,
     _slot: OwnedSemaphorePermit,
     rate: Option<ReadRate>,
+    admitted: Arc<AtomicBool>,
+    /// Until the gate admits a request on this connection.
+    auth_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// What every request on a connection knows about it (tonic puts it in the
+/// request's extensions, inside `TlsConnectInfo` with TLS).
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub tcp: TcpConnectInfo,
+    admitted: Arc<AtomicBool>,
+}
+
+impl ConnInfo {
+    /// The gate admitted a request on this connection: it may stay open
+    /// past the auth deadline.
+    pub fn admit(&self) {
+        self.admitted.store(true, Ordering::Release);
+    }
 }
 
 /// A token bucket on the bytes read from one connection.
@@ -84,11 +109,13 @@ impl ReadRate {
 }
 
 /// The connections of `listener`, at most `max` open at once, each reading
-/// at most `bytes_per_sec` if given.
+/// at most `bytes_per_sec` if given, each closed if the gate has admitted
+/// none of its requests after `auth_deadline` (if given).
 pub fn limited(
     listener: TcpListener,
     max: usize,
     bytes_per_sec: Option<u64>,
+    auth_deadline: Option<Duration>,
     broker: Broker,
     name: &'static str,
 ) -> impl Stream<Item = io::Result<Conn>> {
@@ -110,6 +137,8 @@ pub fn limited(
                     stream,
                     _slot: slot,
                     rate: bytes_per_sec.map(ReadRate::new),
+                    admitted: Arc::new(AtomicBool::new(false)),
+                    auth_deadline: auth_deadline.map(|after| Box::pin(tokio::time::sleep(after))),
                 }))
             }
             Err(_) => {
@@ -123,10 +152,36 @@ pub fn limited(
 }
 
 impl Connected for Conn {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = ConnInfo;
 
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.stream.connect_info()
+    fn connect_info(&self) -> ConnInfo {
+        ConnInfo {
+            tcp: self.stream.connect_info(),
+            admitted: self.admitted.clone(),
+        }
+    }
+}
+
+impl Conn {
+    /// An error once the auth deadline passed without an admitted request;
+    /// the connection then closes.
+    fn poll_auth_deadline(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        let Some(deadline) = &mut self.auth_deadline else {
+            return Ok(());
+        };
+        if self.admitted.load(Ordering::Acquire) {
+            self.auth_deadline = None;
+            return Ok(());
+        }
+        if deadline.as_mut().poll(cx).is_ready() {
+            tracing::debug!(peer = ?self.stream.peer_addr().ok(),
+                "closing a connection without an authenticated request");
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no authenticated request within the auth deadline",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -137,6 +192,7 @@ impl AsyncRead for Conn {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        this.poll_auth_deadline(cx)?;
         let Some(rate) = &mut this.rate else {
             return Pin::new(&mut this.stream).poll_read(cx, buf);
         };

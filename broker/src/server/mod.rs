@@ -214,6 +214,9 @@ pub fn serve(broker: &Broker, addrs: &ListenAddrs) -> Result<ServerHandle> {
         connection_bytes_per_sec: (name == "strata-data")
             .then_some(broker.config().connection_max_bytes_per_sec)
             .flatten(),
+        // The peer port authenticates by mutual TLS in the handshake.
+        auth_deadline: (security.auth.is_some() && name != "strata-peer")
+            .then_some(broker.config().auth_deadline),
         broker: broker.clone(),
     };
     let threads = vec![
@@ -300,6 +303,9 @@ struct Listener {
     max_connections: usize,
     /// Bytes per second each connection may send us; `None`: unlimited.
     connection_bytes_per_sec: Option<u64>,
+    /// Close connections without an admitted request after this long;
+    /// `None`: no authentication on this listener.
+    auth_deadline: Option<Duration>,
     broker: Broker,
 }
 
@@ -317,6 +323,7 @@ fn spawn_listener(
         tls,
         max_connections,
         connection_bytes_per_sec,
+        auth_deadline,
         broker,
     } = listener;
     let mut builder = Server::builder();
@@ -348,6 +355,7 @@ fn spawn_listener(
                     listener,
                     max_connections,
                     connection_bytes_per_sec,
+                    auth_deadline,
                     broker,
                     name,
                 );
