@@ -105,7 +105,7 @@ impl AppendPair {
     }
 
     fn strata(&mut self) {
-        self.log.append(&mut self.payload).expect("append");
+        self.log.append(&self.payload).expect("append");
         black_box(self.log.flush().expect("flush"));
     }
 
@@ -251,10 +251,10 @@ fn read(c: &mut Criterion) {
     const LOG_BYTES: usize = 256 * MIB;
     let dir = scratch_dir();
     let (log, _) = open_log(dir.path(), LogConfig::default(), Arc::new(FileStorage));
-    let mut payload = batch(64 * KIB);
+    let payload = batch(64 * KIB);
     let batches = LOG_BYTES / payload.len();
     for _ in 0..batches {
-        log.append(&mut payload).expect("append");
+        log.append(&payload).expect("append");
     }
     log.flush().expect("flush");
     let end = log.end_offset();
@@ -373,9 +373,9 @@ fn many_segments(dir: &Path, segments: usize) -> LogConfig {
     let (log, _) = open_log(dir, config.clone(), Arc::new(NoSyncStorage));
     // Two 1 KiB records (~2.1 KiB): a second batch would overflow the
     // segment, so each append after the first rolls.
-    let mut payload = batch(2 * KIB + 128);
+    let payload = batch(2 * KIB + 128);
     while log.segment_count() < segments {
-        log.append(&mut payload).expect("append");
+        log.append(&payload).expect("append");
     }
     log.close(&[]).expect("close");
     config
@@ -427,10 +427,10 @@ fn open_after_crash(c: &mut Criterion) {
     let tail = {
         let (log, _) = open_log(dir.path(), config.clone(), Arc::new(FileStorage));
         log.checkpoint(&[]).expect("checkpoint at the log start");
-        let mut payload = batch(MIB);
+        let payload = batch(MIB);
         let batches = TAIL_BYTES / payload.len();
         for _ in 0..batches {
-            log.append(&mut payload).expect("append");
+            log.append(&payload).expect("append");
         }
         log.flush().expect("flush");
         // Dropped without close: the crash image.

@@ -125,7 +125,7 @@ fn reopen_after_clean_close_reads_everything_without_scanning() {
         log.flush().unwrap();
         log.close(b"state at close").unwrap();
         assert!(matches!(
-            log.append(&mut batch("late", 1, 1, 1)),
+            log.append(&batch("late", 1, 1, 1)),
             Err(LogError::Closed)
         ));
     }
@@ -364,7 +364,7 @@ fn failed_fsync_fails_the_flush_and_poisons_the_log_until_reopened() {
         storage.set(Faults::default());
         // Even with a healthy disk again, the log stays read-only...
         assert!(matches!(
-            log.append(&mut batch("x", 1, 1, 1)),
+            log.append(&batch("x", 1, 1, 1)),
             Err(LogError::Poisoned { .. })
         ));
         assert!(matches!(log.flush(), Err(LogError::Poisoned { .. })));
@@ -435,7 +435,7 @@ fn full_disk_fails_the_append_and_leaves_the_log_usable() {
         space_left_bytes: Some(10),
         ..Faults::default()
     });
-    let err = log.append(&mut batch("too-big", 1, 100, 1)).unwrap_err();
+    let err = log.append(&batch("too-big", 1, 100, 1)).unwrap_err();
     assert!(err.is_disk_full(), "{err}");
     storage.set(Faults::default());
     assert_eq!(append(&log, batch("after", 1, 10, 1)), 1);
@@ -455,7 +455,7 @@ fn torn_write_is_cut_and_the_next_append_lands_cleanly() {
             tear_next_write_after: Some(30),
             ..Faults::default()
         });
-        assert!(log.append(&mut batch("torn", 1, 100, 1)).is_err());
+        assert!(log.append(&batch("torn", 1, 100, 1)).is_err());
         assert_eq!(append(&log, batch("after", 1, 10, 1)), 1);
         log.flush().unwrap();
     }

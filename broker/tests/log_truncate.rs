@@ -607,8 +607,8 @@ fn concurrent_readers_see_the_old_log_or_the_new_never_anything_else() {
     // can tell a record from the wrong place.
     let append_at = |log: &Log, round: u32| {
         let offset = log.end_offset();
-        let mut b = batch(&format!("{offset}:{round}"), 1, 50, 1);
-        log.append(&mut b).unwrap();
+        let b = batch(&format!("{offset}:{round}"), 1, 50, 1);
+        log.append(&b).unwrap();
     };
     for _ in 0..200 {
         append_at(&log, 0);

@@ -360,8 +360,7 @@ impl OffsetStore {
 
     fn write(&self, batch: BatchBuilder, apply: impl FnOnce(&mut OffsetMap)) -> Result<()> {
         let _writer = self.writer.lock();
-        let mut bytes = batch.finish().to_vec();
-        self.log.append(&mut bytes)?;
+        self.log.append(&batch.finish())?;
         self.log.flush()?;
         let mut map = self.map.write();
         apply(&mut map);

@@ -40,7 +40,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
-use strata_proto::batch::{BatchHeader, stamp_base_offset};
+use strata_proto::batch::{BatchHeader, field};
 
 use checkpoint::{CHECKPOINT_FILE, Checkpoint};
 pub use config::*;
@@ -456,10 +456,11 @@ impl Log {
         self.poisoned.get().is_some()
     }
 
-    /// Appends one batch, stamping its base offset. `batch` must already be
-    /// verified (`strata_proto::batch::verify`). The batch is in the page cache
+    /// Appends one batch with its base offset stamped (in what is written;
+    /// `batch` itself is not changed). `batch` must already be verified
+    /// (`strata_proto::batch::verify`). The batch is in the page cache
     /// when this returns; it is durable after the next [`Log::flush`].
-    pub fn append(&self, batch: &mut [u8]) -> Result<AppendInfo> {
+    pub fn append(&self, batch: &[u8]) -> Result<AppendInfo> {
         let header = BatchHeader::parse(batch)?;
         debug_assert!(
             strata_proto::batch::verify(batch).is_ok(),
@@ -479,9 +480,12 @@ impl Log {
             self.roll(&mut w)?;
         }
         let base_offset = w.next_offset;
-        stamp_base_offset(batch, base_offset);
+        // The base offset lies outside the CRC: written from its own buffer,
+        // the batch itself is written as it came, without a copy.
+        let stamp = base_offset.to_le_bytes();
+        let body = &batch[field::BASE_OFFSET + stamp.len()..];
         let pos = w.size;
-        if let Err(e) = w.parts.log.write_at(batch, pos) {
+        if let Err(e) = w.parts.log.write_all_vectored_at(&[&stamp, body], pos) {
             // Cut whatever part of the batch reached the file, so a later append
             // at `pos` cannot leave stale bytes behind it.
             if let Err(cut) = w.parts.log.set_len(pos) {

@@ -37,6 +37,16 @@ pub enum OpenMode {
 pub trait StorageFile: Send + Sync + Debug {
     /// Writes all of `buf` at `pos`.
     fn write_at(&self, buf: &[u8], pos: u64) -> io::Result<()>;
+    /// Writes all of `bufs`, one after the other, from `pos`: one write of
+    /// pieces that live apart (a stamped header and a shared batch body)
+    /// without first copying them together. The default writes them in turn.
+    fn write_all_vectored_at(&self, bufs: &[&[u8]], mut pos: u64) -> io::Result<()> {
+        for buf in bufs {
+            self.write_at(buf, pos)?;
+            pos += buf.len() as u64;
+        }
+        Ok(())
+    }
     /// Reads up to `buf.len()` bytes at `pos`; returns how many were read
     /// (fewer only at end of file).
     fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize>;
@@ -137,6 +147,42 @@ struct LocalFile {
 impl StorageFile for LocalFile {
     fn write_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
         self.file.write_all_at(buf, pos)
+    }
+
+    fn write_all_vectored_at(&self, bufs: &[&[u8]], mut pos: u64) -> io::Result<()> {
+        let mut slices: Vec<io::IoSlice<'_>> = bufs.iter().map(|b| io::IoSlice::new(b)).collect();
+        let mut slices = &mut slices[..];
+        io::IoSlice::advance_slices(&mut slices, 0);
+        while !slices.is_empty() {
+            // At most IOV_MAX pieces per call; callers pass a handful.
+            let count = slices.len().min(libc::UIO_MAXIOV as usize);
+            // SAFETY: `IoSlice` is ABI-compatible with `iovec` on Unix, and
+            // every slice borrows memory that outlives the call.
+            let n = unsafe {
+                libc::pwritev(
+                    self.file.as_raw_fd(),
+                    slices.as_ptr().cast(),
+                    count as libc::c_int,
+                    pos as libc::off_t,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "failed to write whole buffers",
+                ));
+            }
+            pos += n as u64;
+            io::IoSlice::advance_slices(&mut slices, n as usize);
+        }
+        Ok(())
     }
 
     fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
@@ -410,6 +456,11 @@ impl StorageFile for FaultyFile {
         }
         drop(state);
         self.inner.write_at(buf, pos)
+    }
+
+    fn write_all_vectored_at(&self, bufs: &[&[u8]], pos: u64) -> io::Result<()> {
+        // One write, as the local file does, so faults see it whole.
+        self.write_at(&bufs.concat(), pos)
     }
 
     fn read_exact_vec(&self, len: usize, pos: u64) -> io::Result<Vec<u8>> {

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use strata_proto::batch::BatchHeader;
 use tokio::sync::{oneshot, watch};
@@ -27,7 +28,8 @@ use crate::metrics::{GROUP_SIZE_BUCKETS, Histogram, LATENCY_BUCKETS_SECONDS};
 /// One unit of work for the drain, in submission order.
 pub(crate) enum Work {
     Append {
-        batch: Vec<u8>,
+        /// As the request brought it: written without a copy.
+        batch: Bytes,
         header: BatchHeader,
         acks: Acks,
         reply: Option<oneshot::Sender<Result<Appended>>>,
@@ -149,13 +151,13 @@ impl GroupCommit {
         for item in items {
             match item {
                 Work::Append {
-                    mut batch,
+                    batch,
                     header,
                     acks,
                     reply,
                 } => {
                     let result =
-                        self.append_one(&mut producers, &mut batch, &header, now, &mut appended);
+                        self.append_one(&mut producers, &batch, &header, now, &mut appended);
                     match (result, acks, reply) {
                         (_, _, None) => {}
                         (Ok(done), Acks::All, Some(reply)) => after_flush.push((reply, done)),
@@ -216,7 +218,7 @@ impl GroupCommit {
     fn append_one(
         &self,
         producers: &mut ProducerStates,
-        batch: &mut [u8],
+        batch: &[u8],
         header: &BatchHeader,
         now: i64,
         appended: &mut bool,

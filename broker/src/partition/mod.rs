@@ -307,7 +307,7 @@ impl Partition {
             }
         };
         commit.submit(Work::Append {
-            batch: batch.to_vec(),
+            batch,
             header,
             acks,
             reply,

@@ -361,8 +361,10 @@ impl Inner {
         let mut bytes = batch.to_vec();
         verify_and_stamp(&mut bytes, end, id.leader_id.term, id.index)
             .map_err(|e| write_err(format!("entry {id}: {e}")))?;
-        let appended = self.log.append(&mut bytes).map_err(write_err)?;
-        // The bytes exactly as stored (the log stamped the base offset in place).
+        let appended = self.log.append(&bytes).map_err(write_err)?;
+        // The bytes exactly as stored: stamped above with the offset the log
+        // gave them.
+        debug_assert_eq!(appended.base_offset, end);
         self.tail.lock().push(TailEntry {
             index: id.index,
             term: id.leader_id.term,

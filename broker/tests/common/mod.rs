@@ -77,8 +77,8 @@ pub fn read_all(log: &Log, from: u64, upper: u64) -> Vec<(u64, Bytes)> {
 }
 
 /// Appends `batch` and returns its base offset.
-pub fn append(log: &Log, mut batch: Vec<u8>) -> u64 {
-    log.append(&mut batch).expect("append").base_offset
+pub fn append(log: &Log, batch: Vec<u8>) -> u64 {
+    log.append(&batch).expect("append").base_offset
 }
 
 /// Records what a log replays at open.
