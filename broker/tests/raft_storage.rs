@@ -282,6 +282,17 @@ async fn assert_contiguous(store: &mut LogStore) {
     );
 }
 
+/// Drops `store` as a kill -9 would (no power loss: nothing written is
+/// undone), clears the faults, opens the group again and checks that Raft
+/// could start from what it finds.
+async fn restart(store: LogStore, dir: &std::path::Path, storage: &FaultyStorage) -> LogStore {
+    drop(store);
+    storage.set(Faults::default());
+    let (mut store, _sm) = open_on(dir, Arc::new(storage.clone()));
+    assert_contiguous(&mut store).await;
+    store
+}
+
 /// A full disk between a blank entry and the data entry after it, then a
 /// process crash (the page cache keeps whatever reached it), must not leave
 /// the data on disk without the blank before it. It did: blank and membership
@@ -308,12 +319,7 @@ async fn full_disk_between_control_and_data_leaves_no_hole() {
     });
     let failed = store.blocking_append(vec![blank(2, 6), next]).await;
     assert!(failed.is_err(), "the append cannot have fit on the disk");
-    drop(store);
-
-    // kill -9: no power loss, so nothing written is undone.
-    storage.set(Faults::default());
-    let (mut store, _sm) = open_on(dir.path(), Arc::new(storage.clone()));
-    assert_contiguous(&mut store).await;
+    let mut store = restart(store, dir.path(), &storage).await;
     let last = store.get_log_state().await.unwrap().last_log_id.unwrap();
     assert!(
         last.index >= 5,
@@ -346,8 +352,5 @@ async fn crash_during_truncation_leaves_no_hole() {
         .truncate(LogId::new(CommittedLeaderId::new(3, 0), 6))
         .await;
     assert!(failed.is_err(), "the segment could not be cut");
-    drop(store);
-    storage.set(Faults::default());
-    let (mut store, _sm) = open_on(dir.path(), Arc::new(storage.clone()));
-    assert_contiguous(&mut store).await;
+    restart(store, dir.path(), &storage).await;
 }

@@ -135,6 +135,23 @@ pub fn replace_file(storage: &dyn Storage, dir: &Path, name: &str, bytes: &[u8])
     storage.sync_dir(dir)
 }
 
+/// What one `pread` or `pwritev` call returned: `None` when a signal
+/// interrupted it (call again), the bytes it moved, or its error; `at_zero`
+/// when it moved none (the end of the file, or a write that took nothing).
+fn progress(n: isize, at_zero: impl FnOnce() -> io::Error) -> io::Result<Option<usize>> {
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return match e.kind() {
+            io::ErrorKind::Interrupted => Ok(None),
+            _ => Err(e),
+        };
+    }
+    if n == 0 {
+        return Err(at_zero());
+    }
+    Ok(Some(n as usize))
+}
+
 /// Files on the local file system.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FileStorage;
@@ -166,21 +183,13 @@ impl StorageFile for LocalFile {
                     pos as libc::off_t,
                 )
             };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    "failed to write whole buffers",
-                ));
-            }
+            let at_zero =
+                || io::Error::new(io::ErrorKind::WriteZero, "failed to write whole buffers");
+            let Some(n) = progress(n, at_zero)? else {
+                continue;
+            };
             pos += n as u64;
-            io::IoSlice::advance_slices(&mut slices, n as usize);
+            io::IoSlice::advance_slices(&mut slices, n);
         }
         Ok(())
     }
@@ -211,20 +220,16 @@ impl StorageFile for LocalFile {
                     (pos + done as u64) as libc::off_t,
                 )
             };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            if n == 0 {
-                return Err(io::Error::new(
+            let at_zero = || {
+                io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     format!("short read: wanted {len} bytes at {pos}, file ended after {done}"),
-                ));
-            }
-            done += n as usize;
+                )
+            };
+            let Some(n) = progress(n, at_zero)? else {
+                continue;
+            };
+            done += n;
             // SAFETY: the first `done` bytes were written by pread.
             unsafe { buf.set_len(done) };
         }
