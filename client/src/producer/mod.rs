@@ -336,25 +336,6 @@ impl Producer {
                 "record of about {cost} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit"
             )));
         }
-        let permit = match inner.buffer.clone().try_acquire_many_owned(cost as u32) {
-            Ok(permit) => permit,
-            // Only a full buffer pays for a timer.
-            Err(_) => match tokio::time::timeout(
-                inner.config.max_block,
-                inner.buffer.clone().acquire_many_owned(cost as u32),
-            )
-            .await
-            {
-                Ok(Ok(permit)) => permit,
-                Ok(Err(_)) => return Err(Error::Closed),
-                Err(_) => {
-                    return Err(Error::BufferFull {
-                        bytes: cost,
-                        waited: inner.config.max_block,
-                    });
-                }
-            },
-        };
         let partition = match (record.partition, &record.key) {
             (Some(p), _) if p >= partitions => {
                 return Err(Error::PartitionNotFound(format!(
@@ -367,6 +348,29 @@ impl Producer {
             (None, None) => self.sticky_partition(&record.topic, partitions),
         };
         let queue = self.queue(&record.topic, partition);
+        // The record's bytes of buffer memory: from here on they are the
+        // queue's to give back (when the record's batch is resolved, or at
+        // once if the queue does not take the record). Counted, not held as
+        // a permit per record: that cost an atomic reference count each.
+        let bytes = cost as u32;
+        match inner.buffer.try_acquire_many(bytes) {
+            Ok(permit) => permit.forget(),
+            // Only a full buffer pays for a timer.
+            Err(_) => {
+                match tokio::time::timeout(inner.config.max_block, inner.buffer.acquire_many(bytes))
+                    .await
+                {
+                    Ok(Ok(permit)) => permit.forget(),
+                    Ok(Err(_)) => return Err(Error::Closed),
+                    Err(_) => {
+                        return Err(Error::BufferFull {
+                            bytes: cost,
+                            waited: inner.config.max_block,
+                        });
+                    }
+                }
+            }
+        }
         let timestamp = record.timestamp.unwrap_or_else(now_ms);
         let wire = Record {
             timestamp,
@@ -375,7 +379,7 @@ impl Producer {
             headers: std::mem::take(&mut record.headers),
         };
         let (tx, rx) = oneshot::channel();
-        let pushed = queue.push(&wire, tx, permit, inner.config.batch_size)?;
+        let pushed = queue.push(&wire, tx, bytes, inner.config.batch_size)?;
         if pushed.started_batch && record.partition.is_none() && wire.key.is_none() {
             // Sticky partitioning: the next new batch goes elsewhere.
             inner.sticky.lock().remove(&record.topic);
@@ -401,6 +405,7 @@ impl Producer {
             partition,
             self.inner.producer_id,
             self.inner.epoch,
+            self.inner.buffer.clone(),
         );
         tokio::spawn(
             q.clone()

@@ -30,7 +30,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use strata_proto::batch::{BatchBuilder, ProducerStamp, Record, restamp_producer};
 use strata_proto::v1::{ProduceRequest, ProduceResponse};
-use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
@@ -45,14 +45,27 @@ pub(crate) type Reply = oneshot::Sender<Result<RecordMetadata>>;
 struct OpenBatch {
     builder: BatchBuilder,
     waiters: Vec<(Reply, i64)>,
-    permit: Option<OwnedSemaphorePermit>,
+    /// Bytes of the producer's buffer its records took.
+    reserved: u32,
     created: Instant,
+}
+
+/// Bytes of the producer's buffer memory, given back when dropped.
+struct Reserved {
+    buffer: Arc<Semaphore>,
+    bytes: u32,
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        self.buffer.add_permits(self.bytes as usize);
+    }
 }
 
 struct SealedBatch {
     payload: Bytes,
     waiters: Vec<(Reply, i64)>,
-    _permit: Option<OwnedSemaphorePermit>,
+    _reserved: Reserved,
     created: Instant,
     records: u32,
     /// Sent on a stream that failed before answering it: the broker may have
@@ -93,6 +106,8 @@ pub(crate) struct PartitionQueue {
     wake: Notify,
     /// Wakes flushers: records resolved.
     progress: Notify,
+    /// The producer's buffer memory, which resolved batches give back to.
+    buffer: Arc<Semaphore>,
 }
 
 /// What `PartitionQueue::push` did with the open batch.
@@ -102,11 +117,18 @@ pub(crate) struct Pushed {
 }
 
 impl PartitionQueue {
-    pub fn new(topic: Arc<str>, partition: u32, producer_id: u64, epoch: u16) -> Arc<Self> {
+    pub fn new(
+        topic: Arc<str>,
+        partition: u32,
+        producer_id: u64,
+        epoch: u16,
+        buffer: Arc<Semaphore>,
+    ) -> Arc<Self> {
         Arc::new(PartitionQueue {
             topic,
             partition,
             producer_id,
+            buffer,
             state: Mutex::new(State {
                 epoch,
                 ..State::default()
@@ -117,17 +139,22 @@ impl PartitionQueue {
     }
 
     /// Adds a record to the open batch, sealing it first if the record would
-    /// not fit, and after if it is full. `permit` holds the record's buffer bytes.
+    /// not fit, and after if it is full. `bytes` of the producer's buffer are
+    /// the record's: given back with its batch, or at once if refused.
     pub fn push(
         &self,
         record: &Record,
         reply: Reply,
-        permit: OwnedSemaphorePermit,
+        bytes: u32,
         batch_size: usize,
     ) -> Result<Pushed> {
+        let refuse = |error: Error| {
+            self.buffer.add_permits(bytes as usize);
+            Err(error)
+        };
         let mut st = self.state.lock();
         if st.closed {
-            return Err(Error::Closed);
+            return refuse(Error::Closed);
         }
         if let Some(open) = &st.open
             && !open.builder.is_empty()
@@ -139,15 +166,14 @@ impl PartitionQueue {
         let open = st.open.get_or_insert_with(|| OpenBatch {
             builder: BatchBuilder::default(),
             waiters: Vec::new(),
-            permit: None,
+            reserved: 0,
             created: Instant::now(),
         });
-        open.builder.push(record)?;
-        open.waiters.push((reply, record.timestamp));
-        match &mut open.permit {
-            Some(p) => p.merge(permit),
-            None => open.permit = Some(permit),
+        if let Err(e) = open.builder.push(record) {
+            return refuse(e.into());
         }
+        open.waiters.push((reply, record.timestamp));
+        open.reserved += bytes;
         let full = open.builder.encoded_len() >= batch_size;
         st.enqueued += 1;
         if full {
@@ -175,7 +201,10 @@ impl PartitionQueue {
         st.sealed.push_back(SealedBatch {
             payload: open.builder.finish(),
             waiters: open.waiters,
-            _permit: open.permit,
+            _reserved: Reserved {
+                buffer: self.buffer.clone(),
+                bytes: open.reserved,
+            },
             created: open.created,
             records,
             maybe_written: false,
@@ -473,7 +502,10 @@ impl PartitionQueue {
                 st.sealed.push_front(SealedBatch {
                     payload: batch.payload.clone(),
                     waiters: Vec::new(),
-                    _permit: None,
+                    _reserved: Reserved {
+                        buffer: self.buffer.clone(),
+                        bytes: 0,
+                    },
                     created: batch.created,
                     records: batch.records,
                     maybe_written: false,
