@@ -379,10 +379,17 @@ pub struct ProducerStamp {
     pub base_sequence: u32,
 }
 
+/// What a builder allocates at first: a few records' worth, grown by
+/// doubling, so a partition that gets one small record per linger does not
+/// hold a whole batch size of memory.
+const BUILDER_INITIAL_BYTES: usize = 16 * 1024;
+
 /// Accumulates records into one encoded batch.
 #[derive(Debug)]
 pub struct BatchBuilder {
-    records: BytesMut,
+    /// Room for the header (written by `finish`), then the records: the
+    /// finished batch is this buffer, not a copy of it.
+    buf: BytesMut,
     count: u32,
     first_timestamp: i64,
     max_timestamp: i64,
@@ -398,8 +405,10 @@ impl Default for BatchBuilder {
 
 impl BatchBuilder {
     pub fn new(producer: ProducerStamp) -> Self {
+        let mut buf = BytesMut::with_capacity(BUILDER_INITIAL_BYTES);
+        buf.resize(HEADER_BYTES, 0);
         BatchBuilder {
-            records: BytesMut::new(),
+            buf,
             count: 0,
             first_timestamp: 0,
             max_timestamp: 0,
@@ -423,7 +432,7 @@ impl BatchBuilder {
 
     /// Encoded size of the batch built so far.
     pub fn encoded_len(&self) -> usize {
-        HEADER_BYTES + self.records.len()
+        self.buf.len()
     }
 
     /// Records pushed so far.
@@ -483,7 +492,7 @@ impl BatchBuilder {
             });
         }
         let first = self.first_timestamp_for(record);
-        let buf = &mut self.records;
+        let buf = &mut self.buf;
         buf.reserve(uvarint_len(body as u64) + body);
         put_uvarint(buf, body as u64);
         buf.put_u8(0);
@@ -510,23 +519,23 @@ impl BatchBuilder {
     /// Encodes the header in front of the records; base offset and term are 0
     /// until the broker stamps them.
     pub fn finish(self) -> Bytes {
-        let mut out = BytesMut::with_capacity(HEADER_BYTES + self.records.len());
-        let length = (HEADER_BYTES - LOG_OVERHEAD_BYTES + self.records.len()) as u32;
-        out.put_u64_le(0);
-        out.put_u32_le(length);
-        out.put_u32_le(0); // CRC, filled in below
-        out.put_u8(MAGIC);
-        out.put_u16_le(self.attributes);
-        out.put_u32_le(self.count);
-        out.put_i64_le(self.first_timestamp);
-        out.put_i64_le(self.max_timestamp);
-        out.put_u64_le(self.producer.producer_id);
-        out.put_u16_le(self.producer.producer_epoch);
-        out.put_u32_le(self.producer.base_sequence);
-        out.put_u64_le(0); // raft term
-        out.put_u64_le(0); // raft index
-        debug_assert_eq!(out.len(), HEADER_BYTES);
-        out.extend_from_slice(&self.records);
+        let mut out = self.buf;
+        let length = (out.len() - LOG_OVERHEAD_BYTES) as u32;
+        let mut header = &mut out[..HEADER_BYTES];
+        header.put_u64_le(0);
+        header.put_u32_le(length);
+        header.put_u32_le(0); // CRC, filled in below
+        header.put_u8(MAGIC);
+        header.put_u16_le(self.attributes);
+        header.put_u32_le(self.count);
+        header.put_i64_le(self.first_timestamp);
+        header.put_i64_le(self.max_timestamp);
+        header.put_u64_le(self.producer.producer_id);
+        header.put_u16_le(self.producer.producer_epoch);
+        header.put_u32_le(self.producer.base_sequence);
+        header.put_u64_le(0); // raft term
+        header.put_u64_le(0); // raft index
+        debug_assert!(header.is_empty(), "the header fills its room exactly");
         let crc = CrcParts::new(&out).with_raft(0, 0);
         out[field::CRC..field::CRC + 4].copy_from_slice(&crc.to_le_bytes());
         out.freeze()
