@@ -1353,3 +1353,47 @@ async fn connections_without_an_authenticated_request_are_closed_after_the_deadl
     );
     data.init_producer(InitProducerRequest {}).await.unwrap();
 }
+
+/// An open endpoint (a health check needs no token) does not keep an
+/// anonymous connection past the auth deadline: otherwise one health check
+/// per socket would let anyone hold every slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_check_does_not_keep_an_anonymous_connection_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let auth = auth_file(dir.path());
+    let node = Node::start_with(
+        &dir.path().join("n"),
+        &[
+            "--auth-file",
+            auth.to_str().unwrap(),
+            "--auth-deadline-ms",
+            "500",
+            "--max-connections",
+            "2",
+        ],
+    );
+    // An open path, sent without a token on the data port (which serves no
+    // health service, but the path passes the gate all the same).
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel(node.data).await);
+    let _ = health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // Its connection was closed at the deadline: two new sockets both get a
+    // slot, none is refused.
+    let refused = || {
+        let (_, metrics) = http_get(node.control, "/metrics");
+        common::metric(&metrics, "strata_connections_refused_total").unwrap_or(0.0)
+    };
+    let before = refused();
+    let _two: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| std::net::TcpStream::connect(node.data).unwrap())
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        refused(),
+        before,
+        "a health check kept an anonymous connection's slot"
+    );
+}

@@ -118,8 +118,8 @@ pub struct BrokerConfig {
     /// A fetch stream whose consumer takes nothing for this long is closed.
     pub fetch_idle_timeout: Duration,
     /// With authentication on, a data or control connection on which no
-    /// request was admitted (authenticated, or an open endpoint) for this
-    /// long is closed.
+    /// request was authenticated within this long of connecting is closed
+    /// (open endpoints such as health checks do not count).
     pub auth_deadline: Duration,
     /// TLS and authentication of the network listeners (off by default).
     pub security: crate::security::SecurityConfig,

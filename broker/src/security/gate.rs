@@ -376,8 +376,11 @@ where
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
         match self.gate.admit(&request) {
             Ok(caller) => {
-                mark_admitted(&request);
                 if let Some(caller) = caller {
+                    // Only an authenticated request keeps a connection past
+                    // the auth deadline: an open endpoint (a health check)
+                    // would let anyone hold a slot.
+                    mark_admitted(&request);
                     request.extensions_mut().insert(caller);
                 }
                 Box::pin(self.inner.call(request))

@@ -130,7 +130,9 @@ pub(super) async fn pipeline(
                 let failed = answer.is_err();
                 if answers.send(answer).await.is_err() || failed {
                     // The client went away, or the stream ends here. What
-                    // is still in flight is written all the same.
+                    // is still in flight is written all the same, and keeps
+                    // its produce budget until it is.
+                    finish_in_background(in_flight);
                     return;
                 }
             }
@@ -146,7 +148,10 @@ pub(super) async fn pipeline(
                     // The client sent its last request: answer the rest.
                     Ok(None) => reading = false,
                     // Its side broke: there is nobody left to answer.
-                    Err(_) => return,
+                    Err(_) => {
+                        finish_in_background(in_flight);
+                        return;
+                    }
                 }
             }
             // (The guard `wait_for` returns must not live across an await.)
@@ -156,4 +161,14 @@ pub(super) async fn pipeline(
             }
         }
     }
+}
+
+/// Lets appends already submitted finish without anyone to answer: each
+/// keeps its produce budget until written.
+fn finish_in_background<F>(mut in_flight: FuturesOrdered<F>)
+where
+    F: Future + Send + 'static,
+    F::Output: Send,
+{
+    tokio::spawn(async move { while in_flight.next().await.is_some() {} });
 }

@@ -316,7 +316,10 @@ impl PartitionQueue {
     pub async fn run(self: Arc<Self>, conn: Arc<Connection>, config: ProducerConfig) {
         let mut pipelined = config.max_in_flight > 1;
         loop {
-            if pipelined {
+            // Batches that may be written go alone, first: on a stream
+            // beside batches restamped to a newer epoch, a newer one could be
+            // written ahead of them and fence them, written or not.
+            if pipelined && !self.front_maybe_written() {
                 match self.pipeline(&conn, &config).await {
                     PipelineEnd::Closed => return,
                     PipelineEnd::Broken => {}
@@ -334,6 +337,10 @@ impl PartitionQueue {
             }
             self.resolve(batch, result);
         }
+    }
+
+    fn front_maybe_written(&self) -> bool {
+        (self.state.lock().sealed.front()).is_some_and(|b| b.maybe_written)
     }
 
     fn request(&self, batch: &SealedBatch, config: &ProducerConfig) -> ProduceRequest {
