@@ -1287,16 +1287,12 @@ async fn fetch_offsets_leaves_out_topics_the_caller_cannot_read() {
     assert_eq!(topics(as_reader), ["t-visible"]);
 }
 
-/// With authentication on, a connection that makes no authenticated
-/// request is closed after the auth deadline, so anonymous sockets cannot
-/// hold a port's connection slots; one that did stays open.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_without_an_authenticated_request_are_closed_after_the_deadline() {
-    use std::io::Read;
-    let dir = tempfile::tempdir().unwrap();
-    let auth = auth_file(dir.path());
-    let node = Node::start_with(
-        &dir.path().join("n"),
+/// A node with authentication, two connection slots per port and an auth
+/// deadline of 500 ms.
+fn two_slot_node_with_a_short_auth_deadline(dir: &Path) -> Node {
+    let auth = auth_file(dir);
+    Node::start_with(
+        &dir.join("n"),
         &[
             "--auth-file",
             auth.to_str().unwrap(),
@@ -1305,7 +1301,23 @@ async fn connections_without_an_authenticated_request_are_closed_after_the_deadl
             "--max-connections",
             "2",
         ],
-    );
+    )
+}
+
+/// Connections the node's listeners refused at once, being full.
+fn refused_connections(node: &Node) -> f64 {
+    let (_, metrics) = http_get(node.control, "/metrics");
+    common::metric(&metrics, "strata_connections_refused_total").unwrap_or(0.0)
+}
+
+/// With authentication on, a connection that makes no authenticated
+/// request is closed after the auth deadline, so anonymous sockets cannot
+/// hold a port's connection slots; one that did stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_without_an_authenticated_request_are_closed_after_the_deadline() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let node = two_slot_node_with_a_short_auth_deadline(dir.path());
     // An authenticated client takes one slot of the data port.
     let mut data =
         DataClient::with_interceptor(channel(node.data).await, bearer(Some(ADMIN_TOKEN)));
@@ -1334,10 +1346,7 @@ async fn connections_without_an_authenticated_request_are_closed_after_the_deadl
 
     // The authenticated connection is still open: of two new sockets, one
     // gets the free slot and the other is refused at once.
-    let refused = || {
-        let (_, metrics) = http_get(node.control, "/metrics");
-        common::metric(&metrics, "strata_connections_refused_total").unwrap_or(0.0)
-    };
+    let refused = || refused_connections(&node);
     let before = refused();
     let _more: Vec<std::net::TcpStream> = (0..2)
         .map(|_| std::net::TcpStream::connect(node.data).unwrap())
@@ -1360,18 +1369,7 @@ async fn connections_without_an_authenticated_request_are_closed_after_the_deadl
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_health_check_does_not_keep_an_anonymous_connection_open() {
     let dir = tempfile::tempdir().unwrap();
-    let auth = auth_file(dir.path());
-    let node = Node::start_with(
-        &dir.path().join("n"),
-        &[
-            "--auth-file",
-            auth.to_str().unwrap(),
-            "--auth-deadline-ms",
-            "500",
-            "--max-connections",
-            "2",
-        ],
-    );
+    let node = two_slot_node_with_a_short_auth_deadline(dir.path());
     // An open path, sent without a token on the data port (which serves no
     // health service, but the path passes the gate all the same).
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel(node.data).await);
@@ -1382,10 +1380,7 @@ async fn a_health_check_does_not_keep_an_anonymous_connection_open() {
 
     // Its connection was closed at the deadline: two new sockets both get a
     // slot, none is refused.
-    let refused = || {
-        let (_, metrics) = http_get(node.control, "/metrics");
-        common::metric(&metrics, "strata_connections_refused_total").unwrap_or(0.0)
-    };
+    let refused = || refused_connections(&node);
     let before = refused();
     let _two: Vec<std::net::TcpStream> = (0..2)
         .map(|_| std::net::TcpStream::connect(node.data).unwrap())
