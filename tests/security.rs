@@ -171,6 +171,15 @@ produce_bytes_per_sec = {SLOW_QUOTA_BYTES_PER_SEC}
     path
 }
 
+/// A node in `dir` requiring the tokens of [`auth_file`], started with
+/// `extra` flags besides.
+fn node_with_auth(dir: &Path, extra: &[&str]) -> Node {
+    let auth = auth_file(dir);
+    let mut flags = vec!["--auth-file", auth.to_str().unwrap()];
+    flags.extend_from_slice(extra);
+    Node::start_with(&dir.join("n"), &flags)
+}
+
 fn with_token(node: &Node, token: &str) -> Target {
     Target::secure(
         node.bootstrap(),
@@ -441,11 +450,7 @@ fn declared_rpcs(service: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rpc_without_a_valid_token_is_unauthenticated() {
     let dir = tempfile::tempdir().unwrap();
-    let auth = auth_file(dir.path());
-    let node = Node::start_with(
-        &dir.path().join("n"),
-        &["--auth-file", auth.to_str().unwrap()],
-    );
+    let node = node_with_auth(dir.path(), &[]);
     let mut declared = declared_rpcs("Data");
     declared.extend(declared_rpcs("Control"));
     for token in [None, Some("not-a-token"), Some("")] {
@@ -496,11 +501,7 @@ async fn every_rpc_without_a_valid_token_is_unauthenticated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consume_only_token_reads_but_cannot_produce_or_administer() {
     let dir = tempfile::tempdir().unwrap();
-    let auth = auth_file(dir.path());
-    let node = Node::start_with(
-        &dir.path().join("n"),
-        &["--auth-file", auth.to_str().unwrap()],
-    );
+    let node = node_with_auth(dir.path(), &[]);
     let denied = || {
         labelled_metric(
             &http_get(node.control, "/metrics").1,
@@ -1053,11 +1054,7 @@ fn quota_floor(bytes_per_sec: u64) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_producer_over_its_quota_is_throttled_not_disconnected_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let auth = auth_file(dir.path());
-    let node = Node::start_with(
-        &dir.path().join("n"),
-        &["--auth-file", auth.to_str().unwrap()],
-    );
+    let node = node_with_auth(dir.path(), &[]);
     let admin = Admin::connect(with_token(&node, ADMIN_TOKEN))
         .await
         .unwrap();
@@ -1236,11 +1233,7 @@ fn a_cluster_with_auth_but_no_peer_tls_is_refused_at_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetch_offsets_leaves_out_topics_the_caller_cannot_read() {
     let dir = tempfile::tempdir().unwrap();
-    let auth = auth_file(dir.path());
-    let node = Node::start_with(
-        &dir.path().join("n"),
-        &["--auth-file", auth.to_str().unwrap()],
-    );
+    let node = node_with_auth(dir.path(), &[]);
     let admin = Admin::connect(with_token(&node, ADMIN_TOKEN))
         .await
         .unwrap();
@@ -1290,17 +1283,9 @@ async fn fetch_offsets_leaves_out_topics_the_caller_cannot_read() {
 /// A node with authentication, two connection slots per port and an auth
 /// deadline of 500 ms.
 fn two_slot_node_with_a_short_auth_deadline(dir: &Path) -> Node {
-    let auth = auth_file(dir);
-    Node::start_with(
-        &dir.join("n"),
-        &[
-            "--auth-file",
-            auth.to_str().unwrap(),
-            "--auth-deadline-ms",
-            "500",
-            "--max-connections",
-            "2",
-        ],
+    node_with_auth(
+        dir,
+        &["--auth-deadline-ms", "500", "--max-connections", "2"],
     )
 }
 
