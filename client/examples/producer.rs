@@ -25,12 +25,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let producer = Producer::builder(bootstrap.as_str()).build().await?;
+    // Shared: each record clones the name's reference count, not its bytes.
+    let topic: std::sync::Arc<str> = topic.into();
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines.next_line().await? {
         // Keyed by the first word: records with the same key stay in order.
         let key = line.split_whitespace().next().unwrap_or("").to_owned();
         let meta = producer
-            .send(ProducerRecord::new(&topic, line).key(key))
+            .send(ProducerRecord::new(topic.clone(), line).key(key))
             .await?;
         println!(
             "partition {} offset {}",

@@ -8,7 +8,9 @@ pub use strata_proto::batch::RecordHeader;
 /// A record to produce.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProducerRecord {
-    pub topic: String,
+    /// Shared, so an application sending many records to one topic can
+    /// clone an `Arc<str>` instead of allocating its name for each.
+    pub topic: Arc<str>,
     /// Explicit partition; otherwise chosen from the key, or spread.
     pub partition: Option<u32>,
     pub key: Option<Bytes>,
@@ -19,7 +21,7 @@ pub struct ProducerRecord {
 }
 
 impl ProducerRecord {
-    pub fn new(topic: impl Into<String>, value: impl Into<Bytes>) -> Self {
+    pub fn new(topic: impl Into<Arc<str>>, value: impl Into<Bytes>) -> Self {
         ProducerRecord {
             topic: topic.into(),
             partition: None,

@@ -405,7 +405,14 @@ impl Default for BatchBuilder {
 
 impl BatchBuilder {
     pub fn new(producer: ProducerStamp) -> Self {
-        let mut buf = BytesMut::with_capacity(BUILDER_INITIAL_BYTES);
+        Self::with_capacity(producer, BUILDER_INITIAL_BYTES)
+    }
+
+    /// A builder that holds `bytes` of batch (header included) before it
+    /// grows: for a caller that knows about how large its batches get, so
+    /// filling one does not copy it at every doubling.
+    pub fn with_capacity(producer: ProducerStamp, bytes: usize) -> Self {
+        let mut buf = BytesMut::with_capacity(bytes.max(HEADER_BYTES));
         buf.resize(HEADER_BYTES, 0);
         BatchBuilder {
             buf,

@@ -28,13 +28,12 @@
 //! Memory is bounded by `buffer_memory`: a record that does not fit waits up
 //! to `max_block` for room, then fails with [`Error::BufferFull`].
 
+mod delivery;
 mod partition_queue;
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -43,12 +42,13 @@ use strata_proto::batch::Record;
 use strata_proto::limits::{MAX_IN_FLIGHT_BATCHES, MAX_MESSAGE_BYTES};
 use strata_proto::target::Target;
 use strata_proto::v1::InitProducerRequest;
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::Semaphore;
 
 use crate::connection::{CONNECT_TIMEOUT_MS, Connection};
 use crate::error::{Error, Result};
 use crate::partitioner::partition_for_key;
 use crate::record::{ProducerRecord, RecordMetadata, now_ms};
+pub use delivery::Delivery;
 use partition_queue::PartitionQueue;
 
 /// How long a batch waits for more records before it is sent.
@@ -221,16 +221,53 @@ impl ProducerBuilder {
                 producer_id,
                 epoch,
                 queues: Mutex::new(HashMap::new()),
-                sticky: Mutex::new(HashMap::new()),
                 closed: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
 }
 
-/// The partition queues by topic, then partition: looked up by `&str` on
-/// every record, without allocating a key.
-type Queues = HashMap<Arc<str>, HashMap<u32, Arc<PartitionQueue>>>;
+/// The partition queues by topic: one lookup by `&str` per record, without
+/// allocating a key.
+type Queues = HashMap<Arc<str>, TopicQueues>;
+
+/// No sticky partition: the next keyless record picks one.
+const NO_STICKY: u32 = u32::MAX;
+
+/// One topic's partition queues, and the partition its keyless records go to.
+struct TopicQueues {
+    /// Indexed by partition; created on a partition's first record.
+    partitions: Vec<Option<Arc<PartitionQueue>>>,
+    /// Keyless records stick to one partition until it starts a new batch
+    /// (the queue then clears this), so they fill batches instead of
+    /// spreading one record per partition. Shared with the queues.
+    sticky: Arc<AtomicU32>,
+}
+
+impl Default for TopicQueues {
+    fn default() -> Self {
+        TopicQueues {
+            partitions: Vec::new(),
+            sticky: Arc::new(AtomicU32::new(NO_STICKY)),
+        }
+    }
+}
+
+impl TopicQueues {
+    fn queues(&self) -> impl Iterator<Item = &Arc<PartitionQueue>> {
+        self.partitions.iter().flatten()
+    }
+
+    fn sticky_partition(&self, partitions: u32) -> u32 {
+        let current = self.sticky.load(Ordering::Relaxed);
+        if current < partitions {
+            return current;
+        }
+        let chosen = rand::rng().random_range(0..partitions.max(1));
+        self.sticky.store(chosen, Ordering::Relaxed);
+        chosen
+    }
+}
 
 struct Inner {
     conn: Arc<Connection>,
@@ -239,14 +276,13 @@ struct Inner {
     epoch: u16,
     buffer: Arc<Semaphore>,
     queues: Mutex<Queues>,
-    sticky: Mutex<HashMap<String, u32>>,
     closed: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         // Senders finish what they hold, then stop: nothing queued is dropped.
-        for q in self.queues.lock().values().flat_map(HashMap::values) {
+        for q in self.queues.lock().values().flat_map(TopicQueues::queues) {
             q.close();
         }
     }
@@ -263,23 +299,6 @@ impl std::fmt::Debug for Producer {
         f.debug_struct("Producer")
             .field("producer_id", &self.inner.producer_id)
             .finish_non_exhaustive()
-    }
-}
-
-/// The outcome of one enqueued record; resolves once the broker has
-/// acknowledged it (or it failed for good).
-#[derive(Debug)]
-pub struct Delivery {
-    rx: oneshot::Receiver<Result<RecordMetadata>>,
-}
-
-impl Future for Delivery {
-    type Output = Result<RecordMetadata>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.rx)
-            .poll(cx)
-            .map(|r| r.unwrap_or(Err(Error::Closed)))
     }
 }
 
@@ -336,6 +355,7 @@ impl Producer {
                 "record of about {cost} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit"
             )));
         }
+        // `None`: keyless, to the topic's sticky partition.
         let partition = match (record.partition, &record.key) {
             (Some(p), _) if p >= partitions => {
                 return Err(Error::PartitionNotFound(format!(
@@ -343,11 +363,11 @@ impl Producer {
                     record.topic
                 )));
             }
-            (Some(p), _) => p,
-            (None, Some(key)) => partition_for_key(key, partitions),
-            (None, None) => self.sticky_partition(&record.topic, partitions),
+            (Some(p), _) => Some(p),
+            (None, Some(key)) => Some(partition_for_key(key, partitions)),
+            (None, None) => None,
         };
-        let queue = self.queue(&record.topic, partition);
+        let queue = self.queue(&record.topic, partition, partitions);
         // The record's bytes of buffer memory: from here on they are the
         // queue's to give back (when the record's batch is resolved, or at
         // once if the queue does not take the record). Counted, not held as
@@ -378,43 +398,44 @@ impl Producer {
             value: record.value.take(),
             headers: std::mem::take(&mut record.headers),
         };
-        let (tx, rx) = oneshot::channel();
-        let pushed = queue.push(&wire, tx, bytes, inner.config.batch_size)?;
-        if pushed.started_batch && record.partition.is_none() && wire.key.is_none() {
-            // Sticky partitioning: the next new batch goes elsewhere.
-            inner.sticky.lock().remove(&record.topic);
-        }
-        Ok(Delivery { rx })
+        let sticky = partition.is_none();
+        queue.push(&wire, bytes, inner.config.batch_size, sticky)
     }
 
-    fn sticky_partition(&self, topic: &str, partitions: u32) -> u32 {
-        let mut sticky = self.inner.sticky.lock();
-        *sticky
-            .entry(topic.to_owned())
-            .or_insert_with(|| rand::rng().random_range(0..partitions.max(1)))
-    }
-
-    fn queue(&self, topic: &str, partition: u32) -> Arc<PartitionQueue> {
+    /// The queue of `partition` of `topic`, or of its sticky partition;
+    /// created (with its sender task) on first use.
+    fn queue(
+        &self,
+        topic: &Arc<str>,
+        partition: Option<u32>,
+        partitions: u32,
+    ) -> Arc<PartitionQueue> {
         let mut queues = self.inner.queues.lock();
-        if let Some(q) = queues.get(topic).and_then(|t| t.get(&partition)) {
+        if !queues.contains_key(&**topic) {
+            queues.insert(topic.clone(), TopicQueues::default());
+        }
+        let entry = queues.get_mut(&**topic).expect("just inserted");
+        let partition = partition.unwrap_or_else(|| entry.sticky_partition(partitions));
+        let index = partition as usize;
+        if entry.partitions.len() <= index {
+            entry.partitions.resize(index + 1, None);
+        }
+        if let Some(q) = &entry.partitions[index] {
             return q.clone();
         }
-        let topic: Arc<str> = Arc::from(topic);
         let q = PartitionQueue::new(
             topic.clone(),
             partition,
             self.inner.producer_id,
             self.inner.epoch,
             self.inner.buffer.clone(),
+            entry.sticky.clone(),
         );
         tokio::spawn(
             q.clone()
                 .run(self.inner.conn.clone(), self.inner.config.clone()),
         );
-        queues
-            .entry(topic)
-            .or_default()
-            .insert(partition, q.clone());
+        entry.partitions[index] = Some(q.clone());
         q
     }
 
@@ -422,7 +443,7 @@ impl Producer {
     /// until each of those records is resolved.
     pub async fn flush(&self) {
         let queues: Vec<_> = (self.inner.queues.lock().values())
-            .flat_map(HashMap::values)
+            .flat_map(TopicQueues::queues)
             .cloned()
             .collect();
         futures::future::join_all(queues.iter().map(|q| q.flush())).await;
@@ -434,7 +455,13 @@ impl Producer {
             .closed
             .store(true, std::sync::atomic::Ordering::Release);
         self.flush().await;
-        for q in self.inner.queues.lock().values().flat_map(HashMap::values) {
+        for q in self
+            .inner
+            .queues
+            .lock()
+            .values()
+            .flat_map(TopicQueues::queues)
+        {
             q.close();
         }
         Ok(())

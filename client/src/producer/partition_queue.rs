@@ -24,27 +24,29 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 use strata_proto::batch::{BatchBuilder, ProducerStamp, Record, restamp_producer};
+
+use super::NO_STICKY;
+use super::delivery::{Delivery, Resolver};
 use strata_proto::v1::{ProduceRequest, ProduceResponse};
-use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use super::{Acks, ProducerConfig};
 use crate::connection::Connection;
 use crate::error::{Error, Result};
-use crate::record::RecordMetadata;
 use crate::retry::Backoff;
-
-pub(crate) type Reply = oneshot::Sender<Result<RecordMetadata>>;
 
 struct OpenBatch {
     builder: BatchBuilder,
-    waiters: Vec<(Reply, i64)>,
+    /// Resolves every record's [`Delivery`] at once.
+    outcome: Resolver,
     /// Bytes of the producer's buffer its records took.
     reserved: u32,
     created: Instant,
@@ -64,7 +66,7 @@ impl Drop for Reserved {
 
 struct SealedBatch {
     payload: Bytes,
-    waiters: Vec<(Reply, i64)>,
+    outcome: Resolver,
     _reserved: Reserved,
     created: Instant,
     records: u32,
@@ -92,6 +94,9 @@ struct State {
     closed: bool,
     epoch: u16,
     next_sequence: u32,
+    /// About the size of this partition's recent batches: what a new batch
+    /// is given room for.
+    batch_bytes_hint: usize,
     /// Records enqueued / resolved so far, for `flush`.
     enqueued: u64,
     resolved: u64,
@@ -108,13 +113,12 @@ pub(crate) struct PartitionQueue {
     progress: Notify,
     /// The producer's buffer memory, which resolved batches give back to.
     buffer: Arc<Semaphore>,
+    /// The topic's sticky partition for keyless records (see `TopicQueues`).
+    sticky: Arc<AtomicU32>,
 }
 
-/// What `PartitionQueue::push` did with the open batch.
-pub(crate) struct Pushed {
-    /// A new batch was started for this record (the sticky partitioner moves on).
-    pub started_batch: bool,
-}
+/// The least a new batch allocates (it grows by doubling from there).
+const BATCH_MIN_CAPACITY_BYTES: usize = 16 * 1024;
 
 impl PartitionQueue {
     pub fn new(
@@ -123,12 +127,14 @@ impl PartitionQueue {
         producer_id: u64,
         epoch: u16,
         buffer: Arc<Semaphore>,
+        sticky: Arc<AtomicU32>,
     ) -> Arc<Self> {
         Arc::new(PartitionQueue {
             topic,
             partition,
             producer_id,
             buffer,
+            sticky,
             state: Mutex::new(State {
                 epoch,
                 ..State::default()
@@ -140,14 +146,16 @@ impl PartitionQueue {
 
     /// Adds a record to the open batch, sealing it first if the record would
     /// not fit, and after if it is full. `bytes` of the producer's buffer are
-    /// the record's: given back with its batch, or at once if refused.
+    /// the record's: given back with its batch, or at once if refused. A
+    /// `sticky` record (keyless) that fills a batch moves the topic's sticky
+    /// partition on, so keyless records fill one batch at a time.
     pub fn push(
         &self,
         record: &Record,
-        reply: Reply,
         bytes: u32,
         batch_size: usize,
-    ) -> Result<Pushed> {
+        sticky: bool,
+    ) -> Result<Delivery> {
         let refuse = |error: Error| {
             self.buffer.add_permits(bytes as usize);
             Err(error)
@@ -160,28 +168,50 @@ impl PartitionQueue {
             && !open.builder.is_empty()
             && open.builder.encoded_len() + open.builder.record_encoded_len(record) > batch_size
         {
+            // Larger than the records before it: it starts the next batch
+            // here, which keyless records go on filling.
             self.seal(&mut st);
         }
-        let started_batch = st.open.is_none();
+        // Sized like recent batches, with room to grow: filling a batch
+        // should not copy it at every doubling.
+        let capacity = (st.batch_bytes_hint + st.batch_bytes_hint / 4).clamp(
+            BATCH_MIN_CAPACITY_BYTES,
+            batch_size.max(BATCH_MIN_CAPACITY_BYTES),
+        );
         let open = st.open.get_or_insert_with(|| OpenBatch {
-            builder: BatchBuilder::default(),
-            waiters: Vec::new(),
+            builder: BatchBuilder::with_capacity(ProducerStamp::default(), capacity),
+            outcome: Resolver::new(self.topic.clone(), self.partition),
             reserved: 0,
             created: Instant::now(),
         });
+        let index = open.builder.len();
+        let record_bytes = open.builder.record_encoded_len(record);
         if let Err(e) = open.builder.push(record) {
             return refuse(e.into());
         }
-        open.waiters.push((reply, record.timestamp));
+        let delivery = open.outcome.delivery(index, record.timestamp);
         open.reserved += bytes;
-        let full = open.builder.encoded_len() >= batch_size;
+        // Full once another record like this one would not fit: sealed now,
+        // not when the next record arrives (which a keyless one then would
+        // not, having moved on, leaving a batch of one to linger).
+        let full = open.builder.encoded_len() + record_bytes > batch_size;
         st.enqueued += 1;
         if full {
             self.seal(&mut st);
         }
         drop(st);
+        if full && sticky {
+            // The next keyless record picks a partition again (unless
+            // another record already moved the topic on).
+            let _ = self.sticky.compare_exchange(
+                self.partition,
+                NO_STICKY,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
         self.wake.notify_one();
-        Ok(Pushed { started_batch })
+        Ok(delivery)
     }
 
     /// Seals the open batch: stamps producer epoch and sequences, encodes it.
@@ -190,6 +220,10 @@ impl PartitionQueue {
             return;
         };
         let records = open.builder.len();
+        // A batch sealed by linger may be a busy partition's short tail:
+        // the hint follows the largest recent batch and decays slowly.
+        let len = open.builder.encoded_len();
+        st.batch_bytes_hint = len.max(st.batch_bytes_hint - st.batch_bytes_hint / 8);
         if self.producer_id != 0 {
             open.builder.set_producer(ProducerStamp {
                 producer_id: self.producer_id,
@@ -200,7 +234,7 @@ impl PartitionQueue {
         }
         st.sealed.push_back(SealedBatch {
             payload: open.builder.finish(),
-            waiters: open.waiters,
+            outcome: open.outcome,
             _reserved: Reserved {
                 buffer: self.buffer.clone(),
                 bytes: open.reserved,
@@ -294,21 +328,9 @@ impl PartitionQueue {
     }
 
     fn resolve(&self, batch: SealedBatch, result: Result<Option<u64>>) {
-        let count = batch.waiters.len() as u64;
-        for (i, (reply, timestamp)) in batch.waiters.into_iter().enumerate() {
-            let outcome = match &result {
-                Ok(base) => Ok(RecordMetadata {
-                    topic: self.topic.clone(),
-                    partition: self.partition,
-                    offset: base.map(|b| b + i as u64),
-                    timestamp,
-                }),
-                Err(e) => Err(e.clone()),
-            };
-            // The caller may have dropped its Delivery; that is its choice.
-            let _ = reply.send(outcome);
-        }
-        self.state.lock().resolved += count;
+        // Callers may have dropped their deliveries; that is their choice.
+        batch.outcome.resolve(result);
+        self.state.lock().resolved += u64::from(batch.records);
         self.progress.notify_waiters();
     }
 
@@ -508,7 +530,8 @@ impl PartitionQueue {
                 let mut st = self.state.lock();
                 st.sealed.push_front(SealedBatch {
                     payload: batch.payload.clone(),
-                    waiters: Vec::new(),
+                    // A stand-in for restamping only: nobody waits on it.
+                    outcome: Resolver::new(self.topic.clone(), self.partition),
                     _reserved: Reserved {
                         buffer: self.buffer.clone(),
                         bytes: 0,

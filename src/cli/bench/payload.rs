@@ -5,8 +5,13 @@
 //! Layout (little endian): magic `SBv1` | producer u32 | sequence u64 |
 //! send time µs since the epoch i64 | padding.
 
+use bytes::{Bytes, BytesMut};
+
 pub const MAGIC: &[u8; 4] = b"SBv1";
 pub const HEADER_BYTES: usize = 24;
+
+/// Payloads are cut from chunks of this many bytes, padded once per chunk.
+const CHUNK_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stamp {
@@ -16,13 +21,45 @@ pub struct Stamp {
 }
 
 pub fn encode(stamp: Stamp, size: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(size.max(HEADER_BYTES));
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&stamp.producer.to_le_bytes());
-    out.extend_from_slice(&stamp.sequence.to_le_bytes());
-    out.extend_from_slice(&stamp.sent_micros.to_le_bytes());
-    out.resize(size.max(HEADER_BYTES), b'.');
+    let mut out = vec![b'.'; size.max(HEADER_BYTES)];
+    write_header(stamp, &mut out);
     out
+}
+
+fn write_header(stamp: Stamp, out: &mut [u8]) {
+    out[0..4].copy_from_slice(MAGIC);
+    out[4..8].copy_from_slice(&stamp.producer.to_le_bytes());
+    out[8..16].copy_from_slice(&stamp.sequence.to_le_bytes());
+    out[16..24].copy_from_slice(&stamp.sent_micros.to_le_bytes());
+}
+
+/// Makes one sender's payloads: each is a slice of a shared, pre-padded
+/// chunk with its own header, so the benchmark allocates and pads once per
+/// chunk rather than once per record, and measures the broker and client
+/// rather than its own record generator.
+pub struct Payloads {
+    size: usize,
+    chunk: BytesMut,
+}
+
+impl Payloads {
+    pub fn new(size: usize) -> Self {
+        Payloads {
+            size: size.max(HEADER_BYTES),
+            chunk: BytesMut::new(),
+        }
+    }
+
+    pub fn next(&mut self, stamp: Stamp) -> Bytes {
+        if self.chunk.len() < self.size {
+            let bytes = (CHUNK_BYTES / self.size).max(1) * self.size;
+            self.chunk = BytesMut::with_capacity(bytes);
+            self.chunk.resize(bytes, b'.');
+        }
+        let mut payload = self.chunk.split_to(self.size);
+        write_header(stamp, &mut payload);
+        payload.freeze()
+    }
 }
 
 pub fn decode(bytes: &[u8]) -> Option<Stamp> {
@@ -34,6 +71,28 @@ pub fn decode(bytes: &[u8]) -> Option<Stamp> {
         sequence: u64::from_le_bytes(bytes[8..16].try_into().ok()?),
         sent_micros: i64::from_le_bytes(bytes[16..24].try_into().ok()?),
     })
+}
+
+/// A sender's clock: one monotonic read per record gives both the instant
+/// it was sent (for latency) and its wall-clock stamp (for end-to-end
+/// latency across processes), instead of reading both clocks.
+pub struct SendClock {
+    origin: std::time::Instant,
+    origin_micros: i64,
+}
+
+impl SendClock {
+    pub fn new() -> Self {
+        SendClock {
+            origin: std::time::Instant::now(),
+            origin_micros: now_micros(),
+        }
+    }
+
+    /// `at` as microseconds since the Unix epoch.
+    pub fn micros(&self, at: std::time::Instant) -> i64 {
+        self.origin_micros + at.saturating_duration_since(self.origin).as_micros() as i64
+    }
 }
 
 pub fn now_micros() -> i64 {
@@ -58,5 +117,18 @@ mod tests {
         assert_eq!(decode(&b), Some(s));
         assert_eq!(encode(s, 1).len(), HEADER_BYTES);
         assert_eq!(decode(b"not a bench record at all"), None);
+    }
+
+    #[test]
+    fn payloads_match_encode_across_chunks() {
+        let mut payloads = Payloads::new(1000);
+        for sequence in 0..3 * (CHUNK_BYTES as u64 / 1000) {
+            let s = Stamp {
+                producer: 1,
+                sequence,
+                sent_micros: 7,
+            };
+            assert_eq!(payloads.next(s)[..], encode(s, 1000)[..]);
+        }
     }
 }

@@ -9,7 +9,7 @@ use indicatif::ProgressBar;
 use strata_client::{Acks, Delivery, Producer, ProducerRecord};
 use tokio::sync::mpsc;
 
-use super::payload::{self, Stamp};
+use super::payload::{Payloads, SendClock, Stamp};
 use super::report::{Report, histogram, record};
 use super::{BenchAcks, BenchArgs, progress};
 use crate::cli::{CliError, CliResult};
@@ -100,7 +100,7 @@ pub async fn send_all(args: &BenchArgs, bar: ProgressBar) -> CliResult<Sent> {
         let count = args.messages / producers + u64::from((p as u64) < args.messages % producers);
         let job = Job {
             producer,
-            topic: topic.clone(),
+            topic: topic.as_str().into(),
             index: p as u32,
             count,
             size: args.size,
@@ -132,7 +132,7 @@ pub async fn send_all(args: &BenchArgs, bar: ProgressBar) -> CliResult<Sent> {
 
 struct Job {
     producer: Producer,
-    topic: String,
+    topic: std::sync::Arc<str>,
     index: u32,
     count: u64,
     size: usize,
@@ -162,26 +162,31 @@ impl Job {
             (acked, latency, failures)
         });
         let mut enqueue_failures = Vec::new();
+        let mut payloads = Payloads::new(self.size);
+        let clock = SendClock::new();
         for sequence in 0..self.count {
             if self.deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
             }
             // Open loop: latency counts from when the record was due, so a
             // stall in the system shows up instead of slowing the sender.
-            let intended = match self.interval {
+            let due = match self.interval {
                 Some(every) => {
                     let at = self.started + every.saturating_mul(sequence as u32);
                     tokio::time::sleep_until(at.into()).await;
-                    at
+                    Some(at)
                 }
-                None => Instant::now(),
+                None => None,
             };
+            let now = Instant::now();
+            let intended = due.unwrap_or(now);
             let stamp = Stamp {
                 producer: self.index,
                 sequence,
-                sent_micros: payload::now_micros(),
+                sent_micros: clock.micros(now),
             };
-            let record = ProducerRecord::new(self.topic.clone(), payload::encode(stamp, self.size));
+            let record = ProducerRecord::new(self.topic.clone(), payloads.next(stamp))
+                .timestamp(stamp.sent_micros / 1000);
             match self.producer.enqueue(record).await {
                 Ok(delivery) => {
                     if tx.send((delivery, intended)).await.is_err() {

@@ -1,0 +1,81 @@
+//! How the producer cuts batches, seen from what it delivers: keyless records
+//! fill one partition's batch at a time, and a full batch goes at once
+//! instead of waiting for its linger time.
+
+use std::time::Duration;
+
+use strata_broker::{Broker, BrokerConfig};
+use strata_client::{Admin, NewTopic, Producer, ProducerRecord};
+use strata_proto::batch::{BatchBuilder, Record};
+
+const VALUE_BYTES: usize = 1000;
+const RECORDS_PER_BATCH: usize = 9;
+const BATCHES: usize = 10;
+/// Far beyond the test's wait: a batch left to linger fails the test.
+const LINGER: Duration = Duration::from_secs(60);
+const WAIT: Duration = Duration::from_secs(20);
+
+fn record() -> ProducerRecord {
+    ProducerRecord::new("spread", vec![b'v'; VALUE_BYTES]).timestamp(1_000)
+}
+
+/// A batch size that holds exactly `RECORDS_PER_BATCH` of these records.
+fn batch_size() -> usize {
+    let mut builder = BatchBuilder::default();
+    for _ in 0..RECORDS_PER_BATCH {
+        builder
+            .push(&Record::new(1_000, vec![b'v'; VALUE_BYTES]))
+            .unwrap();
+    }
+    builder.encoded_len() + VALUE_BYTES / 2
+}
+
+#[tokio::test]
+async fn keyless_records_fill_whole_batches_which_go_without_lingering() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(BrokerConfig::with_data_dir(dir.path()))
+        .await
+        .unwrap();
+    Admin::connect(&broker)
+        .await
+        .unwrap()
+        .create_topic("spread", NewTopic::new(4))
+        .await
+        .unwrap();
+    let producer = Producer::builder(&broker)
+        .batch_size(batch_size())
+        .linger(LINGER)
+        .build()
+        .await
+        .unwrap();
+    let mut deliveries = Vec::new();
+    for _ in 0..RECORDS_PER_BATCH * BATCHES {
+        deliveries.push(producer.enqueue(record()).await.unwrap());
+    }
+    // Every batch is full, so none waits for the linger time; a record left
+    // behind in a batch of its own (the sticky partition having moved on)
+    // would.
+    let delivered = tokio::time::timeout(WAIT, futures::future::try_join_all(deliveries))
+        .await
+        .expect("every batch was full and sent without lingering")
+        .unwrap();
+    // Runs of consecutive records on one partition are whole batches.
+    let mut runs = Vec::new();
+    for pair in delivered.windows(2) {
+        if runs.is_empty() {
+            runs.push(1);
+        }
+        if pair[0].partition == pair[1].partition && pair[1].offset == pair[0].offset.map(|o| o + 1)
+        {
+            *runs.last_mut().unwrap() += 1;
+        } else {
+            runs.push(1);
+        }
+    }
+    assert!(
+        runs.iter().all(|run| run % RECORDS_PER_BATCH == 0),
+        "keyless records switch partitions only between full batches: {runs:?}"
+    );
+    producer.close().await.unwrap();
+    broker.shutdown().await.unwrap();
+}
