@@ -3,9 +3,11 @@
 //! Keyed records go to `murmur2(key) & 0x7fffffff mod partitions`, the same
 //! function and seed as Kafka's default partitioner, so the mapping is stable
 //! across Strata versions and matches what Kafka users expect. Keyless
-//! records stick to one partition per topic until they fill its batch, then
-//! move on to a random one (sticky partitioning: full batches rather than
-//! one record per partition per linger, as round-robin gives).
+//! records stick to one partition per topic until a batch size of them went
+//! there (or they filled its batch), then move on to another partition
+//! chosen at random (Kafka's uniform sticky partitioning: full batches
+//! rather than one record per partition per linger, as round-robin gives,
+//! and an even spread however linger cuts the batches).
 
 /// Kafka's murmur2 (seed 0x9747b28c), as in `org.apache.kafka.common.utils.Utils`.
 pub fn murmur2(data: &[u8]) -> u32 {

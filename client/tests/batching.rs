@@ -1,6 +1,8 @@
 //! How the producer cuts batches, seen from what it delivers: keyless records
-//! fill one partition's batch at a time, and a full batch goes at once
-//! instead of waiting for its linger time.
+//! fill one partition's batch at a time, a full batch goes at once instead
+//! of waiting for its linger time, and keyless records move to another
+//! partition after a batch size of them even when linger sends them in
+//! smaller batches.
 
 use std::time::Duration;
 
@@ -30,10 +32,8 @@ fn batch_size() -> usize {
     builder.encoded_len() + VALUE_BYTES / 2
 }
 
-#[tokio::test]
-async fn keyless_records_fill_whole_batches_which_go_without_lingering() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::open(BrokerConfig::with_data_dir(dir.path()))
+async fn broker_with_topic(dir: &std::path::Path) -> Broker {
+    let broker = Broker::open(BrokerConfig::with_data_dir(dir))
         .await
         .unwrap();
     Admin::connect(&broker)
@@ -42,6 +42,13 @@ async fn keyless_records_fill_whole_batches_which_go_without_lingering() {
         .create_topic("spread", NewTopic::new(4))
         .await
         .unwrap();
+    broker
+}
+
+#[tokio::test]
+async fn keyless_records_fill_whole_batches_which_go_without_lingering() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker_with_topic(dir.path()).await;
     let producer = Producer::builder(&broker)
         .batch_size(batch_size())
         .linger(LINGER)
@@ -76,6 +83,45 @@ async fn keyless_records_fill_whole_batches_which_go_without_lingering() {
         runs.iter().all(|run| run % RECORDS_PER_BATCH == 0),
         "keyless records switch partitions only between full batches: {runs:?}"
     );
+    producer.close().await.unwrap();
+    broker.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn keyless_records_sent_one_at_a_time_move_on_after_a_batch_size_of_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker_with_topic(dir.path()).await;
+    // Each record is awaited, so each goes alone once linger passes: no
+    // batch ever fills. The partition must change after every
+    // `RECORDS_PER_BATCH` records all the same, to spread the load.
+    let producer = Producer::builder(&broker)
+        .batch_size(batch_size())
+        .linger(Duration::from_millis(1))
+        .build()
+        .await
+        .unwrap();
+    let mut partitions = Vec::new();
+    for _ in 0..RECORDS_PER_BATCH * 4 {
+        let meta = tokio::time::timeout(WAIT, producer.send(record()))
+            .await
+            .expect("sent after its linger time")
+            .unwrap();
+        partitions.push(meta.partition);
+    }
+    let stretches: Vec<_> = partitions.chunks(RECORDS_PER_BATCH).collect();
+    for (i, stretch) in stretches.iter().enumerate() {
+        assert!(
+            stretch.iter().all(|p| *p == stretch[0]),
+            "a batch size of keyless records stays on one partition: {partitions:?}"
+        );
+        if i > 0 {
+            assert_ne!(
+                stretch[0],
+                stretches[i - 1][0],
+                "then moves to another: {partitions:?}"
+            );
+        }
+    }
     producer.close().await.unwrap();
     broker.shutdown().await.unwrap();
 }

@@ -234,6 +234,10 @@ type Queues = HashMap<Arc<str>, TopicQueues>;
 /// No sticky partition: the next keyless record picks one.
 const NO_STICKY: u32 = u32::MAX;
 
+/// Set with the partition just left (`MOVED_ON | p`): the next keyless
+/// record picks another partition than `p`.
+const MOVED_ON: u32 = 1 << 31;
+
 /// One topic's partition queues, and the partition its keyless records go to.
 struct TopicQueues {
     /// Indexed by partition; created on a partition's first record.
@@ -263,7 +267,15 @@ impl TopicQueues {
         if current < partitions {
             return current;
         }
-        let chosen = rand::rng().random_range(0..partitions.max(1));
+        let left = current & !MOVED_ON;
+        let mut rng = rand::rng();
+        let chosen = if left < partitions && partitions > 1 {
+            // Any partition but the one just left.
+            let c = rng.random_range(0..partitions - 1);
+            if c >= left { c + 1 } else { c }
+        } else {
+            rng.random_range(0..partitions.max(1))
+        };
         self.sticky.store(chosen, Ordering::Relaxed);
         chosen
     }

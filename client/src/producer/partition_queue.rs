@@ -31,7 +31,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use strata_proto::batch::{BatchBuilder, ProducerStamp, Record, restamp_producer};
 
-use super::NO_STICKY;
+use super::MOVED_ON;
 use super::delivery::{Delivery, Resolver};
 use strata_proto::v1::{ProduceRequest, ProduceResponse};
 use tokio::sync::{Notify, Semaphore, mpsc};
@@ -97,6 +97,9 @@ struct State {
     /// About the size of this partition's recent batches: what a new batch
     /// is given room for.
     batch_bytes_hint: usize,
+    /// Bytes of keyless records taken since this partition became the
+    /// topic's sticky one.
+    sticky_bytes: usize,
     /// Records enqueued / resolved so far, for `flush`.
     enqueued: u64,
     resolved: u64,
@@ -146,9 +149,11 @@ impl PartitionQueue {
 
     /// Adds a record to the open batch, sealing it first if the record would
     /// not fit, and after if it is full. `bytes` of the producer's buffer are
-    /// the record's: given back with its batch, or at once if refused. A
-    /// `sticky` record (keyless) that fills a batch moves the topic's sticky
-    /// partition on, so keyless records fill one batch at a time.
+    /// the record's: given back with its batch, or at once if refused.
+    /// Keyless (`sticky`) records move the topic's sticky partition on once
+    /// they fill a batch or, where linger sends batches before they fill,
+    /// once a batch size of them came here: whole batches when busy, an even
+    /// spread over partitions either way (Kafka's uniform sticky rule).
     pub fn push(
         &self,
         record: &Record,
@@ -199,13 +204,21 @@ impl PartitionQueue {
         if full {
             self.seal(&mut st);
         }
+        let mut move_on = false;
+        if sticky {
+            st.sticky_bytes += record_bytes;
+            move_on = full || st.sticky_bytes + record_bytes > batch_size;
+            if move_on {
+                st.sticky_bytes = 0;
+            }
+        }
         drop(st);
-        if full && sticky {
+        if move_on {
             // The next keyless record picks a partition again (unless
             // another record already moved the topic on).
             let _ = self.sticky.compare_exchange(
                 self.partition,
-                NO_STICKY,
+                MOVED_ON | self.partition,
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             );
