@@ -245,6 +245,9 @@ fn decode(tp: &TopicPartition, epoch: u64, bytes: bytes::Bytes) -> Result<Fetche
         if header.is_control() {
             continue;
         }
+        // Room for the batch's records at once, not by doubling (a copy of
+        // the list each time).
+        records.reserve(header.record_count as usize);
         for item in Records::new(batch).map_err(|e| Error::Corrupt(format!("{tp}: {e}")))? {
             let (offset, r) = item.map_err(|e| Error::Corrupt(format!("{tp}: {e}")))?;
             records.push(ConsumerRecord {

@@ -349,7 +349,11 @@ impl Consumer {
 
     /// The next record; `None` once the consumer is closed.
     pub async fn next_record(&self) -> Option<Result<ConsumerRecord>> {
-        let mut inbox = self.inbox.lock().await;
+        // Called once per record: no wait queue when nobody else reads.
+        let mut inbox = match self.inbox.try_lock() {
+            Ok(inbox) => inbox,
+            Err(_) => self.inbox.lock().await,
+        };
         loop {
             if let Some((tp, epoch, records)) = &mut inbox.pending {
                 // Checked per record: a seek, pause or revoke may come between two.
