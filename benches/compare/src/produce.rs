@@ -15,11 +15,10 @@ use async_nats::jetstream::{
     self,
     context::{ContextBuilder, PublishAckFuture},
 };
-use bytes::Bytes;
 use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
 
-use crate::payload::{self, Stamp};
+use crate::payload::{self, Payloads, SendClock, Stamp};
 use crate::report::{Report, histogram, record};
 use crate::{BenchResult, ProduceArgs, connect, recreate_stream, stream_messages};
 
@@ -146,14 +145,17 @@ async fn produce_one(
         sent
     });
     let mut publish_failure = None;
+    // Records made as `strata bench` makes them, at the same cost.
+    let mut payloads = Payloads::new(size);
+    let clock = SendClock::new();
     for sequence in 0..count {
         let started = Instant::now();
         let stamp = Stamp {
             producer: index,
             sequence,
-            sent_micros: payload::now_micros(),
+            sent_micros: clock.micros(started),
         };
-        let body = Bytes::from(payload::encode(stamp, size));
+        let body = payloads.next(stamp);
         match js.publish(subject.clone(), body).await {
             Ok(ack) => {
                 if tx.send((ack, started)).await.is_err() {

@@ -23,7 +23,7 @@ use strata_client::producer::BATCH_SIZE_BYTES;
 use strata_proto::batch::{BatchBuilder, ProducerStamp, Record, restamp_producer};
 use strata_proto::limits::MAX_IN_FLIGHT_BATCHES;
 
-use super::payload::{self, Stamp};
+use super::payload::{self, Payloads, Stamp};
 use super::report::{Report, histogram, record};
 use super::{BenchArgs, scratch_dir};
 use crate::cli::{CliError, CliResult};
@@ -124,13 +124,14 @@ fn batch(
         base_sequence: 0,
     });
     let mut sequence = 0u64;
+    let mut payloads = Payloads::new(size);
     loop {
         let stamp = Stamp {
             producer: writer as u32,
             sequence,
             sent_micros: payload::now_micros(),
         };
-        let record = Record::new(stamp.sent_micros / 1000, payload::encode(stamp, size));
+        let record = Record::new(stamp.sent_micros / 1000, payloads.next(stamp));
         if !builder.is_empty()
             && builder.encoded_len() + builder.record_encoded_len(&record) > batch_bytes
         {

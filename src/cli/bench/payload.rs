@@ -20,6 +20,8 @@ pub struct Stamp {
     pub sent_micros: i64,
 }
 
+/// One payload on its own (tests compare [`Payloads`] with it).
+#[cfg(test)]
 pub fn encode(stamp: Stamp, size: usize) -> Vec<u8> {
     let mut out = vec![b'.'; size.max(HEADER_BYTES)];
     write_header(stamp, &mut out);
