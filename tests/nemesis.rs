@@ -102,6 +102,17 @@ enum Fault {
 const DISK_SPACE_BYTES: &str = "16384";
 const DISK_SPACE_FLAG: &str = "--debug-disk-space-bytes";
 
+/// How much longer than its drawn hold a disk fill may last, waiting for
+/// the node to meet ENOSPC: on a loaded machine a restarted node can take
+/// the whole hold to start, and a fill that never bit tested nothing.
+const FILL_BITE_WAIT: Duration = Duration::from_secs(15);
+
+const ENOSPC: &str = "No space left on device";
+
+fn enospc_count(log: &str) -> usize {
+    log.matches(ENOSPC).count()
+}
+
 fn begin(cluster: &mut Cluster, fault: Fault) {
     match fault {
         Fault::Kill(i) => cluster.nodes[i].kill9(),
@@ -253,17 +264,25 @@ fn randomized_faults_lose_duplicate_or_reorder_nothing() {
             let hold = Duration::from_millis(rng.random_range(500..3000));
             let rest = Duration::from_millis(rng.random_range(500..2000));
             let acked = history.acked_count();
+            let enospc_before = match fault {
+                Fault::FillDisk(i) => enospc_count(&cluster.nodes[i].log()),
+                _ => 0,
+            };
             begin(cluster, fault);
             std::thread::sleep(hold);
+            if let Fault::FillDisk(i) = fault {
+                let give_up = Instant::now() + FILL_BITE_WAIT;
+                while enospc_count(&cluster.nodes[i].log()) == enospc_before
+                    && Instant::now() < give_up
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
             end(cluster, fault);
             std::thread::sleep(rest);
             faults.push((fault, history.acked_count() - acked));
         }
-        disk_full_errors = cluster
-            .nodes
-            .iter()
-            .map(|n| n.log().matches("No space left on device").count())
-            .sum();
+        disk_full_errors = cluster.nodes.iter().map(|n| enospc_count(&n.log())).sum();
     });
     eprintln!("faults (fault, records acknowledged while it was held or after): {faults:?}");
     let fills = faults
