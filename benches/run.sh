@@ -86,10 +86,14 @@ bench tcp_loopback tcp --messages "$(n 1048576)" --size 1024 --producers 4
 
 start_broker "$WORK/n1"
 B1=$BOOT
+# The broker's CPU time is recorded with these runs (broker_cpu_ms), beside
+# the bench process's own (process_cpu_ms): where the CPU per MB goes.
+B1_PID=${PIDS[-1]}
 # 1 GiB of backlog, then read back in one go (from the page cache).
-bench produce_1KiB_acks_all produce --bootstrap "$B1" --topic t1k --create --partitions 4 \
-  --messages "$(n 1048576)" --size 1024 --producers 4
-bench consume_1KiB_catch_up consume --bootstrap "$B1" --topic t1k --messages "$(n 1048576)"
+CPU_PID=$B1_PID bench produce_1KiB_acks_all produce --bootstrap "$B1" --topic t1k --create \
+  --partitions 4 --messages "$(n 1048576)" --size 1024 --producers 4
+CPU_PID=$B1_PID bench consume_1KiB_catch_up consume --bootstrap "$B1" --topic t1k \
+  --messages "$(n 1048576)"
 bench produce_100B_acks_all produce --bootstrap "$B1" --topic t100 --create --partitions 4 \
   --messages "$(n 2000000)" --size 100 --producers 4
 bench produce_1KiB_1_producer produce --bootstrap "$B1" --topic t1p --create --partitions 1 \
@@ -159,6 +163,9 @@ def median(xs): return sorted(xs)[len(xs) // 2]
 def rounds(prefix): return sorted({int(k.rsplit("_", 1)[1]) for k in r if k.startswith(prefix)})
 def ratio(a, b): return median([mb(f"{a}_{i}") for i in rounds(a)]) / median([mb(f"{b}_{i}") for i in rounds(b)])
 def cpu(k): return median([r[f"{k}_{i}"]["broker_cpu_ms"] for i in rounds(k)])
+def cpu_per_mb(k):
+    mbs = r[k]["bytes"] / 1e6
+    return f"{r[k]['process_cpu_ms'] / mbs:.2f} + {r[k]['broker_cpu_ms'] / mbs:.2f}"
 def e2e(p): return f"{r[p + 'e2e_1KiB_half_peak']['p99_ms']:.1f} ms (linger 1 ms: {r[p + 'e2e_1KiB_half_peak_linger_1ms']['p99_ms']:.1f} ms)"
 metrics_runs = len(rounds("produce_1KiB_metrics_on"))
 lines = [
@@ -172,6 +179,8 @@ lines = [
     ("3-node produce 1KiB / single node", lambda: f"{mb('cluster3_produce_1KiB_acks_all') / mb('produce_1KiB_acks_all'):.2f}"),
     ("3-node produce 1KiB / disk write+fsync 1MiB", lambda: f"{mb('cluster3_produce_1KiB_acks_all') / mb('disk_1MiB_fsync'):.2f}"),
     ("3-node produce 100B / single node", lambda: f"{mb('cluster3_produce_100B_acks_all') / mb('produce_100B_acks_all'):.2f}"),
+    ("CPU ms per MB produced, client + broker", lambda: cpu_per_mb("produce_1KiB_acks_all")),
+    ("CPU ms per MB consumed, client + broker", lambda: cpu_per_mb("consume_1KiB_catch_up")),
     ("single-node e2e p99 at half peak", lambda: e2e("")),
     ("3-node e2e p99 at half peak", lambda: e2e("cluster3_")),
 ]

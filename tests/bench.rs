@@ -6,7 +6,7 @@ mod common;
 
 use common::{Node, cli, cli_ok};
 
-const FIELDS: [&str; 9] = [
+const FIELDS: [&str; 10] = [
     "messages",
     "bytes",
     "seconds",
@@ -16,6 +16,8 @@ const FIELDS: [&str; 9] = [
     "p99_ms",
     "p999_ms",
     "max_ms",
+    // What the run cost the bench process (its clients), for CPU per MB.
+    "process_cpu_ms",
 ];
 
 fn bench_json(bootstrap: &str, args: &[&str]) -> serde_json::Value {

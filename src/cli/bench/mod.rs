@@ -118,6 +118,24 @@ impl BenchArgs {
     }
 }
 
+/// CPU time (user and system) this process has used so far: what a bench
+/// run cost its clients (and the broker too, where it runs in process).
+fn process_cpu() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is pointed at and touches
+    // nothing else; it is only read if the call succeeded.
+    let usage = unsafe {
+        if libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) != 0 {
+            return Duration::ZERO;
+        }
+        usage.assume_init()
+    };
+    let time = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
 /// A progress bar on a terminal; hidden with `--json` or when piped.
 pub fn progress(args: &BenchArgs, total: u64) -> ProgressBar {
     if args.json || !std::io::stderr().is_terminal() {
@@ -169,7 +187,8 @@ pub async fn run(args: BenchArgs) -> CliResult {
             "--producers and --consumers must be at least 1".into(),
         ));
     }
-    let report: Report = match args.mode {
+    let cpu_before = process_cpu();
+    let mut report: Report = match args.mode {
         Mode::Produce => {
             ensure_topic(&args).await?;
             produce::run(&args).await?
@@ -184,6 +203,10 @@ pub async fn run(args: BenchArgs) -> CliResult {
         Mode::Embedded => embedded::run(&args).await?,
         Mode::Append => append::run(&args).await?,
     };
+    report.detail(
+        "process_cpu_ms",
+        (process_cpu().saturating_sub(cpu_before)).as_millis() as u64,
+    );
     if args.json {
         // One object on one line: easy to parse and to collect from scripts.
         println!("{}", report.json());
