@@ -125,3 +125,44 @@ async fn keyless_records_sent_one_at_a_time_move_on_after_a_batch_size_of_them()
     producer.close().await.unwrap();
     broker.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_larger_keyless_record_starts_a_batch_that_keyless_records_go_on_filling() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker_with_topic(dir.path()).await;
+    let producer = Producer::builder(&broker)
+        .batch_size(batch_size())
+        .linger(LINGER)
+        .build()
+        .await
+        .unwrap();
+    // Eight records leave room for a ninth of the same size, not for one
+    // of 1.6 KB: that one starts the partition's next batch.
+    let mut deliveries = Vec::new();
+    for _ in 0..RECORDS_PER_BATCH - 1 {
+        deliveries.push(producer.enqueue(record()).await.unwrap());
+    }
+    let larger = ProducerRecord::new("spread", vec![b'v'; VALUE_BYTES * 8 / 5]).timestamp(1_000);
+    deliveries.push(producer.enqueue(larger).await.unwrap());
+    deliveries.push(producer.enqueue(record()).await.unwrap());
+    // Everything goes now: a batch left to linger would not.
+    producer.flush().await;
+    let delivered = tokio::time::timeout(WAIT, futures::future::try_join_all(deliveries))
+        .await
+        .expect("flushed")
+        .unwrap();
+    let [.., larger, after] = &delivered[..] else {
+        unreachable!()
+    };
+    assert_eq!(
+        (after.partition, after.offset),
+        (larger.partition, larger.offset.map(|o| o + 1)),
+        "the record after the larger one joins its batch rather than moving on"
+    );
+    assert_eq!(
+        delivered[0].partition, larger.partition,
+        "the larger record starts the next batch of the same partition"
+    );
+    producer.close().await.unwrap();
+    broker.shutdown().await.unwrap();
+}

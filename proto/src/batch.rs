@@ -442,6 +442,11 @@ impl BatchBuilder {
         self.buf.len()
     }
 
+    /// Bytes the builder holds room for before it grows.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// Records pushed so far.
     pub fn len(&self) -> u32 {
         self.count

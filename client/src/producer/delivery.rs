@@ -101,6 +101,19 @@ impl std::fmt::Debug for Delivery {
     }
 }
 
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        // A delivery dropped while waiting leaves no waker behind: it would
+        // keep the task that polled it alive until the batch resolves.
+        if let Some(slot) = self.waker_slot {
+            let mut st = self.outcome.state.lock();
+            if st.result.is_none() {
+                st.wakers[slot] = Waker::noop().clone();
+            }
+        }
+    }
+}
+
 impl Future for Delivery {
     type Output = Result<RecordMetadata>;
 
@@ -180,6 +193,28 @@ mod tests {
         tokio::task::yield_now().await;
         drop(resolver);
         assert!(matches!(waiting.await.unwrap(), Err(Error::Closed)));
+    }
+
+    #[test]
+    fn a_delivery_dropped_while_waiting_leaves_no_waker_behind() {
+        struct Task;
+        impl futures::task::ArcWake for Task {
+            fn wake_by_ref(_: &Arc<Self>) {}
+        }
+        let task = Arc::new(Task);
+        let waker = futures::task::waker(task.clone());
+        let resolver = Resolver::new("t".into(), 0);
+        let mut delivery = resolver.delivery(0, 0);
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut delivery).poll(&mut cx).is_pending());
+        drop(waker);
+        assert_eq!(Arc::strong_count(&task), 2, "the outcome holds the waker");
+        drop(delivery);
+        assert_eq!(
+            Arc::strong_count(&task),
+            1,
+            "and lets it go with the delivery"
+        );
     }
 
     #[tokio::test]

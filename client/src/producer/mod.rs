@@ -227,8 +227,8 @@ impl ProducerBuilder {
     }
 }
 
-/// The partition queues by topic: one lookup by `&str` per record, without
-/// allocating a key.
+/// The partition queues by topic: looked up by `&str` (once per record, twice
+/// for a topic's first), without allocating a key.
 type Queues = HashMap<Arc<str>, TopicQueues>;
 
 /// No sticky partition: the next keyless record picks one.
@@ -242,9 +242,11 @@ const MOVED_ON: u32 = 1 << 31;
 struct TopicQueues {
     /// Indexed by partition; created on a partition's first record.
     partitions: Vec<Option<Arc<PartitionQueue>>>,
-    /// Keyless records stick to one partition until it starts a new batch
-    /// (the queue then clears this), so they fill batches instead of
-    /// spreading one record per partition. Shared with the queues.
+    /// The partition keyless records stick to, so they fill batches instead
+    /// of spreading one record per partition per linger. Shared with the
+    /// queues: the sticky one sets `MOVED_ON | p` once a batch size of
+    /// keyless records came to it or they filled its batch, and the next
+    /// keyless record picks another partition.
     sticky: Arc<AtomicU32>,
 }
 

@@ -1,7 +1,8 @@
 //! One partition's side of the producer: the open batch records are added to,
 //! the sealed batches waiting to be sent, and the task that sends them.
 //!
-//! A batch is sealed when it reaches the batch size, when its linger time has
+//! A batch is sealed when it is full (another record like its last would not
+//! fit the batch size), when a record does not fit, when its linger time has
 //! passed, or on flush; sealing assigns its producer epoch and first sequence
 //! number. Batches are sent in order on one produce stream to the partition's
 //! leader, up to `max_in_flight` of them before the first is answered (the
@@ -174,15 +175,15 @@ impl PartitionQueue {
             && open.builder.encoded_len() + open.builder.record_encoded_len(record) > batch_size
         {
             // Larger than the records before it: it starts the next batch
-            // here, which keyless records go on filling.
+            // here, which keyless records go on filling (counted afresh, or
+            // they would move on at once and leave it to linger).
             self.seal(&mut st);
+            st.sticky_bytes = 0;
         }
         // Sized like recent batches, with room to grow: filling a batch
         // should not copy it at every doubling.
-        let capacity = (st.batch_bytes_hint + st.batch_bytes_hint / 4).clamp(
-            BATCH_MIN_CAPACITY_BYTES,
-            batch_size.max(BATCH_MIN_CAPACITY_BYTES),
-        );
+        let capacity = (st.batch_bytes_hint + st.batch_bytes_hint / 4)
+            .clamp(BATCH_MIN_CAPACITY_BYTES.min(batch_size), batch_size);
         let open = st.open.get_or_insert_with(|| OpenBatch {
             builder: BatchBuilder::with_capacity(ProducerStamp::default(), capacity),
             outcome: Resolver::new(self.topic.clone(), self.partition),
@@ -245,8 +246,18 @@ impl PartitionQueue {
             });
             st.next_sequence = st.next_sequence.wrapping_add(records);
         }
+        // Buffer memory counts record bytes, not room: a batch sealed far
+        // smaller than the room it was given (a busy partition gone quiet)
+        // is copied out, so what it holds stays within twice what it counts.
+        let oversized = open.builder.capacity() > 2 * len.max(BATCH_MIN_CAPACITY_BYTES);
+        let payload = open.builder.finish();
+        let payload = if oversized {
+            Bytes::copy_from_slice(&payload)
+        } else {
+            payload
+        };
         st.sealed.push_back(SealedBatch {
-            payload: open.builder.finish(),
+            payload,
             outcome: open.outcome,
             _reserved: Reserved {
                 buffer: self.buffer.clone(),
