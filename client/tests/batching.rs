@@ -32,8 +32,11 @@ fn batch_size() -> usize {
     builder.encoded_len() + VALUE_BYTES / 2
 }
 
-async fn broker_with_topic(dir: &std::path::Path) -> Broker {
-    let broker = Broker::open(BrokerConfig::with_data_dir(dir))
+/// A broker with a 4-partition topic, and a producer of `batch_size()`
+/// batches and the given linger time. Keep the directory while they run.
+async fn setup(linger: Duration) -> (tempfile::TempDir, Broker, Producer) {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(BrokerConfig::with_data_dir(dir.path()))
         .await
         .unwrap();
     Admin::connect(&broker)
@@ -42,19 +45,23 @@ async fn broker_with_topic(dir: &std::path::Path) -> Broker {
         .create_topic("spread", NewTopic::new(4))
         .await
         .unwrap();
-    broker
+    let producer = Producer::builder(&broker)
+        .batch_size(batch_size())
+        .linger(linger)
+        .build()
+        .await
+        .unwrap();
+    (dir, broker, producer)
+}
+
+async fn stop(producer: Producer, broker: Broker) {
+    producer.close().await.unwrap();
+    broker.shutdown().await.unwrap();
 }
 
 #[tokio::test]
 async fn keyless_records_fill_whole_batches_which_go_without_lingering() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = broker_with_topic(dir.path()).await;
-    let producer = Producer::builder(&broker)
-        .batch_size(batch_size())
-        .linger(LINGER)
-        .build()
-        .await
-        .unwrap();
+    let (_dir, broker, producer) = setup(LINGER).await;
     let mut deliveries = Vec::new();
     for _ in 0..RECORDS_PER_BATCH * BATCHES {
         deliveries.push(producer.enqueue(record()).await.unwrap());
@@ -83,23 +90,15 @@ async fn keyless_records_fill_whole_batches_which_go_without_lingering() {
         runs.iter().all(|run| run % RECORDS_PER_BATCH == 0),
         "keyless records switch partitions only between full batches: {runs:?}"
     );
-    producer.close().await.unwrap();
-    broker.shutdown().await.unwrap();
+    stop(producer, broker).await;
 }
 
 #[tokio::test]
 async fn keyless_records_sent_one_at_a_time_move_on_after_a_batch_size_of_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = broker_with_topic(dir.path()).await;
     // Each record is awaited, so each goes alone once linger passes: no
     // batch ever fills. The partition must change after every
     // `RECORDS_PER_BATCH` records all the same, to spread the load.
-    let producer = Producer::builder(&broker)
-        .batch_size(batch_size())
-        .linger(Duration::from_millis(1))
-        .build()
-        .await
-        .unwrap();
+    let (_dir, broker, producer) = setup(Duration::from_millis(1)).await;
     let mut partitions = Vec::new();
     for _ in 0..RECORDS_PER_BATCH * 4 {
         let meta = tokio::time::timeout(WAIT, producer.send(record()))
@@ -122,20 +121,12 @@ async fn keyless_records_sent_one_at_a_time_move_on_after_a_batch_size_of_them()
             );
         }
     }
-    producer.close().await.unwrap();
-    broker.shutdown().await.unwrap();
+    stop(producer, broker).await;
 }
 
 #[tokio::test]
 async fn a_larger_keyless_record_starts_a_batch_that_keyless_records_go_on_filling() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = broker_with_topic(dir.path()).await;
-    let producer = Producer::builder(&broker)
-        .batch_size(batch_size())
-        .linger(LINGER)
-        .build()
-        .await
-        .unwrap();
+    let (_dir, broker, producer) = setup(LINGER).await;
     // Eight records leave room for a ninth of the same size, not for one
     // of 1.6 KB: that one starts the partition's next batch.
     let mut deliveries = Vec::new();
@@ -163,6 +154,5 @@ async fn a_larger_keyless_record_starts_a_batch_that_keyless_records_go_on_filli
         delivered[0].partition, larger.partition,
         "the larger record starts the next batch of the same partition"
     );
-    producer.close().await.unwrap();
-    broker.shutdown().await.unwrap();
+    stop(producer, broker).await;
 }
