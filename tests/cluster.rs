@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::cluster::{Cluster, record_values, stored_batches};
 use futures::StreamExt;
 use parking_lot::Mutex;
-use strata_client::{Admin, Consumer, NewTopic, Producer, ProducerRecord};
+use strata_client::{Admin, Consumer, Error, NewTopic, Producer, ProducerRecord};
 use strata_proto::batch::{BatchBuilder, Record};
 use strata_proto::v1::data_client::DataClient;
 use strata_proto::v1::{
@@ -89,11 +89,16 @@ async fn produce(producer: Producer, history: Arc<History>) {
 }
 
 /// The index of the node leading `partition` as `bootstrap` sees it, if
-/// it knows of one.
+/// it knows of one (a node that has not yet applied the topic's creation
+/// knows of none).
 fn leader_of(cluster: &Cluster, bootstrap: &str, partition: u32) -> Option<usize> {
     cluster.rt.block_on(async {
         let admin = Admin::connect(bootstrap).await.unwrap();
-        let topic = admin.describe_topic(TOPIC).await.unwrap();
+        let topic = match admin.describe_topic(TOPIC).await {
+            Ok(topic) => topic,
+            Err(Error::TopicNotFound(_)) => return None,
+            Err(e) => panic!("describe {TOPIC} through {bootstrap}: {e}"),
+        };
         (topic.partitions[partition as usize].leader as usize).checked_sub(1)
     })
 }
