@@ -31,15 +31,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use strata_proto::batch::{BatchBuilder, ProducerStamp, Record, restamp_producer};
-
-use super::MOVED_ON;
-use super::delivery::{Delivery, Resolver};
 use strata_proto::v1::{ProduceRequest, ProduceResponse};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use super::{Acks, ProducerConfig};
+use super::delivery::{Delivery, Resolver};
+use super::{Acks, MOVED_ON, ProducerConfig};
 use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::retry::Backoff;
