@@ -189,10 +189,13 @@ impl PartitionQueue {
             created: Instant::now(),
         });
         let index = open.builder.len();
-        let record_bytes = open.builder.record_encoded_len(record);
+        let before = open.builder.encoded_len();
         if let Err(e) = open.builder.push(record) {
             return refuse(e.into());
         }
+        // What the record took, read off the builder rather than encoded
+        // again for its length.
+        let record_bytes = open.builder.encoded_len() - before;
         let delivery = open.outcome.delivery(index, record.timestamp);
         open.reserved += bytes;
         // Full once another record like this one would not fit: sealed now,
