@@ -18,7 +18,7 @@ use async_nats::jetstream::{
 use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
 
-use crate::payload::{self, Payloads, SendClock, Stamp};
+use crate::payload::{self, Payloads};
 use crate::report::{Report, histogram, record};
 use crate::{BenchResult, ProduceArgs, connect, recreate_stream, stream_messages};
 
@@ -146,16 +146,10 @@ async fn produce_one(
     });
     let mut publish_failure = None;
     // Records made as `strata bench` makes them, at the same cost.
-    let mut payloads = Payloads::new(size);
-    let clock = SendClock::new();
+    let mut payloads = Payloads::new(index, size);
     for sequence in 0..count {
         let started = Instant::now();
-        let stamp = Stamp {
-            producer: index,
-            sequence,
-            sent_micros: clock.micros(started),
-        };
-        let body = payloads.next(stamp);
+        let (_, body) = payloads.next(sequence, started);
         match js.publish(subject.clone(), body).await {
             Ok(ack) => {
                 if tx.send((ack, started)).await.is_err() {

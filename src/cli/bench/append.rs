@@ -23,7 +23,7 @@ use strata_client::producer::BATCH_SIZE_BYTES;
 use strata_proto::batch::{BatchBuilder, ProducerStamp, Record, restamp_producer};
 use strata_proto::limits::MAX_IN_FLIGHT_BATCHES;
 
-use super::payload::{self, Payloads, Stamp};
+use super::payload::Payloads;
 use super::report::{Report, histogram, record};
 use super::{BenchArgs, scratch_dir};
 use crate::cli::{CliError, CliResult};
@@ -124,14 +124,10 @@ fn batch(
         base_sequence: 0,
     });
     let mut sequence = 0u64;
-    let mut payloads = Payloads::new(size);
+    let mut payloads = Payloads::new(writer as u32, size);
     loop {
-        let stamp = Stamp {
-            producer: writer as u32,
-            sequence,
-            sent_micros: payload::now_micros(),
-        };
-        let record = Record::new(stamp.sent_micros / 1000, payloads.next(stamp));
+        let (stamp, payload) = payloads.next(sequence, std::time::Instant::now());
+        let record = Record::new(stamp.sent_micros / 1000, payload);
         if !builder.is_empty()
             && builder.encoded_len() + builder.record_encoded_len(&record) > batch_bytes
         {

@@ -8,7 +8,7 @@ use serde_json::json;
 use strata_broker::{Broker, BrokerConfig, ListenAddrs};
 use strata_client::{Acks, Admin, NewTopic, Producer, ProducerRecord, Target};
 
-use super::payload::{Payloads, SendClock, Stamp};
+use super::payload::Payloads;
 use super::report::{Report, record};
 use super::{BenchAcks, BenchArgs, scratch_dir};
 use crate::cli::{CliError, CliResult};
@@ -70,19 +70,14 @@ async fn produce(args: &BenchArgs, target: Target, topic: &str) -> CliResult<Rep
     for (p, producer) in producers.into_iter().enumerate() {
         let (topic, size): (std::sync::Arc<str>, _) = (topic.into(), args.size);
         tasks.push(tokio::spawn(async move {
-            let mut payloads = Payloads::new(size);
-            let clock = SendClock::new();
+            let mut payloads = Payloads::new(p as u32, size);
             let mut pending = std::collections::VecDeque::new();
             let mut latency = super::report::histogram();
             for sequence in 0..per {
                 let sent = Instant::now();
-                let stamp = Stamp {
-                    producer: p as u32,
-                    sequence,
-                    sent_micros: clock.micros(sent),
-                };
-                let produced = ProducerRecord::new(topic.clone(), payloads.next(stamp))
-                    .timestamp(stamp.sent_micros / 1000);
+                let (stamp, payload) = payloads.next(sequence, sent);
+                let produced =
+                    ProducerRecord::new(topic.clone(), payload).timestamp(stamp.sent_micros / 1000);
                 pending.push_back((producer.enqueue(produced).await?, sent));
                 if pending.len() >= 50_000
                     && let Some((d, t)) = pending.pop_front()

@@ -5,6 +5,8 @@
 //! Layout (little endian): magic `SBv1` | producer u32 | sequence u64 |
 //! send time µs since the epoch i64 | padding.
 
+use std::time::Instant;
+
 use bytes::{Bytes, BytesMut};
 
 pub const MAGIC: &[u8; 4] = b"SBv1";
@@ -40,19 +42,35 @@ fn write_header(stamp: Stamp, out: &mut [u8]) {
 /// chunk rather than once per record, and measures the broker and client
 /// rather than its own record generator.
 pub struct Payloads {
+    producer: u32,
     size: usize,
     chunk: BytesMut,
+    /// The sender's clock: one monotonic read per record gives both the
+    /// instant it was sent (for latency) and its wall-clock stamp (for
+    /// end-to-end latency across processes), instead of reading both clocks.
+    origin: Instant,
+    origin_micros: i64,
 }
 
 impl Payloads {
-    pub fn new(size: usize) -> Self {
+    pub fn new(producer: u32, size: usize) -> Self {
         Payloads {
+            producer,
             size: size.max(HEADER_BYTES),
             chunk: BytesMut::new(),
+            origin: Instant::now(),
+            origin_micros: now_micros(),
         }
     }
 
-    pub fn next(&mut self, stamp: Stamp) -> Bytes {
+    /// The payload of record `sequence`, stamped as sent at `at`.
+    pub fn next(&mut self, sequence: u64, at: Instant) -> (Stamp, Bytes) {
+        let stamp = Stamp {
+            producer: self.producer,
+            sequence,
+            sent_micros: self.origin_micros
+                + at.saturating_duration_since(self.origin).as_micros() as i64,
+        };
         if self.chunk.len() < self.size {
             let bytes = (CHUNK_BYTES / self.size).max(1) * self.size;
             self.chunk = BytesMut::with_capacity(bytes);
@@ -60,7 +78,7 @@ impl Payloads {
         }
         let mut payload = self.chunk.split_to(self.size);
         write_header(stamp, &mut payload);
-        payload.freeze()
+        (stamp, payload.freeze())
     }
 }
 
@@ -73,28 +91,6 @@ pub fn decode(bytes: &[u8]) -> Option<Stamp> {
         sequence: u64::from_le_bytes(bytes[8..16].try_into().ok()?),
         sent_micros: i64::from_le_bytes(bytes[16..24].try_into().ok()?),
     })
-}
-
-/// A sender's clock: one monotonic read per record gives both the instant
-/// it was sent (for latency) and its wall-clock stamp (for end-to-end
-/// latency across processes), instead of reading both clocks.
-pub struct SendClock {
-    origin: std::time::Instant,
-    origin_micros: i64,
-}
-
-impl SendClock {
-    pub fn new() -> Self {
-        SendClock {
-            origin: std::time::Instant::now(),
-            origin_micros: now_micros(),
-        }
-    }
-
-    /// `at` as microseconds since the Unix epoch.
-    pub fn micros(&self, at: std::time::Instant) -> i64 {
-        self.origin_micros + at.saturating_duration_since(self.origin).as_micros() as i64
-    }
 }
 
 pub fn now_micros() -> i64 {
@@ -123,14 +119,19 @@ mod tests {
 
     #[test]
     fn payloads_match_encode_across_chunks() {
-        let mut payloads = Payloads::new(1000);
+        let mut payloads = Payloads::new(1, 1000);
+        let started = Instant::now();
         for sequence in 0..3 * (CHUNK_BYTES as u64 / 1000) {
-            let s = Stamp {
-                producer: 1,
-                sequence,
-                sent_micros: 7,
-            };
-            assert_eq!(payloads.next(s)[..], encode(s, 1000)[..]);
+            let (s, payload) = payloads.next(sequence, Instant::now());
+            assert_eq!((s.producer, s.sequence), (1, sequence));
+            assert!(s.sent_micros >= payloads.origin_micros);
+            assert_eq!(payload[..], encode(s, 1000)[..]);
         }
+        let (late, _) = payloads.next(0, started + std::time::Duration::from_secs(2));
+        assert_eq!(
+            late.sent_micros - payloads.origin_micros,
+            (started - payloads.origin).as_micros() as i64 + 2_000_000,
+            "the stamp follows the instant it is given"
+        );
     }
 }

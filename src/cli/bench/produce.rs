@@ -9,7 +9,7 @@ use indicatif::ProgressBar;
 use strata_client::{Acks, Delivery, Producer, ProducerRecord};
 use tokio::sync::mpsc;
 
-use super::payload::{Payloads, SendClock, Stamp};
+use super::payload::Payloads;
 use super::report::{Report, histogram, record};
 use super::{BenchAcks, BenchArgs, progress};
 use crate::cli::{CliError, CliResult};
@@ -162,8 +162,7 @@ impl Job {
             (acked, latency, failures)
         });
         let mut enqueue_failures = Vec::new();
-        let mut payloads = Payloads::new(self.size);
-        let clock = SendClock::new();
+        let mut payloads = Payloads::new(self.index, self.size);
         for sequence in 0..self.count {
             if self.deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
@@ -180,12 +179,8 @@ impl Job {
             };
             let now = Instant::now();
             let intended = due.unwrap_or(now);
-            let stamp = Stamp {
-                producer: self.index,
-                sequence,
-                sent_micros: clock.micros(now),
-            };
-            let record = ProducerRecord::new(self.topic.clone(), payloads.next(stamp))
+            let (stamp, payload) = payloads.next(sequence, now);
+            let record = ProducerRecord::new(self.topic.clone(), payload)
                 .timestamp(stamp.sent_micros / 1000);
             match self.producer.enqueue(record).await {
                 Ok(delivery) => {
