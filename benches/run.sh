@@ -16,19 +16,28 @@ cd "$(dirname "$0")/.."
 source benches/lib.sh
 
 cargo build --release --quiet
-# `benches/run.sh SECTION` runs one section (only `metrics` so far), into
+# `benches/run.sh SECTION` runs one section (`metrics` or `cluster`), into
 # its own results file.
 SECTION=${1:-}
 bench_setup "target/bench-results${SECTION:+-$SECTION}.jsonl"
 
-# Starts a three-node cluster (ports picked free now; a collision with another
-# process in between is possible but unlikely); sets BOOT3 to a bootstrap list.
+# Starts a three-node cluster (peer ports picked free now, outside the range
+# the kernel hands out for port 0); sets BOOT3 to a bootstrap list.
 start_cluster() {
   local ports
-  read -ra ports < <(python3 -c 'import socket
-socks = [socket.socket() for _ in range(3)]
-for s in socks: s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))')
+  # Peer ports come from below the kernel's ephemeral range: a port bound to 0
+  # and released would be free again for the next ephemeral bind, and the
+  # first nodes' own data and control listeners (port 0) took one once.
+  read -ra ports < <(python3 -c 'import random, socket
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+found = []
+while len(found) < 3:
+    port = random.randrange(max(1024, low - 12000), low)
+    with socket.socket() as s:
+        try: s.bind(("127.0.0.1", port))
+        except OSError: continue
+    if port not in found: found.append(port)
+print(" ".join(map(str, found)))')
   local peers="1=127.0.0.1:${ports[0]},2=127.0.0.1:${ports[1]},3=127.0.0.1:${ports[2]}"
   local dirs=() boots=()
   for i in 1 2 3; do
@@ -72,12 +81,58 @@ metrics_cost() {
         --topic "tm$round" --create --partitions 4 --messages "$(n 400000)" --size 1024 --producers 4
     done
   done
+  stop_and_remove "$pid_off" "$pid_on" -- "$MEM"
+}
+
+# stop_and_remove PID... -- DIR...: stops brokers and deletes their data, so
+# the sections after them do not run beside gigabytes of memory or page cache
+# held by brokers that are done (on this VM the three-node rows ran at a
+# third of their speed behind the single-node and metrics sections' data).
+stop_and_remove() {
+  while [[ $1 != -- ]]; do kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; shift; done
+  shift
+  rm -rf "$@"
+}
+
+# End to end: the peak with producers and consumers running together (closed
+# loop), then latency at half that rate (open loop: no coordinated omission).
+# Labels start with $1; runs against bootstrap $2 with $3 messages each.
+e2e_peak_and_half() {
+  local prefix=$1 boot=$2 messages=$3
+  bench "${prefix}e2e_1KiB_peak" e2e --bootstrap "$boot" --topic "${prefix}tep" --create \
+    --partitions 4 --messages "$messages" --size 1024 --producers 4
+  local peak half
+  peak=$(field "${prefix}e2e_1KiB_peak" msgs_per_s)
+  half=$(python3 -c "print(int($peak / 2))")
+  bench "${prefix}e2e_1KiB_half_peak" e2e --bootstrap "$boot" --topic "${prefix}te" --create \
+    --partitions 4 --messages "$messages" --size 1024 --producers 4 --rate "$half"
+  # The same rate with the producer tuned for latency: 1 ms of linger
+  # instead of the default 5 (which alone is half of a 10 ms budget).
+  bench "${prefix}e2e_1KiB_half_peak_linger_1ms" e2e --bootstrap "$boot" --topic "${prefix}tl" \
+    --create --partitions 4 --messages "$messages" --size 1024 --producers 4 --rate "$half" \
+    --linger-ms 1
+}
+
+# Three nodes on this machine, every partition replicated three times: each
+# acknowledged batch is fsynced by all three processes on the same disk and
+# cores, so this measures the replication path's overhead, not a real cluster's
+# capacity (which has a disk and cores per node).
+cluster3() {
+  start_cluster
+  bench cluster3_produce_1KiB_acks_all produce --bootstrap "$BOOT3" --topic r1k --create --partitions 4 \
+    --messages "$(n 200000)" --size 1024 --producers 4
+  bench cluster3_consume_1KiB_catch_up consume --bootstrap "$BOOT3" --topic r1k --messages "$(n 200000)"
+  bench cluster3_produce_100B_acks_all produce --bootstrap "$BOOT3" --topic r100 --create --partitions 4 \
+    --messages "$(n 1000000)" --size 100 --producers 4
+  e2e_peak_and_half cluster3_ "$BOOT3" "$(n 100000)"
 }
 
 echo "# machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -r)" >&2
 
 if [[ $SECTION == metrics ]]; then
   metrics_cost
+elif [[ $SECTION == cluster ]]; then
+  cluster3
 else
 # Baselines: what the disk and the loopback network can do.
 bench disk_1MiB_fsync disk --messages "$(n 262144)" --size 1024 --batch-size 1048576 --dir "$WORK"
@@ -99,24 +154,6 @@ bench produce_100B_acks_all produce --bootstrap "$B1" --topic t100 --create --pa
 bench produce_1KiB_1_producer produce --bootstrap "$B1" --topic t1p --create --partitions 1 \
   --messages "$(n 200000)" --size 1024 --producers 1
 
-# End to end: the peak with producers and consumers running together (closed
-# loop), then latency at half that rate (open loop: no coordinated omission).
-# Labels start with $1; runs against bootstrap $2 with $3 messages each.
-e2e_peak_and_half() {
-  local prefix=$1 boot=$2 messages=$3
-  bench "${prefix}e2e_1KiB_peak" e2e --bootstrap "$boot" --topic "${prefix}tep" --create \
-    --partitions 4 --messages "$messages" --size 1024 --producers 4
-  local peak half
-  peak=$(field "${prefix}e2e_1KiB_peak" msgs_per_s)
-  half=$(python3 -c "print(int($peak / 2))")
-  bench "${prefix}e2e_1KiB_half_peak" e2e --bootstrap "$boot" --topic "${prefix}te" --create \
-    --partitions 4 --messages "$messages" --size 1024 --producers 4 --rate "$half"
-  # The same rate with the producer tuned for latency: 1 ms of linger
-  # instead of the default 5 (which alone is half of a 10 ms budget).
-  bench "${prefix}e2e_1KiB_half_peak_linger_1ms" e2e --bootstrap "$boot" --topic "${prefix}tl" \
-    --create --partitions 4 --messages "$messages" --size 1024 --producers 4 --rate "$half" \
-    --linger-ms 1
-}
 e2e_peak_and_half "" "$B1" "$(n 200000)"
 
 # The broker's own durable appends (in-process: no gRPC, no client; up to 5
@@ -136,20 +173,11 @@ done
 
 # In-process versus loopback gRPC, same broker, same run.
 bench embedded_1KiB embedded --messages "$(n 200000)" --size 1024 --producers 4 --dir "$WORK"
+stop_and_remove "$B1_PID" -- "$WORK/n1"
 
 metrics_cost
 
-# Three nodes on this machine, every partition replicated three times: each
-# acknowledged batch is fsynced by all three processes on the same disk and
-# cores, so this measures the replication path's overhead, not a real cluster's
-# capacity (which has a disk and cores per node).
-start_cluster
-bench cluster3_produce_1KiB_acks_all produce --bootstrap "$BOOT3" --topic r1k --create --partitions 4 \
-  --messages "$(n 200000)" --size 1024 --producers 4
-bench cluster3_consume_1KiB_catch_up consume --bootstrap "$BOOT3" --topic r1k --messages "$(n 200000)"
-bench cluster3_produce_100B_acks_all produce --bootstrap "$BOOT3" --topic r100 --create --partitions 4 \
-  --messages "$(n 1000000)" --size 100 --producers 4
-e2e_peak_and_half cluster3_ "$BOOT3" "$(n 100000)"
+cluster3
 fi
 
 # The ratios of whatever ran (all of it, or one section).
