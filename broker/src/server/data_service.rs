@@ -11,7 +11,6 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::deadline;
 use super::fetch::{self, FetchStream};
 use super::produce;
 use super::status::to_status;
@@ -87,21 +86,14 @@ impl Data for DataService {
 
     type FetchStream = FetchStream;
 
+    /// Reached only where these services are served without the route of
+    /// `fetch_route`, which answers Fetch the same way without copying the
+    /// records (see `data_routes`).
     async fn fetch(
         &self,
         request: Request<FetchRequest>,
     ) -> Result<Response<Self::FetchStream>, Status> {
-        let until = deadline::deadline(request.metadata());
-        let topics = request.get_ref().positions.iter().map(|p| p.topic.as_str());
-        authorize(&request, Action::Consume, topics)?;
-        let r = request.into_inner();
-        fetch::open(&self.broker, r.positions, r.max_bytes, r.max_wait_ms, until)
-            .map(Response::new)
-            .map_err(|e| {
-                let status = to_status(&e);
-                self.broker.metrics().fetch_error(status.code() as i32);
-                status
-            })
+        fetch::start(&self.broker, request).map(Response::new)
     }
 
     async fn list_offsets(

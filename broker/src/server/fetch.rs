@@ -18,18 +18,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 use strata_proto::limits::FETCH_MAX_BYTES;
-use strata_proto::v1::{FetchPosition, FetchResponse, PartitionError};
+use strata_proto::v1::{FetchPosition, FetchRequest, FetchResponse, PartitionError};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::Status;
+use tonic::{Request, Status};
 use tracing::Instrument;
 
+use super::deadline;
 use super::status::{classify, to_status};
 use crate::broker::Broker;
 use crate::budget::BudgetPermit;
 use crate::error::Error;
 use crate::partition::Partition;
+use crate::security::{Action, authorize};
 
 /// Longest long-poll a client may ask for.
 pub const FETCH_MAX_WAIT_LIMIT_MS: u64 = 30_000;
@@ -42,9 +44,23 @@ struct Cursor {
     done: bool,
 }
 
+/// Serves a Fetch call: authorizes it, then [`open`]s its stream before its
+/// deadline (`grpc-timeout`), which the stream keeps to.
+pub fn start(broker: &Broker, request: Request<FetchRequest>) -> Result<FetchStream, Status> {
+    let until = deadline::deadline(request.metadata());
+    let topics = request.get_ref().positions.iter().map(|p| p.topic.as_str());
+    authorize(&request, Action::Consume, topics)?;
+    let r = request.into_inner();
+    open(broker, r.positions, r.max_bytes, r.max_wait_ms, until).map_err(|e| {
+        let status = to_status(&e);
+        broker.metrics().fetch_error(status.code() as i32);
+        status
+    })
+}
+
 /// Validates the request and starts the stream. Unknown partitions and
 /// offsets outside the log are refused before anything is streamed.
-pub fn open(
+fn open(
     broker: &Broker,
     positions: Vec<FetchPosition>,
     max_bytes: u32,

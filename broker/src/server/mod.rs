@@ -15,6 +15,7 @@ pub mod control_service;
 pub mod data_service;
 mod deadline;
 mod fetch;
+mod fetch_route;
 pub mod http;
 pub(crate) mod local;
 pub mod peer_service;
@@ -93,11 +94,19 @@ fn local(listener: &TcpListener) -> Result<SocketAddr> {
 }
 
 /// The data-plane services of `broker`, ready to serve connections.
+/// Fetch is routed to `fetch_route` ahead of tonic's handler.
 pub(crate) fn data_routes(broker: &Broker) -> Routes {
-    Routes::new(
+    let services = Routes::new(
         DataServer::new(DataService::new(broker.clone()))
             .max_decoding_message_size(DATA_MAX_DECODING_BYTES)
             .max_encoding_message_size(DATA_MAX_ENCODING_BYTES),
+    );
+    let broker = broker.clone();
+    let fetch = axum::routing::post(move |request| fetch_route::serve(broker, request));
+    Routes::from(
+        services
+            .into_axum_router()
+            .route(fetch_route::FETCH_PATH, fetch),
     )
 }
 
