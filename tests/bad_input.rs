@@ -58,6 +58,71 @@ fn assert_status(result: Result<impl std::fmt::Debug, tonic::Status>, code: Code
     );
 }
 
+/// Sends `message` as the Fetch request, bytes as given (what a broken or
+/// hostile client might send), and returns how the call ended.
+async fn raw_fetch(node: &Node, message: &'static [u8]) -> Result<(), tonic::Status> {
+    let channel = Channel::from_shared(format!("http://{}", node.data))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/strata.v1.Data/Fetch");
+    let request = tonic::Request::new(Bytes::from_static(message));
+    let mut stream = grpc
+        .server_streaming(request, path, RawCodec)
+        .await?
+        .into_inner();
+    while stream.message().await?.is_some() {}
+    Ok(())
+}
+
+/// Message bodies passed through as they are.
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Bytes>, tonic::Status> {
+        let len = bytes::Buf::remaining(src);
+        Ok(Some(bytes::Buf::copy_to_bytes(src, len)))
+    }
+}
+
 async fn high_watermark(control: &mut ControlClient<Channel>, topic: &str) -> u64 {
     let info = control
         .describe_topic(DescribeTopicRequest { name: topic.into() })
@@ -297,6 +362,13 @@ async fn bad_fetches_offsets_groups_and_admin_requests_are_refused_clearly() {
         max_wait_ms: 0,
     };
     assert_status(data.fetch(twice).await, Code::InvalidArgument, "twice");
+    // Bytes that are no FetchRequest at all (the broker reads Fetch requests
+    // itself, below tonic).
+    assert_status(
+        raw_fetch(&node, b"\x0a\xff\xff\xff").await,
+        Code::InvalidArgument,
+        "decoding the fetch request",
+    );
 
     let commit = |group: &str, offset| CommitOffsetsRequest {
         group: group.into(),

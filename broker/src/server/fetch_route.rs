@@ -22,7 +22,9 @@ use strata_proto::v1::{FetchRequest, FetchResponse};
 use tonic::Status;
 
 use super::fetch::{self, FetchStream};
+use super::status::to_status;
 use crate::broker::Broker;
+use crate::error::Error;
 
 /// The path tonic would route Fetch by.
 pub const FETCH_PATH: &str = "/strata.v1.Data/Fetch";
@@ -58,20 +60,24 @@ async fn open(broker: &Broker, request: http::Request<Body>) -> Result<FetchStre
     let (parts, body) = request.into_parts();
     let body = axum::body::to_bytes(body, GRPC_PREFIX_BYTES + MAX_FETCH_REQUEST_BYTES)
         .await
-        .map_err(|e| Status::invalid_argument(format!("reading the fetch request: {e}")))?;
+        .map_err(|e| invalid(format!("reading the fetch request: {e}")))?;
     let message = unary_message(&body)?;
     let message = FetchRequest::decode(message)
-        .map_err(|e| Status::invalid_argument(format!("decoding the fetch request: {e}")))?;
+        .map_err(|e| invalid(format!("decoding the fetch request: {e}")))?;
     fetch::start(
         broker,
         tonic::Request::from_http(http::Request::from_parts(parts, message)),
     )
 }
 
+fn invalid(why: String) -> Status {
+    to_status(&Error::InvalidArgument(why))
+}
+
 /// The one message of a unary request body.
 fn unary_message(body: &Bytes) -> Result<Bytes, Status> {
     let Some((prefix, rest)) = body.split_at_checked(GRPC_PREFIX_BYTES) else {
-        return Err(Status::invalid_argument("the fetch request has no message"));
+        return Err(invalid("the fetch request has no message".into()));
     };
     if prefix[0] != 0 {
         return Err(Status::unimplemented(
@@ -80,7 +86,7 @@ fn unary_message(body: &Bytes) -> Result<Bytes, Status> {
     }
     let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
     if len != rest.len() {
-        return Err(Status::invalid_argument(format!(
+        return Err(invalid(format!(
             "the fetch request must hold exactly one message: its prefix says {len} bytes, \
              {} follow",
             rest.len()
