@@ -367,7 +367,7 @@ async fn bad_fetches_offsets_groups_and_admin_requests_are_refused_clearly() {
     assert_status(
         raw_fetch(&node, b"\x0a\xff\xff\xff").await,
         Code::InvalidArgument,
-        "decoding the fetch request",
+        "does not decode",
     );
 
     let commit = |group: &str, offset| CommitOffsetsRequest {

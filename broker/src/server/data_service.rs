@@ -69,6 +69,9 @@ impl Data for DataService {
 
     type ProduceStreamStream = ReceiverStream<Result<ProduceResponse, Status>>;
 
+    /// Reached only where these services are served without the route of
+    /// `produce_route`, which runs the same pipeline without copying the
+    /// batches (see `data_routes`).
     async fn produce_stream(
         &self,
         request: Request<Streaming<ProduceRequest>>,

@@ -1,27 +1,21 @@
-//! The Fetch RPC served one layer below tonic, so that stored batches reach
-//! the socket without being copied.
+//! The Fetch RPC served one layer below tonic (see `grpc_wire`), so that
+//! stored batches reach the socket without being copied.
 //!
-//! tonic encodes every message into a buffer of its own, so each response's
-//! records (a view of the page cache, or a buffer read from the segment) were
-//! copied once more before HTTP/2 sent them: a quarter of the broker's CPU
-//! while a consumer caught up. Here each response goes out as two DATA frames:
-//! a small one with the gRPC message prefix and the other fields, then the
-//! records themselves, which h2 writes to the socket straight from the
-//! stored bytes. On the wire it is the same gRPC stream tonic sends (any gRPC
-//! client reads it); validation, authorization, deadlines and the stream's
-//! task are those of [`fetch::open`], shared with the tonic handler.
-
-use std::pin::Pin;
-use std::task::{Context, Poll};
+//! Each response goes out as two DATA frames: a small one with the gRPC
+//! prefix and the other fields, then the records themselves, which h2 writes
+//! to the socket straight from the page-cache map or buffer they were read
+//! into. Validation, authorization, deadlines and the stream's task are those
+//! of [`fetch::start`], shared with the tonic handler.
 
 use axum::body::Body;
-use axum::http::{self, HeaderMap, HeaderValue, header};
-use bytes::{BufMut, Bytes, BytesMut};
-use prost::Message;
+use axum::http;
+use bytes::{BufMut, Bytes};
+use futures::StreamExt;
 use strata_proto::v1::{FetchRequest, FetchResponse};
 use tonic::Status;
 
 use super::fetch::{self, FetchStream};
+use super::grpc_wire::{self, MessageStream, WireMessage, framed, framed_with_tail};
 use super::status::to_status;
 use crate::broker::Broker;
 use crate::error::Error;
@@ -37,160 +31,67 @@ const MAX_FETCH_REQUEST_BYTES: usize = 1024 * 1024;
 /// copying a few KiB costs less than a frame of their own.
 const SEPARATE_FRAME_MIN_BYTES: usize = 16 * 1024;
 
-/// Length of gRPC's message prefix: a compression flag and a 4-byte length.
-const GRPC_PREFIX_BYTES: usize = 5;
-
 /// Serves one Fetch call: the same answers as the tonic handler, sent
 /// without copying the records.
 pub async fn serve(broker: Broker, request: http::Request<Body>) -> http::Response<Body> {
     match open(&broker, request).await {
-        Ok(responses) => {
-            let mut response = http::Response::new(Body::new(FetchBody::new(responses)));
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/grpc"),
-            );
-            response
-        }
+        Ok(responses) => grpc_wire::response(responses),
         Err(status) => status.into_http(),
     }
 }
 
 async fn open(broker: &Broker, request: http::Request<Body>) -> Result<FetchStream, Status> {
     let (parts, body) = request.into_parts();
-    let body = axum::body::to_bytes(body, GRPC_PREFIX_BYTES + MAX_FETCH_REQUEST_BYTES)
+    // Read to its end before answering: a refusal sent while the client's
+    // side of the stream is still open reaches it as a reset, not a status.
+    let body = axum::body::to_bytes(body, grpc_wire::PREFIX_BYTES + MAX_FETCH_REQUEST_BYTES)
         .await
-        .map_err(|e| invalid(format!("reading the fetch request: {e}")))?;
-    let message = unary_message(&body)?;
-    let message = FetchRequest::decode(message)
-        .map_err(|e| invalid(format!("decoding the fetch request: {e}")))?;
+        .map_err(|e| invalid(&format!("reading the fetch request: {e}")))?;
+    let mut messages = MessageStream::<FetchRequest>::new(body.into(), MAX_FETCH_REQUEST_BYTES);
+    let Some(message) = messages.next().await.transpose()? else {
+        return Err(invalid("the fetch request has no message"));
+    };
+    if messages.next().await.is_some() {
+        return Err(invalid("a fetch request is exactly one message"));
+    }
     fetch::start(
         broker,
         tonic::Request::from_http(http::Request::from_parts(parts, message)),
     )
 }
 
-fn invalid(why: String) -> Status {
-    to_status(&Error::InvalidArgument(why))
+fn invalid(why: &str) -> Status {
+    to_status(&Error::InvalidArgument(why.into()))
 }
 
-/// The one message of a unary request body.
-fn unary_message(body: &Bytes) -> Result<Bytes, Status> {
-    let Some((prefix, rest)) = body.split_at_checked(GRPC_PREFIX_BYTES) else {
-        return Err(invalid("the fetch request has no message".into()));
-    };
-    if prefix[0] != 0 {
-        return Err(Status::unimplemented(
-            "compressed requests are not accepted; send Fetch uncompressed",
-        ));
-    }
-    let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
-    if len != rest.len() {
-        return Err(invalid(format!(
-            "the fetch request must hold exactly one message: its prefix says {len} bytes, \
-             {} follow",
-            rest.len()
-        )));
-    }
-    Ok(body.slice(GRPC_PREFIX_BYTES..))
-}
-
-/// A fetch stream as an HTTP/2 body: each response as gRPC message frames,
-/// then the status in trailers.
-struct FetchBody {
-    responses: FetchStream,
-    /// Records of the message whose head was just sent.
-    records: Option<Bytes>,
-    done: bool,
-}
-
-impl FetchBody {
-    fn new(responses: FetchStream) -> Self {
-        FetchBody {
-            responses,
-            records: None,
-            done: false,
+/// Every field but the records after the prefix, then the records, in a
+/// frame of their own when they are worth one.
+impl WireMessage for FetchResponse {
+    fn into_frames(mut self) -> (Bytes, Option<Bytes>) {
+        let records = std::mem::take(&mut self.records);
+        if records.is_empty() {
+            return (framed(&self), None);
         }
-    }
-
-    fn trailers(&mut self, status: &Status) -> http_body::Frame<Bytes> {
-        self.done = true;
-        let mut trailers = HeaderMap::new();
-        if status.add_header(&mut trailers).is_err() {
-            trailers.insert(
-                "grpc-status",
-                HeaderValue::from(tonic::Code::Internal as i32),
-            );
-        }
-        http_body::Frame::trailers(trailers)
-    }
-}
-
-/// `response` as one gRPC message: the prefix and every field but the
-/// records, and the records when they are worth a frame of their own.
-fn encode(mut response: FetchResponse) -> (Bytes, Option<Bytes>) {
-    let records = std::mem::take(&mut response.records);
-    // Field 3, length-delimited; prost reads fields in any order.
-    const RECORDS_KEY: u8 = (3 << 3) | 2;
-    let records_field = match records.is_empty() {
-        true => 0,
-        false => 1 + prost::length_delimiter_len(records.len()) + records.len(),
-    };
-    let len = response.encoded_len() + records_field;
-    let separate = records.len() >= SEPARATE_FRAME_MIN_BYTES;
-    let head_len = GRPC_PREFIX_BYTES + len - if separate { records.len() } else { 0 };
-    let mut head = BytesMut::with_capacity(head_len);
-    head.put_u8(0);
-    // A response holds at most FETCH_MAX_BYTES of records.
-    head.put_u32(len as u32);
-    response
-        .encode(&mut head)
-        .expect("the buffer was sized for the message");
-    if !records.is_empty() {
+        // Field 3, length-delimited; prost reads fields in any order.
+        const RECORDS_KEY: u8 = (3 << 3) | 2;
+        let field = 1 + prost::length_delimiter_len(records.len()) + records.len();
+        let mut head = framed_with_tail(&self, field);
         head.put_u8(RECORDS_KEY);
         prost::encode_length_delimiter(records.len(), &mut head)
             .expect("the buffer was sized for the message");
-        if !separate {
+        if records.len() < SEPARATE_FRAME_MIN_BYTES {
             head.put_slice(&records);
+            return (head.freeze(), None);
         }
-    }
-    (head.freeze(), separate.then_some(records))
-}
-
-impl http_body::Body for FetchBody {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        if let Some(records) = self.records.take() {
-            return Poll::Ready(Some(Ok(http_body::Frame::data(records))));
-        }
-        if self.done {
-            return Poll::Ready(None);
-        }
-        let frame = match std::task::ready!(self.responses.as_mut().poll_next(cx)) {
-            Some(Ok(response)) => {
-                let (head, records) = encode(response);
-                self.records = records;
-                http_body::Frame::data(head)
-            }
-            Some(Err(status)) => self.trailers(&status),
-            None => self.trailers(&Status::ok("")),
-        };
-        Poll::Ready(Some(Ok(frame)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.done && self.records.is_none()
+        (head.freeze(), Some(records))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use grpc_wire::PREFIX_BYTES;
+    use prost::Message;
 
     fn response(records: usize) -> FetchResponse {
         FetchResponse {
@@ -216,18 +117,14 @@ mod tests {
             1 << 20,
         ] {
             let sent = response(records);
-            let (head, tail) = encode(sent.clone());
+            let (head, tail) = sent.clone().into_frames();
             assert_eq!(tail.is_some(), records >= SEPARATE_FRAME_MIN_BYTES);
             let mut wire = head.to_vec();
             wire.extend_from_slice(tail.as_deref().unwrap_or_default());
             assert_eq!(wire[0], 0, "uncompressed");
             let len = u32::from_be_bytes(wire[1..5].try_into().unwrap()) as usize;
-            assert_eq!(
-                len,
-                wire.len() - GRPC_PREFIX_BYTES,
-                "{records} bytes of records"
-            );
-            let got = FetchResponse::decode(&wire[GRPC_PREFIX_BYTES..]).unwrap();
+            assert_eq!(len, wire.len() - PREFIX_BYTES, "{records} bytes of records");
+            let got = FetchResponse::decode(&wire[PREFIX_BYTES..]).unwrap();
             assert_eq!(got, sent);
         }
     }
@@ -236,29 +133,7 @@ mod tests {
     fn separate_records_are_the_stored_bytes_not_a_copy() {
         let sent = response(1 << 20);
         let stored = sent.records.clone();
-        let (_, tail) = encode(sent);
+        let (_, tail) = sent.into_frames();
         assert_eq!(tail.unwrap().as_ptr(), stored.as_ptr());
-    }
-
-    #[test]
-    fn a_request_body_must_be_exactly_one_uncompressed_message() {
-        let message = Bytes::from_static(b"\x00\x00\x00\x00\x02ab");
-        assert_eq!(unary_message(&message).unwrap(), Bytes::from_static(b"ab"));
-        let short = Bytes::from_static(b"\x00\x00\x00\x00\x03ab");
-        assert_eq!(
-            unary_message(&short).unwrap_err().code(),
-            tonic::Code::InvalidArgument
-        );
-        let compressed = Bytes::from_static(b"\x01\x00\x00\x00\x02ab");
-        assert_eq!(
-            unary_message(&compressed).unwrap_err().code(),
-            tonic::Code::Unimplemented
-        );
-        assert_eq!(
-            unary_message(&Bytes::from_static(b"\x00"))
-                .unwrap_err()
-                .code(),
-            tonic::Code::InvalidArgument
-        );
     }
 }

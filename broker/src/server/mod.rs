@@ -16,10 +16,12 @@ pub mod data_service;
 mod deadline;
 mod fetch;
 mod fetch_route;
+mod grpc_wire;
 pub mod http;
 pub(crate) mod local;
 pub mod peer_service;
 mod produce;
+mod produce_route;
 pub mod status;
 
 use std::net::{SocketAddr, TcpListener};
@@ -94,19 +96,24 @@ fn local(listener: &TcpListener) -> Result<SocketAddr> {
 }
 
 /// The data-plane services of `broker`, ready to serve connections.
-/// Fetch is routed to `fetch_route` ahead of tonic's handler.
+/// Fetch and ProduceStream are routed to `fetch_route` and `produce_route`
+/// ahead of tonic's handlers (see `grpc_wire`).
 pub(crate) fn data_routes(broker: &Broker) -> Routes {
     let services = Routes::new(
         DataServer::new(DataService::new(broker.clone()))
             .max_decoding_message_size(DATA_MAX_DECODING_BYTES)
             .max_encoding_message_size(DATA_MAX_ENCODING_BYTES),
     );
-    let broker = broker.clone();
-    let fetch = axum::routing::post(move |request| fetch_route::serve(broker, request));
+    let (b1, b2) = (broker.clone(), broker.clone());
+    let fetch = axum::routing::post(move |request| fetch_route::serve(b1, request));
+    let produce = axum::routing::post(move |request| async move {
+        produce_route::serve(b2, request, DATA_MAX_DECODING_BYTES)
+    });
     Routes::from(
         services
             .into_axum_router()
-            .route(fetch_route::FETCH_PATH, fetch),
+            .route(fetch_route::FETCH_PATH, fetch)
+            .route(produce_route::PRODUCE_STREAM_PATH, produce),
     )
 }
 

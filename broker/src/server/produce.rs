@@ -20,12 +20,12 @@
 use std::future::Future;
 use std::time::Instant;
 
-use futures::StreamExt;
 use futures::stream::FuturesOrdered;
+use futures::{Stream, StreamExt};
 use strata_proto::limits::MAX_IN_FLIGHT_BATCHES;
 use strata_proto::v1::{Acks, ProduceRequest, ProduceResponse};
 use tokio::sync::mpsc;
-use tonic::{Status, Streaming};
+use tonic::Status;
 use tracing::Instrument;
 
 use super::status::to_status;
@@ -107,7 +107,7 @@ pub(super) fn start(
 pub(super) async fn pipeline(
     broker: Broker,
     caller: Option<Caller>,
-    mut requests: Streaming<ProduceRequest>,
+    mut requests: impl Stream<Item = Result<ProduceRequest, Status>> + Unpin,
     answers: Answers,
 ) {
     let mut in_flight = FuturesOrdered::new();
@@ -136,9 +136,9 @@ pub(super) async fn pipeline(
                     return;
                 }
             }
-            request = requests.message(), if reading && in_flight.len() < MAX_IN_FLIGHT_BATCHES => {
+            request = requests.next(), if reading && in_flight.len() < MAX_IN_FLIGHT_BATCHES => {
                 match request {
-                    Ok(Some(request)) => match start(&broker, caller.as_ref(), request) {
+                    Some(Ok(request)) => match start(&broker, caller.as_ref(), request) {
                         Ok(answer) => in_flight.push_back(answer),
                         Err(status) => {
                             reading = false;
@@ -146,11 +146,13 @@ pub(super) async fn pipeline(
                         }
                     },
                     // The client sent its last request: answer the rest.
-                    Ok(None) => reading = false,
-                    // Its side broke: there is nobody left to answer.
-                    Err(_) => {
-                        finish_in_background(in_flight);
-                        return;
+                    None => reading = false,
+                    // A message that does not decode, or the client's side
+                    // broke: answer what is in flight, then the error (which
+                    // nobody reads if the client went away).
+                    Some(Err(status)) => {
+                        reading = false;
+                        refusal = Some(status);
                     }
                 }
             }

@@ -1,0 +1,44 @@
+//! The ProduceStream RPC served one layer below tonic (see `grpc_wire`): a
+//! batch that arrives in one HTTP/2 DATA frame is written from that frame's
+//! bytes, where tonic first copied every frame into a buffer of its own.
+//! The stream itself is [`produce::pipeline`], shared with the tonic handler.
+
+use axum::body::Body;
+use axum::http;
+use bytes::Bytes;
+use strata_proto::limits::MAX_IN_FLIGHT_BATCHES;
+use strata_proto::v1::{ProduceRequest, ProduceResponse};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::grpc_wire::{self, MessageStream, WireMessage, framed};
+use super::produce;
+use crate::broker::Broker;
+use crate::security::caller;
+
+/// The path tonic would route ProduceStream by.
+pub const PRODUCE_STREAM_PATH: &str = "/strata.v1.Data/ProduceStream";
+
+/// Serves one ProduceStream call until the client stops sending and has
+/// every answer, a request fails, or either side goes away.
+pub fn serve(
+    broker: Broker,
+    request: http::Request<Body>,
+    max_message_bytes: usize,
+) -> http::Response<Body> {
+    let (parts, body) = request.into_parts();
+    let caller = caller(&tonic::Request::from_http(http::Request::from_parts(
+        parts,
+        (),
+    )));
+    let requests = MessageStream::<ProduceRequest>::new(body, max_message_bytes);
+    let (answers, rx) = mpsc::channel(MAX_IN_FLIGHT_BATCHES);
+    tokio::spawn(produce::pipeline(broker, caller, requests, answers));
+    grpc_wire::response(ReceiverStream::new(rx))
+}
+
+impl WireMessage for ProduceResponse {
+    fn into_frames(self) -> (Bytes, Option<Bytes>) {
+        (framed(&self), None)
+    }
+}
