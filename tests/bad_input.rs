@@ -58,9 +58,10 @@ fn assert_status(result: Result<impl std::fmt::Debug, tonic::Status>, code: Code
     );
 }
 
-/// Sends `message` as the Fetch request, bytes as given (what a broken or
-/// hostile client might send), and returns how the call ended.
-async fn raw_fetch(node: &Node, message: &'static [u8]) -> Result<(), tonic::Status> {
+/// Sends `message` as the one request message of the data plane's streaming
+/// `method`, bytes as given (what a broken or hostile client might send), and
+/// returns how the call ended.
+async fn raw_call(node: &Node, method: &str, message: &'static [u8]) -> Result<(), tonic::Status> {
     let channel = Channel::from_shared(format!("http://{}", node.data))
         .unwrap()
         .connect()
@@ -68,10 +69,10 @@ async fn raw_fetch(node: &Node, message: &'static [u8]) -> Result<(), tonic::Sta
         .unwrap();
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/strata.v1.Data/Fetch");
-    let request = tonic::Request::new(Bytes::from_static(message));
+    let path = format!("/strata.v1.Data/{method}").parse().unwrap();
+    let messages = futures::stream::iter([Bytes::from_static(message)]);
     let mut stream = grpc
-        .server_streaming(request, path, RawCodec)
+        .streaming(tonic::Request::new(messages), path, RawCodec)
         .await?
         .into_inner();
     while stream.message().await?.is_some() {}
@@ -269,6 +270,14 @@ async fn every_bad_produce_gets_the_right_code_and_stored_data_is_untouched() {
     assert_eq!(gap.code(), Code::Aborted);
     assert_eq!(gap.metadata().get("expected-sequence").unwrap(), "0");
 
+    // Bytes that are no ProduceRequest, on the produce stream (read by the
+    // broker itself, below tonic).
+    assert_status(
+        raw_call(&node, "ProduceStream", b"\x0a\xff\xff\xff").await,
+        Code::InvalidArgument,
+        "does not decode",
+    );
+
     // Nothing stored was touched.
     assert_eq!(high_watermark(&mut control, "t").await, 3);
     let mut stream = data
@@ -365,7 +374,7 @@ async fn bad_fetches_offsets_groups_and_admin_requests_are_refused_clearly() {
     // Bytes that are no FetchRequest at all (the broker reads Fetch requests
     // itself, below tonic).
     assert_status(
-        raw_fetch(&node, b"\x0a\xff\xff\xff").await,
+        raw_call(&node, "Fetch", b"\x0a\xff\xff\xff").await,
         Code::InvalidArgument,
         "does not decode",
     );
