@@ -29,10 +29,12 @@ start_cluster() {
   # and released would be free again for the next ephemeral bind, and the
   # first nodes' own data and control listeners (port 0) took one once.
   read -ra ports < <(python3 -c 'import random, socket
-low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+low, high = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+# Below the range if there is room, else above it.
+span = (max(1024, low - 12000), low) if low > 2048 else (high + 1, min(65536, high + 12001))
 found = []
 while len(found) < 3:
-    port = random.randrange(max(1024, low - 12000), low)
+    port = random.randrange(*span)
     with socket.socket() as s:
         try: s.bind(("127.0.0.1", port))
         except OSError: continue
@@ -89,7 +91,15 @@ metrics_cost() {
 # held by brokers that are done (on this VM the three-node rows ran at a
 # third of their speed behind the single-node and metrics sections' data).
 stop_and_remove() {
-  while [[ $1 != -- ]]; do kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; shift; done
+  while [[ $1 != -- ]]; do
+    kill "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+    # Reaped: its pid may be reused, so the exit cleanup must not kill it.
+    local kept=() pid
+    for pid in "${PIDS[@]}"; do [[ $pid == "$1" ]] || kept+=("$pid"); done
+    PIDS=("${kept[@]}")
+    shift
+  done
   shift
   rm -rf "$@"
 }

@@ -44,7 +44,11 @@ pub const TAIL_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 /// Bytes all the groups of this process may keep together before each is held
 /// to [`TAIL_BYTES_FLOOR`]: the busy few get room, a thousand idle ones do not
-/// add up. Half the broker's in-flight produce budget (256 MiB).
+/// add up. Half the broker's in-flight produce budget (256 MiB). A tail is
+/// trimmed only when it takes new entries, so groups that fall idle keep
+/// what they hold: eight once-busy idle groups can fill the budget and hold
+/// the busy ones to the floor (the behaviour before the budget) until they
+/// write again.
 pub const NODE_TAIL_BYTES: usize = 128 * 1024 * 1024;
 
 /// Bytes kept by every tail of this process (a node is one process).

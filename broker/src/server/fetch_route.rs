@@ -23,31 +23,36 @@ use crate::error::Error;
 /// The path tonic would route Fetch by.
 pub const FETCH_PATH: &str = "/strata.v1.Data/Fetch";
 
-/// Largest Fetch request read: a request lists partitions and offsets, so
-/// this allows some ten thousand of them.
-const MAX_FETCH_REQUEST_BYTES: usize = 1024 * 1024;
-
 /// Records below this size travel in the same frame as the message prefix:
 /// copying a few KiB costs less than a frame of their own.
 const SEPARATE_FRAME_MIN_BYTES: usize = 16 * 1024;
 
 /// Serves one Fetch call: the same answers as the tonic handler, sent
-/// without copying the records.
-pub async fn serve(broker: Broker, request: http::Request<Body>) -> http::Response<Body> {
-    match open(&broker, request).await {
+/// without copying the records. The request is read whole, up to
+/// `max_message_bytes`.
+pub async fn serve(
+    broker: Broker,
+    request: http::Request<Body>,
+    max_message_bytes: usize,
+) -> http::Response<Body> {
+    match open(&broker, request, max_message_bytes).await {
         Ok(responses) => grpc_wire::response(responses),
         Err(status) => status.into_http(),
     }
 }
 
-async fn open(broker: &Broker, request: http::Request<Body>) -> Result<FetchStream, Status> {
+async fn open(
+    broker: &Broker,
+    request: http::Request<Body>,
+    max_message_bytes: usize,
+) -> Result<FetchStream, Status> {
     let (parts, body) = request.into_parts();
     // Read to its end before answering: a refusal sent while the client's
     // side of the stream is still open reaches it as a reset, not a status.
-    let body = axum::body::to_bytes(body, grpc_wire::PREFIX_BYTES + MAX_FETCH_REQUEST_BYTES)
+    let body = axum::body::to_bytes(body, grpc_wire::PREFIX_BYTES + max_message_bytes)
         .await
         .map_err(|e| invalid(&format!("reading the fetch request: {e}")))?;
-    let mut messages = MessageStream::<FetchRequest>::new(body.into(), MAX_FETCH_REQUEST_BYTES);
+    let mut messages = MessageStream::<FetchRequest>::new(body.into(), max_message_bytes);
     let Some(message) = messages.next().await.transpose()? else {
         return Err(invalid("the fetch request has no message"));
     };

@@ -105,7 +105,9 @@ pub(crate) fn data_routes(broker: &Broker) -> Routes {
             .max_encoding_message_size(DATA_MAX_ENCODING_BYTES),
     );
     let (b1, b2) = (broker.clone(), broker.clone());
-    let fetch = axum::routing::post(move |request| fetch_route::serve(b1, request));
+    let fetch = axum::routing::post(move |request| {
+        fetch_route::serve(b1, request, DATA_MAX_DECODING_BYTES)
+    });
     let produce = axum::routing::post(move |request| async move {
         produce_route::serve(b2, request, DATA_MAX_DECODING_BYTES)
     });
