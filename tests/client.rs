@@ -476,6 +476,49 @@ async fn seek_seek_to_timestamp_pause_and_resume_move_the_stream() {
     assert_eq!(consumer.position(&tp), Some(52));
 }
 
+/// Batches of several MiB cross HTTP/2 in several DATA frames (frames are at
+/// most 1 MiB), which the broker's produce stream must put back together,
+/// and come back in fetch responses of the same size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_larger_than_an_http2_frame_arrive_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("n1"));
+    topic(&node, "big", 1).await;
+    let producer = Producer::builder(node.bootstrap())
+        .batch_size(strata_proto::limits::MAX_BATCH_BYTES)
+        .linger(Duration::from_millis(50))
+        .build()
+        .await
+        .unwrap();
+    // Values just under the largest record, each filled with its own byte.
+    let value = |i: usize| vec![i as u8; 900 * 1024 + i];
+    let mut deliveries = Vec::new();
+    for i in 0..12 {
+        let record = ProducerRecord::new("big", value(i));
+        deliveries.push(producer.enqueue(record).await.unwrap());
+    }
+    let mut offsets = Vec::new();
+    for d in deliveries {
+        offsets.push(d.await.unwrap().offset.expect("acks=all reports offsets"));
+    }
+    assert_eq!(offsets, (0..12).collect::<Vec<u64>>());
+    producer.close().await.unwrap();
+    // Written the first time: a batch the stream garbled would be refused
+    // (CRC) and then retried alone, and succeed, over unary Produce.
+    let metrics = http_get(node.control, "/metrics").1;
+    let refused: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("strata_produce_errors_total{") && !l.ends_with(" 0"))
+        .collect();
+    assert!(refused.is_empty(), "produce errors: {refused:?}");
+    let read = read_all(&node, "big", 12).await;
+    for (i, record) in read.iter().enumerate() {
+        assert_eq!(record.offset, i as u64);
+        let got = record.value.as_deref().unwrap();
+        assert!(got == value(i).as_slice(), "record {i} came back changed");
+    }
+}
+
 #[tokio::test]
 async fn client_errors_are_typed_and_say_what_is_wrong() {
     let dir = tempfile::tempdir().unwrap();
