@@ -287,6 +287,7 @@ impl Replica {
     /// Raft to purge up to where retention wants the log to start; openraft
     /// purges only what a snapshot covers, and the next pass deletes it.
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<RetentionReport> {
+        self.store.trim_idle_tail();
         let (store, log, raft) = (self.store.clone(), self.log.clone(), self.raft.clone());
         let (report, purge_to) = tokio::task::spawn_blocking(move || {
             let purged = store

@@ -30,7 +30,7 @@ use strata_proto::batch::{BatchHeader, Batches, verify_and_stamp};
 use tokio::sync::{mpsc, watch};
 
 use super::state_file::{ControlEntry, RaftState, StateFile};
-use super::tail::{Tail, TailEntry};
+use super::tail::{TAIL_IDLE_TRIM, Tail, TailEntry};
 use super::{Entry, LogId, NodeId, Payload, StorageError, TypeConfig, blocking, io_error};
 use crate::log::Log;
 use crate::log::storage::Storage;
@@ -136,6 +136,12 @@ impl LogStore {
                 writing: Mutex::new(()),
             }),
         })
+    }
+
+    /// Lets the tail give back its memory if the group has been idle (see
+    /// [`TAIL_IDLE_TRIM`]); called by the partition's maintenance pass.
+    pub fn trim_idle_tail(&self) {
+        self.inner.tail.lock().trim_if_idle(TAIL_IDLE_TRIM);
     }
 
     pub fn log(&self) -> &Arc<Log> {

@@ -15,11 +15,13 @@
 //! whose bytes are kept are a suffix of the list (bytes are dropped oldest
 //! first). Every tail may keep [`TAIL_BYTES_FLOOR`]; beyond that up to
 //! [`TAIL_BYTES_MAX`] while the node's tails together hold at most
-//! [`NODE_TAIL_BYTES`] (each bound exceeded by at most the newest entry). It
+//! [`NODE_TAIL_BYTES`], and back to the floor once idle for
+//! [`TAIL_IDLE_TRIM`] (each bound exceeded by at most the newest entry). It
 //! never holds an entry the segment log does not.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -44,12 +46,14 @@ pub const TAIL_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 /// Bytes all the groups of this process may keep together before each is held
 /// to [`TAIL_BYTES_FLOOR`]: the busy few get room, a thousand idle ones do not
-/// add up. Half the broker's in-flight produce budget (256 MiB). A tail is
-/// trimmed only when it takes new entries, so groups that fall idle keep
-/// what they hold: eight once-busy idle groups can fill the budget and hold
-/// the busy ones to the floor (the behaviour before the budget) until they
-/// write again.
+/// add up. Half the broker's in-flight produce budget (256 MiB).
 pub const NODE_TAIL_BYTES: usize = 128 * 1024 * 1024;
+
+/// How long a group takes no new entries before its tail gives back what it
+/// holds beyond [`TAIL_BYTES_FLOOR`] (at the next maintenance pass): by then
+/// its followers and its state machine have read what they will, and the
+/// bytes are the node budget's for groups that are busy.
+pub const TAIL_IDLE_TRIM: Duration = Duration::from_secs(10);
 
 /// Bytes kept by every tail of this process (a node is one process).
 static NODE_CACHED_BYTES: AtomicUsize = AtomicUsize::new(0);
@@ -71,6 +75,8 @@ pub struct Tail {
     cached_bytes: usize,
     /// The node's count of bytes kept, this tail's included.
     node_cached_bytes: &'static AtomicUsize,
+    /// When the newest entry was pushed.
+    pushed: Instant,
 }
 
 impl Default for Tail {
@@ -87,6 +93,7 @@ impl Tail {
             uncached: 0,
             cached_bytes: 0,
             node_cached_bytes,
+            pushed: Instant::now(),
         }
     }
 
@@ -121,11 +128,23 @@ impl Tail {
             }
         }
         self.entries.push_back(entry);
+        self.pushed = Instant::now();
         let limit = match self.node_cached_bytes.load(Ordering::Relaxed) <= NODE_TAIL_BYTES {
             true => TAIL_BYTES_MAX,
             false => TAIL_BYTES_FLOOR,
         };
         while self.cached_bytes > limit && self.uncached + 1 < self.entries.len() {
+            self.drop_bytes_before(self.uncached + 1);
+        }
+    }
+
+    /// Gives back the bytes beyond [`TAIL_BYTES_FLOOR`] (keeping the newest
+    /// entry's) once nothing was pushed for `idle`.
+    pub fn trim_if_idle(&mut self, idle: Duration) {
+        if self.cached_bytes <= TAIL_BYTES_FLOOR || self.pushed.elapsed() < idle {
+            return;
+        }
+        while self.cached_bytes > TAIL_BYTES_FLOOR && self.uncached + 1 < self.entries.len() {
             self.drop_bytes_before(self.uncached + 1);
         }
     }
@@ -328,5 +347,23 @@ mod tests {
         drop(held);
         assert_eq!(node.load(Ordering::Relaxed), 0);
         assert_eq!(fill(0).cached_bytes, TAIL_BYTES_MAX);
+    }
+
+    #[test]
+    fn an_idle_tail_gives_back_what_it_holds_beyond_the_floor() {
+        let node: &'static AtomicUsize = Box::leak(Box::new(AtomicUsize::new(0)));
+        let mut tail = on_node(node, None);
+        let mib = 1024 * 1024;
+        for i in 1..=10 {
+            tail.push(entry(i, mib));
+        }
+        assert_eq!(tail.cached_bytes, 10 * mib);
+        tail.trim_if_idle(Duration::from_secs(3600));
+        assert_eq!(tail.cached_bytes, 10 * mib, "not idle yet");
+        tail.trim_if_idle(Duration::ZERO);
+        assert_eq!(tail.cached_bytes, TAIL_BYTES_FLOOR);
+        assert_eq!(node.load(Ordering::Relaxed), TAIL_BYTES_FLOOR);
+        assert!(tail.cached(9, 11, usize::MAX).is_some(), "the newest stay");
+        assert!(tail.cached(8, 11, usize::MAX).is_none());
     }
 }
