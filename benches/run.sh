@@ -138,6 +138,14 @@ cluster3() {
 }
 
 echo "# machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -r)" >&2
+# A full run writes about 10 GB; once the page cache has taken the free
+# memory, new pages come from reclaim on the benchmark's own cores and the
+# later rows fall by half or more (docs/benchmarks.md, "Rerunning").
+free_gib=$(free -g | awk '/Mem:/ {print $4}')
+if (( free_gib < 12 )); then
+  echo "# warning: only ${free_gib} GiB free (the rest is mostly page cache);" \
+    "see docs/benchmarks.md, Rerunning, before trusting the later rows" >&2
+fi
 
 if [[ $SECTION == metrics ]]; then
   metrics_cost
