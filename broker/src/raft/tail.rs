@@ -133,9 +133,7 @@ impl Tail {
             true => TAIL_BYTES_MAX,
             false => TAIL_BYTES_FLOOR,
         };
-        while self.cached_bytes > limit && self.uncached + 1 < self.entries.len() {
-            self.drop_bytes_before(self.uncached + 1);
-        }
+        self.trim_to(limit);
     }
 
     /// Gives back the bytes beyond [`TAIL_BYTES_FLOOR`] (keeping the newest
@@ -144,7 +142,13 @@ impl Tail {
         if self.cached_bytes <= TAIL_BYTES_FLOOR || self.pushed.elapsed() < idle {
             return;
         }
-        while self.cached_bytes > TAIL_BYTES_FLOOR && self.uncached + 1 < self.entries.len() {
+        self.trim_to(TAIL_BYTES_FLOOR);
+    }
+
+    /// Drops bytes oldest first until at most `limit` are kept, or only the
+    /// newest entry's.
+    fn trim_to(&mut self, limit: usize) {
+        while self.cached_bytes > limit && self.uncached + 1 < self.entries.len() {
             self.drop_bytes_before(self.uncached + 1);
         }
     }

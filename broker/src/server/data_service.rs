@@ -4,10 +4,9 @@
 
 use std::time::Duration;
 
-use strata_proto::limits::{MAX_IN_FLIGHT_BATCHES, group_id_error};
+use strata_proto::limits::group_id_error;
 use strata_proto::v1::data_server::Data;
 use strata_proto::v1::*;
-use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -77,14 +76,8 @@ impl Data for DataService {
         request: Request<Streaming<ProduceRequest>>,
     ) -> Result<Response<Self::ProduceStreamStream>, Status> {
         let caller = caller(&request);
-        let (answers, rx) = mpsc::channel(MAX_IN_FLIGHT_BATCHES);
-        tokio::spawn(produce::pipeline(
-            self.broker.clone(),
-            caller,
-            request.into_inner(),
-            answers,
-        ));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let answers = produce::serve_stream(self.broker.clone(), caller, request.into_inner());
+        Ok(Response::new(answers))
     }
 
     type FetchStream = FetchStream;

@@ -25,6 +25,7 @@ use futures::{Stream, StreamExt};
 use strata_proto::limits::MAX_IN_FLIGHT_BATCHES;
 use strata_proto::v1::{Acks, ProduceRequest, ProduceResponse};
 use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tracing::Instrument;
 
@@ -35,7 +36,7 @@ use crate::partition::Acks as PartitionAcks;
 use crate::security::{Action, Caller, authorize_caller, throttle};
 
 /// What a stream sends back: one answer per request, in order.
-pub(super) type Answers = mpsc::Sender<Result<ProduceResponse, Status>>;
+type Answers = mpsc::Sender<Result<ProduceResponse, Status>>;
 
 /// Checks one request and queues its batch behind those submitted before it
 /// (call in request order); the future answers it once it is as durable as
@@ -102,9 +103,21 @@ pub(super) fn start(
     })
 }
 
+/// Starts serving a `ProduceStream` whose requests are `requests` (decoded by
+/// tonic or by `produce_route`); the answers are the stream returned.
+pub(super) fn serve_stream(
+    broker: Broker,
+    caller: Option<Caller>,
+    requests: impl Stream<Item = Result<ProduceRequest, Status>> + Unpin + Send + 'static,
+) -> ReceiverStream<Result<ProduceResponse, Status>> {
+    let (answers, rx) = mpsc::channel(MAX_IN_FLIGHT_BATCHES);
+    tokio::spawn(pipeline(broker, caller, requests, answers));
+    ReceiverStream::new(rx)
+}
+
 /// Serves one `ProduceStream` until the client stops sending and has every
 /// answer, a request fails, the client goes away, or the broker shuts down.
-pub(super) async fn pipeline(
+async fn pipeline(
     broker: Broker,
     caller: Option<Caller>,
     mut requests: impl Stream<Item = Result<ProduceRequest, Status>> + Unpin,

@@ -6,10 +6,7 @@
 use axum::body::Body;
 use axum::http;
 use bytes::Bytes;
-use strata_proto::limits::MAX_IN_FLIGHT_BATCHES;
 use strata_proto::v1::{ProduceRequest, ProduceResponse};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 use super::grpc_wire::{self, MessageStream, WireMessage, framed};
 use super::produce;
@@ -32,9 +29,7 @@ pub fn serve(
         (),
     )));
     let requests = MessageStream::<ProduceRequest>::new(body, max_message_bytes);
-    let (answers, rx) = mpsc::channel(MAX_IN_FLIGHT_BATCHES);
-    tokio::spawn(produce::pipeline(broker, caller, requests, answers));
-    grpc_wire::response(ReceiverStream::new(rx))
+    grpc_wire::response(produce::serve_stream(broker, caller, requests))
 }
 
 impl WireMessage for ProduceResponse {
