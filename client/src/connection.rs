@@ -43,7 +43,7 @@ pub const CONNECT_TIMEOUT_MS: u64 = 10_000;
 pub const METADATA_REFRESH_INTERVAL_MS: u64 = 100;
 
 /// Largest response a data channel accepts: a full fetch plus one batch.
-const MAX_RESPONSE_BYTES: usize = FETCH_MAX_BYTES + MAX_BATCH_BYTES + 64 * 1024;
+pub(crate) const MAX_RESPONSE_BYTES: usize = FETCH_MAX_BYTES + MAX_BATCH_BYTES + 64 * 1024;
 
 /// The last refresh of every partition's leader, for the rate limit.
 #[derive(Debug)]
@@ -122,16 +122,14 @@ impl Connection {
     }
 
     fn data_client_for(&self, addr: &str) -> Result<DataClient<Transport>> {
-        Ok(DataClient::new(self.data_channel(addr)?)
-            .max_decoding_message_size(MAX_RESPONSE_BYTES)
-            .max_encoding_message_size(MAX_BATCH_BYTES + 64 * 1024))
+        Ok(tonic_data_client(self.data_channel(addr)?))
     }
 
-    /// A data client for the node leading `topic`/`partition`. A caller that
-    /// sees the request fail reports it with [`Connection::leader_failed`].
-    pub async fn data_client(&self, topic: &str, partition: u32) -> Result<DataClient<Transport>> {
+    /// The transport to the node leading `topic`/`partition`. A caller that
+    /// sees a request on it fail reports it with [`Connection::leader_failed`].
+    pub async fn leader_transport(&self, topic: &str, partition: u32) -> Result<Transport> {
         let addr = self.leader_addr(topic, partition).await?;
-        self.data_client_for(&addr)
+        self.data_channel(&addr)
     }
 
     /// Sends one request to the leader of `topic`/`partition`, learning from
@@ -141,12 +139,31 @@ impl Connection {
         F: FnOnce(DataClient<Transport>) -> Fut,
         Fut: Future<Output = std::result::Result<T, Status>>,
     {
-        let client = self.data_client(topic, partition).await?;
-        rpc(client).await.map_err(|status| {
-            let error = Error::from_status(&status);
-            self.leader_failed(topic, partition, &error);
-            error
+        self.leader_call_over(topic, partition, |transport| {
+            rpc(tonic_data_client(transport))
         })
+        .await
+    }
+
+    /// [`Connection::leader_call`] for a call made on the transport itself
+    /// rather than through tonic's generated client.
+    pub async fn leader_call_over<T, F, Fut>(
+        &self,
+        topic: &str,
+        partition: u32,
+        rpc: F,
+    ) -> Result<T>
+    where
+        F: FnOnce(Transport) -> Fut,
+        Fut: Future<Output = std::result::Result<T, Status>>,
+    {
+        rpc(self.leader_transport(topic, partition).await?)
+            .await
+            .map_err(|status| {
+                let error = Error::from_status(&status);
+                self.leader_failed(topic, partition, &error);
+                error
+            })
     }
 
     /// Learns from a failed request to the leader of `topic`/`partition`:
@@ -321,6 +338,13 @@ impl Connection {
         self.metadata.write().apply(&response, complete, asked);
         Ok(())
     }
+}
+
+/// tonic's data client over `transport`, with Strata's message limits.
+fn tonic_data_client(transport: Transport) -> DataClient<Transport> {
+    DataClient::new(transport)
+        .max_decoding_message_size(MAX_RESPONSE_BYTES)
+        .max_encoding_message_size(MAX_BATCH_BYTES + 64 * 1024)
 }
 
 #[cfg(test)]

@@ -50,6 +50,7 @@ pub mod partitioner;
 pub mod producer;
 pub mod record;
 pub mod retry;
+mod wire_call;
 
 pub use admin::{Admin, NewTopic, OffsetQuery};
 pub use consumer::{Consumer, ConsumerBuilder, OffsetReset, StartFrom};

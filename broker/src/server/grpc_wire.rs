@@ -1,61 +1,26 @@
-//! gRPC's framing for the data plane's bulk RPCs, served one layer below
-//! tonic so that batches are not copied on their way through.
-//!
-//! tonic copies every incoming DATA frame into a buffer of its own before
-//! decoding a message, and encodes every outgoing message into another. For
-//! Produce and Fetch, whose messages are mostly one batch of up to a few MiB,
-//! those copies were a tenth of the broker's CPU producing and a quarter of it
-//! while a consumer caught up. Here a request message that arrives in one DATA
-//! frame is decoded from that frame's bytes (its batch is a slice of them), and
-//! a response hands its bulk bytes to h2 as a frame of their own, which h2
-//! writes to the socket from where they are. The bytes on the wire are
-//! ordinary gRPC: a 1-byte compression flag, a 4-byte big-endian length, the
-//! protobuf message; the status follows in trailers.
+//! The broker's side of gRPC framing for the data plane's bulk RPCs, served
+//! one layer below tonic so that batches are not copied on their way through
+//! (`strata_proto::grpc_wire` says why and holds the framing itself): request
+//! messages decoded from the DATA frames they arrived in, and responses whose
+//! bulk bytes go to h2 as a frame of their own, which h2 writes to the socket
+//! from where they are. The status follows in trailers, as in any gRPC call.
 
-use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use axum::body::Body;
 use axum::http::{self, HeaderMap, HeaderValue, header};
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use futures::Stream;
 use http_body::{Body as _, Frame};
 use prost::Message;
+pub use strata_proto::grpc_wire::{FETCH_PATH, PREFIX_BYTES, PRODUCE_STREAM_PATH, WireMessage};
+use strata_proto::grpc_wire::{Reassembly, WireError};
 use tonic::Status;
 
 use super::status::to_status;
 use crate::error::Error;
-
-/// Length of gRPC's message prefix: a compression flag and a 4-byte length.
-pub const PREFIX_BYTES: usize = 5;
-
-/// A response message as the DATA frames that carry it: the prefix with the
-/// start of the message, and optionally bytes sent as they are after it.
-pub trait WireMessage {
-    fn into_frames(self) -> (Bytes, Option<Bytes>);
-}
-
-/// `message` with its prefix, in one buffer.
-pub fn framed(message: &impl Message) -> Bytes {
-    framed_with_tail(message, 0).freeze()
-}
-
-/// The prefix and `message`, in a buffer with room for `tail_bytes` more,
-/// whose length the prefix includes: the caller appends them, in this
-/// buffer or in a frame of their own.
-pub fn framed_with_tail(message: &impl Message, tail_bytes: usize) -> BytesMut {
-    let len = message.encoded_len() + tail_bytes;
-    let mut buf = BytesMut::with_capacity(PREFIX_BYTES + len);
-    buf.put_u8(0);
-    // Messages are bounded by the data plane's limits, far below 4 GiB.
-    buf.put_u32(len as u32);
-    message
-        .encode(&mut buf)
-        .expect("the buffer was sized for the message");
-    buf
-}
 
 /// A successful gRPC response streaming `messages`, then their status.
 pub fn response<S, M>(messages: S) -> http::Response<Body>
@@ -134,15 +99,11 @@ where
     }
 }
 
-/// The messages of a request body, decoded as they complete. A message that
-/// arrived in one DATA frame is decoded from that frame's bytes without a
-/// copy; one split across frames is first put together.
+/// The messages of a request body, decoded as they complete, each `bytes`
+/// field a slice of the frame it arrived in where it lies within one.
 pub struct MessageStream<M> {
     body: Body,
-    /// Bytes received and not yet decoded, in order.
-    chunks: VecDeque<Bytes>,
-    buffered: usize,
-    max_message_bytes: usize,
+    received: Reassembly,
     ended: bool,
     message: PhantomData<fn() -> M>,
 }
@@ -151,75 +112,26 @@ impl<M: Message + Default> MessageStream<M> {
     pub fn new(body: Body, max_message_bytes: usize) -> Self {
         MessageStream {
             body,
-            chunks: VecDeque::new(),
-            buffered: 0,
-            max_message_bytes,
+            received: Reassembly::new(max_message_bytes),
             ended: false,
             message: PhantomData,
         }
     }
 
-    /// The next whole message's bytes, if they have all arrived.
-    fn next_message(&mut self) -> Result<Option<Bytes>, Status> {
-        if self.buffered < PREFIX_BYTES {
-            return Ok(None);
-        }
-        let mut prefix = [0u8; PREFIX_BYTES];
-        let mut filled = 0;
-        for chunk in &self.chunks {
-            let n = chunk.len().min(PREFIX_BYTES - filled);
-            prefix[filled..filled + n].copy_from_slice(&chunk[..n]);
-            filled += n;
-            if filled == PREFIX_BYTES {
-                break;
-            }
-        }
-        if prefix[0] != 0 {
-            return Err(Status::unimplemented(
-                "compressed messages are not accepted; send them uncompressed",
-            ));
-        }
-        let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
-        if len > self.max_message_bytes {
-            return Err(to_status(&Error::InvalidArgument(format!(
-                "a message of {len} bytes is over the limit of {} bytes",
-                self.max_message_bytes
-            ))));
-        }
-        if self.buffered < PREFIX_BYTES + len {
-            return Ok(None);
-        }
-        self.take(PREFIX_BYTES);
-        Ok(Some(self.take(len)))
+    /// Ends the stream with `status`: nothing after it is decoded.
+    fn fail(&mut self, status: Status) -> Poll<Option<Result<M, Status>>> {
+        self.ended = true;
+        self.received.clear();
+        Poll::Ready(Some(Err(status)))
     }
+}
 
-    /// The first `n` buffered bytes: a slice of the first chunk when it holds
-    /// them all, else a copy.
-    fn take(&mut self, n: usize) -> Bytes {
-        if n == 0 {
-            // An empty message (every field at its default).
-            return Bytes::new();
+fn wire_status(error: WireError) -> Status {
+    match error {
+        WireError::Compressed => Status::unimplemented(error.to_string()),
+        WireError::TooLarge { .. } | WireError::Decode(_) => {
+            to_status(&Error::InvalidArgument(error.to_string()))
         }
-        self.buffered -= n;
-        let front = self.chunks.front_mut().expect("n bytes are buffered");
-        if front.len() >= n {
-            let taken = front.split_to(n);
-            if front.is_empty() {
-                self.chunks.pop_front();
-            }
-            return taken;
-        }
-        let mut out = BytesMut::with_capacity(n);
-        while out.len() < n {
-            let front = self.chunks.front_mut().expect("n bytes are buffered");
-            let k = front.len().min(n - out.len());
-            out.put_slice(&front[..k]);
-            front.advance(k);
-            if front.is_empty() {
-                self.chunks.pop_front();
-            }
-        }
-        out.freeze()
     }
 }
 
@@ -228,49 +140,28 @@ impl<M: Message + Default> Stream for MessageStream<M> {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         loop {
-            match self.next_message() {
-                Ok(Some(bytes)) => {
-                    return Poll::Ready(Some(M::decode(bytes).map_err(|e| {
-                        to_status(&Error::InvalidArgument(format!(
-                            "a request message does not decode: {e}"
-                        )))
-                    })));
-                }
+            match self.received.next_message() {
+                Ok(Some(message)) => return Poll::Ready(Some(Ok(message))),
                 Ok(None) => {}
-                Err(status) => {
-                    self.ended = true;
-                    self.chunks.clear();
-                    self.buffered = 0;
-                    return Poll::Ready(Some(Err(status)));
-                }
+                Err(error) => return self.fail(wire_status(error)),
             }
             if self.ended {
-                if self.buffered > 0 {
-                    self.buffered = 0;
-                    self.chunks.clear();
-                    return Poll::Ready(Some(Err(to_status(&Error::InvalidArgument(
+                if self.received.buffered() > 0 {
+                    return self.fail(to_status(&Error::InvalidArgument(
                         "the request ended inside a message".into(),
-                    )))));
+                    )));
                 }
                 return Poll::Ready(None);
             }
             match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
                 Some(Ok(frame)) => {
                     // Request trailers carry nothing gRPC uses.
-                    if let Ok(data) = frame.into_data()
-                        && !data.is_empty()
-                    {
-                        self.buffered += data.len();
-                        self.chunks.push_back(data);
+                    if let Ok(data) = frame.into_data() {
+                        self.received.push(data);
                     }
                 }
                 Some(Err(e)) => {
-                    self.ended = true;
-                    self.chunks.clear();
-                    self.buffered = 0;
-                    return Poll::Ready(Some(Err(Status::cancelled(format!(
-                        "the request stream broke: {e}"
-                    )))));
+                    return self.fail(Status::cancelled(format!("the request stream broke: {e}")));
                 }
                 None => self.ended = true,
             }
@@ -282,6 +173,7 @@ impl<M: Message + Default> Stream for MessageStream<M> {
 mod tests {
     use super::*;
     use futures::StreamExt;
+    use strata_proto::grpc_wire::framed;
     use strata_proto::v1::ProduceRequest;
 
     fn request(batch: usize) -> ProduceRequest {
@@ -310,47 +202,19 @@ mod tests {
             .await
     }
 
+    /// The reassembly itself is tested in `strata_proto::grpc_wire`; here,
+    /// that a body's frames reach it.
     #[tokio::test]
-    async fn messages_decode_however_the_frames_cut_them() {
-        let empty = ProduceRequest::default();
-        assert_eq!(empty.encoded_len(), 0);
-        let sent = [
-            request(10),
-            empty.clone(),
-            request(100_000),
-            request(0),
-            empty,
-        ];
+    async fn messages_split_across_frames_arrive_whole() {
+        let sent = [request(10), ProduceRequest::default(), request(100_000)];
         let wire: Bytes = sent
             .iter()
             .flat_map(|m| framed(m).to_vec())
             .collect::<Vec<_>>()
             .into();
-        let n = wire.len();
-        for cuts in [
-            vec![],
-            vec![1],
-            vec![3, 4, 5, 6],
-            vec![n / 2],
-            vec![20, n - 1],
-        ] {
-            let got = decode_all(body(&wire, &cuts), 1 << 20).await;
-            let got: Vec<_> = got.into_iter().map(Result::unwrap).collect();
-            assert_eq!(got, sent, "cut at {cuts:?}");
-        }
-    }
-
-    #[tokio::test]
-    async fn a_message_in_one_frame_is_decoded_from_its_bytes() {
-        let wire = framed(&request(100_000));
-        let frame = wire.clone();
-        let got = decode_all(body(&frame, &[]), 1 << 20).await;
-        let batch = got[0].as_ref().unwrap().batch.clone();
-        let inside = wire.as_ptr_range();
-        assert!(
-            inside.contains(&batch.as_ptr()),
-            "the batch is a slice of the frame"
-        );
+        let got = decode_all(body(&wire, &[3, 4, wire.len() / 2]), 1 << 20).await;
+        let got: Vec<_> = got.into_iter().map(Result::unwrap).collect();
+        assert_eq!(got, sent);
     }
 
     #[tokio::test]

@@ -114,8 +114,8 @@ pub(crate) fn data_routes(broker: &Broker) -> Routes {
     Routes::from(
         services
             .into_axum_router()
-            .route(fetch_route::FETCH_PATH, fetch)
-            .route(produce_route::PRODUCE_STREAM_PATH, produce),
+            .route(grpc_wire::FETCH_PATH, fetch)
+            .route(grpc_wire::PRODUCE_STREAM_PATH, produce),
     )
 }
 

@@ -1,20 +1,17 @@
 //! The ProduceStream RPC served one layer below tonic (see `grpc_wire`): a
-//! batch that arrives in one HTTP/2 DATA frame is written from that frame's
-//! bytes, where tonic first copied every frame into a buffer of its own.
+//! batch that arrives within one HTTP/2 DATA frame (the client sends each
+//! batch as a frame of its own) is written from that frame's bytes, where
+//! tonic first copied every frame into a buffer of its own.
 //! The stream itself is [`produce::pipeline`], shared with the tonic handler.
 
 use axum::body::Body;
 use axum::http;
-use bytes::Bytes;
-use strata_proto::v1::{ProduceRequest, ProduceResponse};
+use strata_proto::v1::ProduceRequest;
 
-use super::grpc_wire::{self, MessageStream, WireMessage, framed};
+use super::grpc_wire::{self, MessageStream};
 use super::produce;
 use crate::broker::Broker;
 use crate::security::caller;
-
-/// The path tonic would route ProduceStream by.
-pub const PRODUCE_STREAM_PATH: &str = "/strata.v1.Data/ProduceStream";
 
 /// Serves one ProduceStream call until the client stops sending and has
 /// every answer, a request fails, or either side goes away.
@@ -30,10 +27,4 @@ pub fn serve(
     )));
     let requests = MessageStream::<ProduceRequest>::new(body, max_message_bytes);
     grpc_wire::response(produce::serve_stream(broker, caller, requests))
-}
-
-impl WireMessage for ProduceResponse {
-    fn into_frames(self) -> (Bytes, Option<Bytes>) {
-        (framed(&self), None)
-    }
 }

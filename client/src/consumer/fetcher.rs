@@ -14,19 +14,21 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use strata_proto::batch::{Batches, Records};
+use strata_proto::grpc_wire::FETCH_PATH;
 use strata_proto::v1::{FetchPosition, FetchRequest, FetchResponse, OffsetSpec};
 use tokio::sync::mpsc;
 use tokio_stream::{StreamExt, StreamMap};
 use tonic::Code;
 
 use super::{ConsumerConfig, Fetched, OffsetReset, Shared, StartFrom, committed, list_offset};
-use crate::connection::Connection;
+use crate::connection::{Connection, MAX_RESPONSE_BYTES};
 use crate::error::{Error, Result};
 use crate::record::{ConsumerRecord, TopicPartition};
 use crate::retry::Backoff;
+use crate::wire_call;
 
 /// One partition's fetch responses, ending in an error if the broker ends it.
-type FetchStream = futures::stream::BoxStream<'static, Result<FetchResponse, tonic::Status>>;
+type FetchStream = wire_call::Responses<FetchResponse>;
 
 /// Why the streams were torn down.
 enum Restart {
@@ -176,8 +178,8 @@ async fn fetch(
             max_bytes: config.fetch_max_bytes,
             max_wait_ms: 0,
         };
-        let opened = conn.leader_call(&tp.topic, tp.partition, |mut client| async move {
-            client.fetch(request).await.map(|r| r.into_inner())
+        let opened = conn.leader_call_over(&tp.topic, tp.partition, |transport| async move {
+            wire_call::server_streaming(transport, FETCH_PATH, &request, MAX_RESPONSE_BYTES).await
         });
         match opened.await {
             Ok(stream) => {

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use strata_proto::batch::{BatchBuilder, ProducerStamp, Record, restamp_producer};
+use strata_proto::grpc_wire::PRODUCE_STREAM_PATH;
 use strata_proto::v1::{ProduceRequest, ProduceResponse};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -38,9 +39,10 @@ use tonic::Status;
 
 use super::delivery::{Delivery, Resolver};
 use super::{Acks, MOVED_ON, ProducerConfig};
-use crate::connection::Connection;
+use crate::connection::{Connection, MAX_RESPONSE_BYTES};
 use crate::error::{Error, Result};
 use crate::retry::Backoff;
+use crate::wire_call::{self, Responses};
 
 struct OpenBatch {
     builder: BatchBuilder,
@@ -419,8 +421,8 @@ impl PartitionQueue {
         let Some(first) = self.next_batch(config.linger).await else {
             return PipelineEnd::Closed;
         };
-        let mut client = match conn.data_client(&self.topic, self.partition).await {
-            Ok(client) => client,
+        let transport = match conn.leader_transport(&self.topic, self.partition).await {
+            Ok(transport) => transport,
             Err(_) => {
                 // `deliver` finds the leader, with backoff.
                 self.requeue(VecDeque::from([first]), false);
@@ -432,7 +434,12 @@ impl PartitionQueue {
             .try_send(self.request(&first, config))
             .expect("an empty channel has room");
         let mut in_flight = VecDeque::from([(first, Instant::now())]);
-        let opening = client.produce_stream(ReceiverStream::new(rx));
+        let opening = wire_call::bidi_streaming(
+            transport,
+            PRODUCE_STREAM_PATH,
+            ReceiverStream::new(rx),
+            MAX_RESPONSE_BYTES,
+        );
         let failure = self.stream(opening, requests, &mut in_flight, config).await;
         let Some(status) = failure else {
             return PipelineEnd::Closed;
@@ -456,12 +463,7 @@ impl PartitionQueue {
     /// read some).
     async fn stream(
         &self,
-        opening: impl Future<
-            Output = std::result::Result<
-                tonic::Response<tonic::Streaming<ProduceResponse>>,
-                Status,
-            >,
-        >,
+        opening: impl Future<Output = std::result::Result<Responses<ProduceResponse>, Status>>,
         requests: mpsc::Sender<ProduceRequest>,
         in_flight: &mut VecDeque<(SealedBatch, Instant)>,
         config: &ProducerConfig,
@@ -478,7 +480,7 @@ impl PartitionQueue {
                 .map(|(_, sent)| *sent + config.request_timeout);
             tokio::select! {
                 opened = &mut opening, if answers.is_none() => match opened {
-                    Ok(stream) => answers = Some(stream.into_inner()),
+                    Ok(stream) => answers = Some(stream),
                     Err(status) => return Some(status),
                 },
                 answer = next_answer(&mut answers) => match answer {
@@ -601,10 +603,10 @@ async fn sleep_until_some(at: Option<Instant>) {
 
 /// The next answer of an open stream; never, while it is still opening.
 async fn next_answer(
-    answers: &mut Option<tonic::Streaming<ProduceResponse>>,
+    answers: &mut Option<Responses<ProduceResponse>>,
 ) -> std::result::Result<Option<ProduceResponse>, Status> {
     match answers {
-        Some(answers) => answers.message().await,
+        Some(answers) => futures::StreamExt::next(answers).await.transpose(),
         None => std::future::pending().await,
     }
 }

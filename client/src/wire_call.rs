@@ -1,0 +1,234 @@
+//! Streaming calls made one layer below tonic, for the data plane's bulk
+//! RPCs: the records of each fetch response are handed to the consumer as a
+//! slice of the HTTP/2 DATA frame they arrived in, and each produced batch
+//! goes to h2 as a frame of its own, written to the socket from the buffer
+//! the producer built it in.
+//!
+//! tonic's client copies every DATA frame it receives into a buffer of its
+//! own before it decodes a message (a seventh of a catching-up consumer's
+//! CPU), and encodes every message it sends into another (a sixteenth of a
+//! producer's). The broker sends each fetch response's records as a DATA
+//! frame of their own, and `strata_proto::grpc_wire` decodes a `bytes` field
+//! that lies within one frame as a slice of it; its `WireMessage` cuts each
+//! produce request the same way. The call goes through the same channel
+//! (and so the same connection, credentials and token) as tonic's calls, and
+//! answers the way tonic's would: a `Status` from the response's headers or
+//! trailers, or from the transport when the call could not be made.
+
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use futures::Stream;
+use futures::stream::BoxStream;
+use http::header::{CONTENT_TYPE, HeaderValue, TE};
+use http_body::{Body, Frame};
+use prost::Message;
+use strata_proto::grpc_wire::{Reassembly, WireMessage, framed};
+use tonic::{Code, Status};
+use tower::ServiceExt;
+
+use crate::channel::Transport;
+
+/// A call's response messages, then its status if that is not OK.
+pub(crate) type Responses<M> = BoxStream<'static, Result<M, Status>>;
+
+/// Calls `path` with `request` and streams the response messages, each at
+/// most `max_message_bytes`.
+pub(crate) async fn server_streaming<Req, Resp>(
+    transport: Transport,
+    path: &'static str,
+    request: &Req,
+    max_message_bytes: usize,
+) -> Result<Responses<Resp>, Status>
+where
+    Req: Message,
+    Resp: Message + Default + Send + 'static,
+{
+    let body = tonic::body::Body::new(http_body_util::Full::new(framed(request)));
+    call(transport, path, body, max_message_bytes).await
+}
+
+/// Calls `path` with the messages `requests` yields, each sent as the frames
+/// [`WireMessage`] cuts it into, and streams the response messages. Returns
+/// once the response's headers arrive; requests go out meanwhile.
+pub(crate) async fn bidi_streaming<S, Req, Resp>(
+    transport: Transport,
+    path: &'static str,
+    requests: S,
+    max_message_bytes: usize,
+) -> Result<Responses<Resp>, Status>
+where
+    S: Stream<Item = Req> + Send + Unpin + 'static,
+    Req: WireMessage,
+    Resp: Message + Default + Send + 'static,
+{
+    let body = tonic::body::Body::new(RequestBody {
+        messages: requests,
+        tail: None,
+    });
+    call(transport, path, body, max_message_bytes).await
+}
+
+async fn call<Resp>(
+    transport: Transport,
+    path: &'static str,
+    body: tonic::body::Body,
+    max_message_bytes: usize,
+) -> Result<Responses<Resp>, Status>
+where
+    Resp: Message + Default + Send + 'static,
+{
+    let mut call = http::Request::new(body);
+    *call.method_mut() = http::Method::POST;
+    // The channel adds the scheme and authority of the node it reaches.
+    *call.uri_mut() = http::Uri::from_static(path);
+    let headers = call.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert(TE, HeaderValue::from_static("trailers"));
+    let response = transport
+        .oneshot(call)
+        .await
+        .map_err(|e| Status::from_error(e.into()))?;
+    // A call refused before any message is answered in the headers alone.
+    if let Some(status) = Status::from_header_map(response.headers()) {
+        return match status.code() {
+            Code::Ok => Ok(Box::pin(futures::stream::empty())),
+            _ => Err(status),
+        };
+    }
+    let http_status = response.status();
+    Ok(Box::pin(ResponseMessages {
+        body: response.into_body(),
+        http_status,
+        received: Reassembly::new(max_message_bytes),
+        done: false,
+        message: PhantomData::<fn() -> Resp>,
+    }))
+}
+
+/// A stream of request messages as an HTTP/2 body: each message's frames.
+struct RequestBody<S> {
+    messages: S,
+    /// Bytes of the message whose first frame was just sent.
+    tail: Option<Bytes>,
+}
+
+impl<S> Body for RequestBody<S>
+where
+    S: Stream + Unpin,
+    S::Item: WireMessage,
+{
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Some(tail) = self.tail.take() {
+            return Poll::Ready(Some(Ok(Frame::data(tail))));
+        }
+        Poll::Ready(
+            ready!(Pin::new(&mut self.messages).poll_next(cx)).map(|message| {
+                let (head, tail) = message.into_frames();
+                self.tail = tail;
+                Ok(Frame::data(head))
+            }),
+        )
+    }
+}
+
+/// A response body's messages, then its status if that is not OK.
+struct ResponseMessages<B, M> {
+    body: B,
+    http_status: http::StatusCode,
+    received: Reassembly,
+    done: bool,
+    message: PhantomData<fn() -> M>,
+}
+
+impl<B, M> ResponseMessages<B, M> {
+    /// The last item: the call's status from its trailers (`None` when there
+    /// are none), unless it is OK.
+    fn finish(&mut self, trailers: Option<&http::HeaderMap>) -> Option<Result<M, Status>> {
+        self.done = true;
+        let status = trailers
+            .and_then(Status::from_header_map)
+            .unwrap_or_else(|| missing_status(self.http_status));
+        if status.code() != Code::Ok {
+            return Some(Err(status));
+        }
+        if self.received.buffered() > 0 {
+            return Some(Err(Status::internal("the response ended inside a message")));
+        }
+        None
+    }
+}
+
+/// The status of a response that ended without one, as gRPC's HTTP mapping
+/// infers it.
+fn missing_status(http_status: http::StatusCode) -> Status {
+    let code = match http_status {
+        http::StatusCode::BAD_REQUEST => Code::Internal,
+        http::StatusCode::UNAUTHORIZED => Code::Unauthenticated,
+        http::StatusCode::FORBIDDEN => Code::PermissionDenied,
+        http::StatusCode::NOT_FOUND => Code::Unimplemented,
+        http::StatusCode::TOO_MANY_REQUESTS
+        | http::StatusCode::BAD_GATEWAY
+        | http::StatusCode::SERVICE_UNAVAILABLE
+        | http::StatusCode::GATEWAY_TIMEOUT => Code::Unavailable,
+        _ => Code::Unknown,
+    };
+    Status::new(
+        code,
+        format!(
+            "the response ended without a gRPC status (HTTP {})",
+            http_status.as_u16()
+        ),
+    )
+}
+
+impl<B, M> Stream for ResponseMessages<B, M>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    M: Message + Default,
+{
+    type Item = Result<M, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if self.done {
+                return Poll::Ready(None);
+            }
+            match self.received.next_message() {
+                Ok(Some(message)) => return Poll::Ready(Some(Ok(message))),
+                Ok(None) => {}
+                Err(e) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(Status::internal(format!(
+                        "a response from the broker: {e}"
+                    )))));
+                }
+            }
+            let frame = match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                Some(Ok(frame)) => frame,
+                Some(Err(e)) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(Status::from_error(e.into()))));
+                }
+                None => return Poll::Ready(self.finish(None)),
+            };
+            match frame.into_data() {
+                Ok(data) => self.received.push(data),
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        return Poll::Ready(self.finish(Some(&trailers)));
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,446 @@
+//! gRPC's message framing, for the data plane's bulk RPCs, which the broker
+//! serves and the client calls one layer below tonic so that batches are not
+//! copied on their way through.
+//!
+//! tonic copies every incoming DATA frame into a buffer of its own before it
+//! decodes a message, and encodes every outgoing message into another. For
+//! Produce and Fetch, whose messages are mostly one batch of up to a few MiB,
+//! those copies were a tenth to a quarter of each side's CPU. Here received
+//! bytes stay in the chunks HTTP/2 delivered them in, and a message's `bytes`
+//! fields are decoded as slices of those chunks wherever a field lies within
+//! one (a sender that gives its bulk field a DATA frame of its own, as the
+//! broker's Fetch does, makes that every time). The bytes on the wire are
+//! ordinary gRPC: a 1-byte compression flag, a 4-byte big-endian length, the
+//! protobuf message.
+
+use std::collections::VecDeque;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use prost::Message;
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+
+use crate::v1::{FetchResponse, ProduceRequest, ProduceResponse};
+
+/// The path of the Fetch RPC, as tonic routes it.
+pub const FETCH_PATH: &str = "/strata.v1.Data/Fetch";
+
+/// The path of the ProduceStream RPC, as tonic routes it.
+pub const PRODUCE_STREAM_PATH: &str = "/strata.v1.Data/ProduceStream";
+
+/// Length of gRPC's message prefix: a compression flag and a 4-byte length.
+pub const PREFIX_BYTES: usize = 5;
+
+/// `message` with its prefix, in one buffer.
+pub fn framed(message: &impl Message) -> Bytes {
+    framed_with_tail(message, 0).freeze()
+}
+
+/// The prefix and `message`, in a buffer with room for `tail_bytes` more,
+/// whose length the prefix includes: the caller appends them, in this
+/// buffer or in a frame of their own.
+pub fn framed_with_tail(message: &impl Message, tail_bytes: usize) -> BytesMut {
+    let len = message.encoded_len() + tail_bytes;
+    let mut buf = BytesMut::with_capacity(PREFIX_BYTES + len);
+    buf.put_u8(0);
+    // Messages are bounded by the data plane's limits, far below 4 GiB.
+    buf.put_u32(len as u32);
+    message
+        .encode(&mut buf)
+        .expect("the buffer was sized for the message");
+    buf
+}
+
+/// A message as the DATA frames that carry it: the prefix with the start of
+/// the message, and optionally bytes sent as they are after it.
+pub trait WireMessage {
+    fn into_frames(self) -> (Bytes, Option<Bytes>);
+}
+
+/// Bulk bytes below this size travel in the same frame as the rest of their
+/// message: copying a few KiB costs less than a frame of their own.
+pub const SEPARATE_FRAME_MIN_BYTES: usize = 16 * 1024;
+
+/// `message` with `bulk` as its length-delimited field `field`, put after
+/// the other fields (prost reads fields in any order), and in a frame of its
+/// own when it is worth one. `message` must not hold that field itself.
+fn with_bulk_field(message: &impl Message, field: u32, bulk: Bytes) -> (Bytes, Option<Bytes>) {
+    if bulk.is_empty() {
+        return (framed(message), None);
+    }
+    let head = key_len(field) + encoded_len_varint(bulk.len() as u64);
+    let mut buf = framed_with_tail(message, head + bulk.len());
+    encode_key(field, WireType::LengthDelimited, &mut buf);
+    encode_varint(bulk.len() as u64, &mut buf);
+    if bulk.len() < SEPARATE_FRAME_MIN_BYTES {
+        buf.put_slice(&bulk);
+        return (buf.freeze(), None);
+    }
+    (buf.freeze(), Some(bulk))
+}
+
+/// The records in a frame of their own: h2 writes them to the socket from
+/// the broker's page-cache map, and the client decodes them in place.
+impl WireMessage for FetchResponse {
+    fn into_frames(mut self) -> (Bytes, Option<Bytes>) {
+        let records = std::mem::take(&mut self.records);
+        with_bulk_field(&self, 3, records)
+    }
+}
+
+/// The batch in a frame of its own: the producer sends the batch it built,
+/// and the broker writes it from the frame it arrived in.
+impl WireMessage for ProduceRequest {
+    fn into_frames(mut self) -> (Bytes, Option<Bytes>) {
+        let batch = std::mem::take(&mut self.batch);
+        with_bulk_field(&self, 3, batch)
+    }
+}
+
+impl WireMessage for ProduceResponse {
+    fn into_frames(self) -> (Bytes, Option<Bytes>) {
+        (framed(&self), None)
+    }
+}
+
+/// Why received bytes are not a message.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("compressed messages are not accepted; send them uncompressed")]
+    Compressed,
+    #[error("a message of {len} bytes is over the limit of {limit} bytes")]
+    TooLarge { len: usize, limit: usize },
+    #[error("a message does not decode: {0}")]
+    Decode(#[from] prost::DecodeError),
+}
+
+/// The bytes of one side of a call, as received: whole messages are decoded
+/// from them as they complete.
+#[derive(Debug)]
+pub struct Reassembly {
+    /// Bytes received and not yet decoded, in order.
+    chunks: VecDeque<Bytes>,
+    buffered: usize,
+    max_message_bytes: usize,
+}
+
+impl Reassembly {
+    pub fn new(max_message_bytes: usize) -> Self {
+        Reassembly {
+            chunks: VecDeque::new(),
+            buffered: 0,
+            max_message_bytes,
+        }
+    }
+
+    /// Adds the payload of a DATA frame.
+    pub fn push(&mut self, data: Bytes) {
+        if !data.is_empty() {
+            self.buffered += data.len();
+            self.chunks.push_back(data);
+        }
+    }
+
+    /// Bytes received and not yet decoded: non-zero at the end of a stream
+    /// means it ended inside a message.
+    pub fn buffered(&self) -> usize {
+        self.buffered
+    }
+
+    /// Forgets what is buffered (after an error, nothing more is decoded).
+    pub fn clear(&mut self) {
+        self.chunks.clear();
+        self.buffered = 0;
+    }
+
+    /// The next message, if all of it has arrived.
+    pub fn next_message<M: Message + Default>(&mut self) -> Result<Option<M>, WireError> {
+        if self.buffered < PREFIX_BYTES {
+            return Ok(None);
+        }
+        let mut prefix = [0u8; PREFIX_BYTES];
+        let mut filled = 0;
+        for chunk in &self.chunks {
+            let n = chunk.len().min(PREFIX_BYTES - filled);
+            prefix[filled..filled + n].copy_from_slice(&chunk[..n]);
+            filled += n;
+            if filled == PREFIX_BYTES {
+                break;
+            }
+        }
+        if prefix[0] != 0 {
+            return Err(WireError::Compressed);
+        }
+        let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+        if len > self.max_message_bytes {
+            return Err(WireError::TooLarge {
+                len,
+                limit: self.max_message_bytes,
+            });
+        }
+        if self.buffered < PREFIX_BYTES + len {
+            return Ok(None);
+        }
+        self.take(PREFIX_BYTES);
+        Ok(Some(M::decode(self.take(len))?))
+    }
+
+    /// The first `n` buffered bytes, as the chunks (or parts of them) that
+    /// hold them.
+    fn take(&mut self, mut n: usize) -> Chunks {
+        self.buffered -= n;
+        let mut taken = Chunks::default();
+        while n > 0 {
+            let front = self.chunks.front_mut().expect("n bytes are buffered");
+            if front.len() > n {
+                taken.push(front.split_to(n));
+                break;
+            }
+            n -= front.len();
+            taken.push(self.chunks.pop_front().expect("the front chunk"));
+        }
+        taken
+    }
+}
+
+/// One message's bytes in the chunks they arrived in. A `bytes` field that
+/// lies within one chunk decodes to a slice of it (prost takes such fields
+/// with `copy_to_bytes`); only one that straddles chunks is copied.
+#[derive(Debug, Default)]
+struct Chunks {
+    chunks: VecDeque<Bytes>,
+    remaining: usize,
+}
+
+impl Chunks {
+    fn push(&mut self, chunk: Bytes) {
+        self.remaining += chunk.len();
+        self.chunks.push_back(chunk);
+    }
+}
+
+impl Buf for Chunks {
+    fn remaining(&self) -> usize {
+        self.remaining
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.chunks.front().map_or(&[], |c| c.as_ref())
+    }
+
+    fn advance(&mut self, mut cnt: usize) {
+        assert!(cnt <= self.remaining, "advance past the end of the message");
+        self.remaining -= cnt;
+        while cnt > 0 {
+            let front = self.chunks.front_mut().expect("cnt bytes remain");
+            if front.len() > cnt {
+                front.advance(cnt);
+                return;
+            }
+            cnt -= front.len();
+            self.chunks.pop_front();
+        }
+    }
+
+    fn copy_to_bytes(&mut self, len: usize) -> Bytes {
+        match self.chunks.front_mut() {
+            Some(front) if front.len() >= len => {
+                self.remaining -= len;
+                let taken = front.split_to(len);
+                if front.is_empty() {
+                    self.chunks.pop_front();
+                }
+                taken
+            }
+            _ => {
+                assert!(len <= self.remaining, "copy past the end of the message");
+                let mut out = BytesMut::with_capacity(len);
+                while out.len() < len {
+                    let n = self.chunk().len().min(len - out.len());
+                    out.extend_from_slice(&self.chunk()[..n]);
+                    self.advance(n);
+                }
+                out.freeze()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(batch: usize) -> ProduceRequest {
+        ProduceRequest {
+            topic: "orders".into(),
+            partition: 2,
+            batch: Bytes::from((0..batch).map(|i| i as u8).collect::<Vec<u8>>()),
+            acks: 1,
+        }
+    }
+
+    /// Everything `wire` decodes to when it arrives in chunks cut at `cuts`.
+    fn decode_all<M: Message + Default>(
+        wire: &Bytes,
+        cuts: &[usize],
+        limit: usize,
+    ) -> Result<Vec<M>, WireError> {
+        let mut reassembly = Reassembly::new(limit);
+        let mut got = Vec::new();
+        let mut at = 0;
+        for &cut in cuts.iter().chain([wire.len()].iter()) {
+            reassembly.push(wire.slice(at..cut));
+            at = cut;
+            while let Some(m) = reassembly.next_message()? {
+                got.push(m);
+            }
+        }
+        assert_eq!(reassembly.buffered(), 0, "nothing left over");
+        Ok(got)
+    }
+
+    #[test]
+    fn messages_decode_however_the_frames_cut_them() {
+        let empty = ProduceRequest::default();
+        assert_eq!(empty.encoded_len(), 0);
+        let sent = [
+            request(10),
+            empty.clone(),
+            request(100_000),
+            request(0),
+            empty,
+        ];
+        let wire: Bytes = sent
+            .iter()
+            .flat_map(|m| framed(m).to_vec())
+            .collect::<Vec<_>>()
+            .into();
+        let n = wire.len();
+        for cuts in [
+            vec![],
+            vec![1],
+            vec![3, 4, 5, 6],
+            vec![n / 2],
+            vec![20, 21, 22, n - 1],
+            (1..n).step_by(997).collect(),
+        ] {
+            let got: Vec<ProduceRequest> = decode_all(&wire, &cuts, 1 << 20).unwrap();
+            assert_eq!(got, sent, "cut at {cuts:?}");
+        }
+    }
+
+    #[test]
+    fn a_bytes_field_within_one_chunk_is_a_slice_of_it() {
+        let sent = request(100_000);
+        let wire = framed(&sent);
+        // The whole message in one chunk, or the batch alone in the second.
+        let batch_at = wire.len() - sent.batch.len() - 2; // acks field follows
+        for cuts in [vec![], vec![batch_at]] {
+            let got: Vec<ProduceRequest> = decode_all(&wire, &cuts, 1 << 20).unwrap();
+            let inside = wire.as_ptr_range();
+            assert!(
+                inside.contains(&got[0].batch.as_ptr()),
+                "the batch is a slice of what arrived (cut at {cuts:?})"
+            );
+            assert_eq!(got[0], sent);
+        }
+        // Straddling two chunks, it is put together.
+        let got: Vec<ProduceRequest> = decode_all(&wire, &[batch_at + 50_000], 1 << 20).unwrap();
+        assert_eq!(got[0], sent);
+    }
+
+    fn fetch_response(records: usize) -> FetchResponse {
+        FetchResponse {
+            topic: "orders".into(),
+            partition: 3,
+            records: Bytes::from((0..records).map(|i| i as u8).collect::<Vec<u8>>()),
+            next_offset: 1 << 40,
+            high_watermark: (1 << 40) + 7,
+            log_start_offset: 12,
+            error: None,
+        }
+    }
+
+    /// The frames' bytes, back to back: what the peer receives.
+    fn joined(frames: (Bytes, Option<Bytes>)) -> Bytes {
+        let (head, tail) = frames;
+        let mut wire = head.to_vec();
+        wire.extend_from_slice(tail.as_deref().unwrap_or_default());
+        wire.into()
+    }
+
+    /// What any gRPC peer decodes from the frames: the same message.
+    #[test]
+    fn frames_decode_to_the_message_prost_would_send() {
+        for bulk in [
+            0,
+            1,
+            300,
+            SEPARATE_FRAME_MIN_BYTES - 1,
+            SEPARATE_FRAME_MIN_BYTES,
+            1 << 20,
+        ] {
+            let sent = fetch_response(bulk);
+            let frames = sent.clone().into_frames();
+            assert_eq!(frames.1.is_some(), bulk >= SEPARATE_FRAME_MIN_BYTES);
+            let wire = joined(frames);
+            assert_eq!(wire[0], 0, "uncompressed");
+            let len = u32::from_be_bytes(wire[1..5].try_into().unwrap()) as usize;
+            assert_eq!(len, wire.len() - PREFIX_BYTES, "{bulk} bytes of records");
+            assert_eq!(FetchResponse::decode(&wire[PREFIX_BYTES..]).unwrap(), sent);
+
+            let sent = request(bulk);
+            let wire = joined(sent.clone().into_frames());
+            assert_eq!(ProduceRequest::decode(&wire[PREFIX_BYTES..]).unwrap(), sent);
+        }
+        let sent = ProduceResponse {
+            base_offset: 12,
+            ..Default::default()
+        };
+        let wire = joined(sent.clone().into_frames());
+        assert_eq!(
+            ProduceResponse::decode(&wire[PREFIX_BYTES..]).unwrap(),
+            sent
+        );
+    }
+
+    #[test]
+    fn bulk_bytes_travel_as_they_are_and_arrive_as_they_were_sent() {
+        let sent = fetch_response(1 << 20);
+        let stored = sent.records.clone();
+        let (head, tail) = sent.clone().into_frames();
+        let tail = tail.unwrap();
+        assert_eq!(tail.as_ptr(), stored.as_ptr(), "not a copy");
+        // The receiver gets them as the frame they were sent in.
+        let mut received = Reassembly::new(2 << 20);
+        received.push(Bytes::copy_from_slice(&head));
+        let frame = Bytes::copy_from_slice(&tail);
+        received.push(frame.clone());
+        let got: FetchResponse = received.next_message().unwrap().unwrap();
+        assert_eq!(got, sent);
+        assert_eq!(got.records.as_ptr(), frame.as_ptr(), "decoded in place");
+    }
+
+    #[test]
+    fn oversize_compressed_and_garbled_messages_are_errors() {
+        let wire = framed(&request(1000));
+        let err = decode_all::<ProduceRequest>(&wire, &[], 100).unwrap_err();
+        assert!(
+            matches!(err, WireError::TooLarge { limit: 100, .. }),
+            "{err}"
+        );
+
+        let mut compressed = wire.to_vec();
+        compressed[0] = 1;
+        let err = decode_all::<ProduceRequest>(&compressed.into(), &[], 1 << 20).unwrap_err();
+        assert!(matches!(err, WireError::Compressed));
+
+        let garbage = Bytes::from_static(b"\x00\x00\x00\x00\x03\xff\xff\xff");
+        let err = decode_all::<ProduceRequest>(&garbage, &[2], 1 << 20).unwrap_err();
+        assert!(matches!(err, WireError::Decode(_)));
+
+        let mut cut = Reassembly::new(1 << 20);
+        cut.push(wire.slice(..wire.len() - 1));
+        assert!(cut.next_message::<ProduceRequest>().unwrap().is_none());
+        assert_eq!(cut.buffered(), wire.len() - 1, "a partial message waits");
+    }
+}
