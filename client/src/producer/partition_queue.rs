@@ -170,6 +170,11 @@ impl PartitionQueue {
         if st.closed {
             return refuse(Error::Closed);
         }
+        // Whether the sender has news: a batch to send, or a new open batch
+        // whose linger it must time. A record added to a batch it already
+        // times is none, and waking it for each (a thread wake-up per
+        // record) cost more than the rest of this function.
+        let mut news = false;
         if let Some(open) = &st.open
             && !open.builder.is_empty()
             && open.builder.encoded_len() + open.builder.record_encoded_len(record) > batch_size
@@ -179,6 +184,7 @@ impl PartitionQueue {
             // they would move on at once and leave it to linger).
             self.seal(&mut st);
             st.sticky_bytes = 0;
+            news = true;
         }
         // Sized like recent batches, with room to grow: filling a batch
         // should not copy it at every doubling.
@@ -190,6 +196,8 @@ impl PartitionQueue {
             reserved: 0,
             created: Instant::now(),
         });
+        // The batch's first record: its linger starts now.
+        news |= open.builder.is_empty();
         let index = open.builder.len();
         let before = open.builder.encoded_len();
         if let Err(e) = open.builder.push(record) {
@@ -207,6 +215,7 @@ impl PartitionQueue {
         st.enqueued += 1;
         if full {
             self.seal(&mut st);
+            news = true;
         }
         let mut move_on = false;
         if sticky {
@@ -227,7 +236,9 @@ impl PartitionQueue {
                 Ordering::Relaxed,
             );
         }
-        self.wake.notify_one();
+        if news {
+            self.wake.notify_one();
+        }
         Ok(delivery)
     }
 
