@@ -396,7 +396,7 @@ mod tests {
             base_offset: 12,
             ..Default::default()
         };
-        let wire = joined(sent.clone().into_frames());
+        let wire = joined(sent.into_frames());
         assert_eq!(
             ProduceResponse::decode(&wire[PREFIX_BYTES..]).unwrap(),
             sent
