@@ -1,8 +1,9 @@
 //! Streaming calls made one layer below tonic, for the data plane's bulk
 //! RPCs: the records of each fetch response are handed to the consumer as a
-//! slice of the HTTP/2 DATA frame they arrived in, and each produced batch
-//! goes to h2 as a frame of its own, written to the socket from the buffer
-//! the producer built it in.
+//! slice of the HTTP/2 DATA frame they arrived in (when they fit in one:
+//! `strata_proto::grpc_wire` says when), and each produced batch goes to h2
+//! as a frame of its own, written to the socket from the buffer the producer
+//! built it in.
 //!
 //! tonic's client copies every DATA frame it receives into a buffer of its
 //! own before it decodes a message (a seventh of a catching-up consumer's
@@ -25,7 +26,7 @@ use futures::stream::BoxStream;
 use http::header::{CONTENT_TYPE, HeaderValue, TE};
 use http_body::{Body, Frame};
 use prost::Message;
-use strata_proto::grpc_wire::{Reassembly, WireMessage, framed};
+use strata_proto::grpc_wire::{Reassembly, WireError, WireMessage, framed};
 use tonic::{Code, Status};
 use tower::ServiceExt;
 
@@ -82,6 +83,7 @@ where
 {
     let mut call = http::Request::new(body);
     *call.method_mut() = http::Method::POST;
+    *call.version_mut() = http::Version::HTTP_2;
     // The channel adds the scheme and authority of the node it reaches.
     *call.uri_mut() = http::Uri::from_static(path);
     let headers = call.headers_mut();
@@ -167,6 +169,19 @@ impl<B, M> ResponseMessages<B, M> {
     }
 }
 
+/// A response that is not a message, as a status typed the way the
+/// application should see it: a message over the limit is not something a
+/// retry fixes (tonic said OUT_OF_RANGE, which the consumer would have taken
+/// for an offset out of range); an undecodable one is INTERNAL, as in tonic.
+fn wire_status(error: &WireError) -> Status {
+    let message = format!("a response from the broker: {error}");
+    match error {
+        WireError::TooLarge { .. } => Status::resource_exhausted(message),
+        WireError::Compressed => Status::unimplemented(message),
+        _ => Status::internal(message),
+    }
+}
+
 /// The status of a response that ended without one, as gRPC's HTTP mapping
 /// infers it.
 fn missing_status(http_status: http::StatusCode) -> Status {
@@ -208,9 +223,7 @@ where
                 Ok(None) => {}
                 Err(e) => {
                     self.done = true;
-                    return Poll::Ready(Some(Err(Status::internal(format!(
-                        "a response from the broker: {e}"
-                    )))));
+                    return Poll::Ready(Some(Err(wire_status(&e))));
                 }
             }
             let frame = match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
@@ -230,5 +243,115 @@ where
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+    use http::HeaderMap;
+    use strata_proto::v1::FetchResponse;
+
+    use super::*;
+    use crate::error::Error;
+
+    fn fetch_response() -> FetchResponse {
+        FetchResponse {
+            topic: "orders".into(),
+            records: Bytes::from(vec![3u8; 40_000]),
+            next_offset: 9,
+            ..Default::default()
+        }
+    }
+
+    /// The messages `frames` (data, then optional trailers) decode to.
+    async fn messages(
+        frames: Vec<Frame<Bytes>>,
+        http_status: http::StatusCode,
+    ) -> Vec<Result<FetchResponse, Status>> {
+        let body = http_body_util::StreamBody::new(futures::stream::iter(
+            frames.into_iter().map(Ok::<_, std::convert::Infallible>),
+        ));
+        ResponseMessages {
+            body,
+            http_status,
+            received: Reassembly::new(1 << 20),
+            done: false,
+            message: PhantomData::<fn() -> FetchResponse>,
+        }
+        .collect()
+        .await
+    }
+
+    fn trailers(pairs: &[(&'static str, &'static str)]) -> Frame<Bytes> {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.insert(*k, HeaderValue::from_static(v));
+        }
+        Frame::trailers(map)
+    }
+
+    #[tokio::test]
+    async fn messages_then_the_status_in_the_trailers_with_its_metadata() {
+        let sent = fetch_response();
+        let (head, tail) = sent.clone().into_frames();
+        let frames = vec![
+            Frame::data(head),
+            Frame::data(tail.unwrap()),
+            trailers(&[
+                ("grpc-status", "5"),
+                ("grpc-message", "no%20topic"),
+                ("strata-error", "topic-not-found"),
+            ]),
+        ];
+        let got = messages(frames, http::StatusCode::OK).await;
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].as_ref().unwrap(), &sent);
+        let status = got[1].as_ref().unwrap_err();
+        assert_eq!(status.code(), Code::NotFound);
+        assert_eq!(status.message(), "no topic");
+        assert!(matches!(
+            Error::from_status(status),
+            Error::TopicNotFound(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_ends_badly_ends_in_an_error() {
+        let (head, _) = fetch_response().into_frames();
+        // OK trailers inside a message.
+        let got = messages(
+            vec![Frame::data(head.clone()), trailers(&[("grpc-status", "0")])],
+            http::StatusCode::OK,
+        )
+        .await;
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].as_ref().unwrap_err().code(), Code::Internal);
+        // No trailers at all: as tonic, UNKNOWN; from an HTTP error status,
+        // that status's gRPC code.
+        let got = messages(vec![], http::StatusCode::OK).await;
+        assert_eq!(got[0].as_ref().unwrap_err().code(), Code::Unknown);
+        let got = messages(vec![], http::StatusCode::SERVICE_UNAVAILABLE).await;
+        assert_eq!(got[0].as_ref().unwrap_err().code(), Code::Unavailable);
+        // OK trailers after whole messages: the end.
+        let got = messages(
+            vec![trailers(&[("grpc-status", "0")])],
+            http::StatusCode::OK,
+        )
+        .await;
+        assert!(got.is_empty());
+    }
+
+    #[test]
+    fn a_response_over_the_limit_is_not_retried_or_taken_for_an_offset_error() {
+        let status = wire_status(&WireError::TooLarge { len: 10, limit: 5 });
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        let error = Error::from_status(&status);
+        assert!(!error.is_retriable(), "{error:?}");
+        assert!(!matches!(error, Error::OffsetOutOfRange(_)));
+        assert_eq!(
+            wire_status(&WireError::Compressed).code(),
+            Code::Unimplemented
+        );
     }
 }

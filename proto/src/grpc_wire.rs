@@ -8,10 +8,13 @@
 //! those copies were a tenth to a quarter of each side's CPU. Here received
 //! bytes stay in the chunks HTTP/2 delivered them in, and a message's `bytes`
 //! fields are decoded as slices of those chunks wherever a field lies within
-//! one (a sender that gives its bulk field a DATA frame of its own, as the
-//! broker's Fetch does, makes that every time). The bytes on the wire are
-//! ordinary gRPC: a 1-byte compression flag, a 4-byte big-endian length, the
-//! protobuf message.
+//! one. A sender gives its bulk field a DATA frame of its own
+//! ([`WireMessage`]), which arrives as one chunk when it fits in a frame
+//! (`limits::HTTP2_MAX_FRAME_BYTES`, 1 MiB: a consumer's default fetch size)
+//! and in the stream's flow-control window at the time; h2 cuts a larger
+//! field into several frames, and that field is copied once, as tonic would.
+//! The bytes on the wire are ordinary gRPC: a 1-byte compression flag, a
+//! 4-byte big-endian length, the protobuf message.
 
 use std::collections::VecDeque;
 
@@ -78,12 +81,18 @@ fn with_bulk_field(message: &impl Message, field: u32, bulk: Bytes) -> (Bytes, O
     (buf.freeze(), Some(bulk))
 }
 
+/// `FetchResponse.records`'s field number in `strata.proto`.
+const FETCH_RESPONSE_RECORDS_FIELD: u32 = 3;
+
+/// `ProduceRequest.batch`'s field number in `strata.proto`.
+const PRODUCE_REQUEST_BATCH_FIELD: u32 = 3;
+
 /// The records in a frame of their own: h2 writes them to the socket from
 /// the broker's page-cache map, and the client decodes them in place.
 impl WireMessage for FetchResponse {
     fn into_frames(mut self) -> (Bytes, Option<Bytes>) {
         let records = std::mem::take(&mut self.records);
-        with_bulk_field(&self, 3, records)
+        with_bulk_field(&self, FETCH_RESPONSE_RECORDS_FIELD, records)
     }
 }
 
@@ -92,7 +101,7 @@ impl WireMessage for FetchResponse {
 impl WireMessage for ProduceRequest {
     fn into_frames(mut self) -> (Bytes, Option<Bytes>) {
         let batch = std::mem::take(&mut self.batch);
-        with_bulk_field(&self, 3, batch)
+        with_bulk_field(&self, PRODUCE_REQUEST_BATCH_FIELD, batch)
     }
 }
 
@@ -104,6 +113,7 @@ impl WireMessage for ProduceResponse {
 
 /// Why received bytes are not a message.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WireError {
     #[error("compressed messages are not accepted; send them uncompressed")]
     Compressed,
@@ -442,5 +452,87 @@ mod tests {
         cut.push(wire.slice(..wire.len() - 1));
         assert!(cut.next_message::<ProduceRequest>().unwrap().is_none());
         assert_eq!(cut.buffered(), wire.len() - 1, "a partial message waits");
+    }
+    /// `wire` delivered in chunks cut at `cuts` (positions, any order).
+    fn chunked(wire: &[u8], cuts: &[usize]) -> Vec<Bytes> {
+        let mut at: Vec<usize> = cuts.iter().map(|c| c % (wire.len() + 1)).collect();
+        at.push(0);
+        at.push(wire.len());
+        at.sort_unstable();
+        at.dedup();
+        at.windows(2)
+            .map(|w| Bytes::copy_from_slice(&wire[w[0]..w[1]]))
+            .collect()
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn arb_request() -> impl Strategy<Value = ProduceRequest> {
+            (
+                "[a-z]{0,12}",
+                any::<u32>(),
+                proptest::collection::vec(any::<u8>(), 0..40_000),
+                any::<i32>(),
+            )
+                .prop_map(|(topic, partition, batch, acks)| ProduceRequest {
+                    topic,
+                    partition,
+                    batch: batch.into(),
+                    acks,
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+
+            /// Messages sent as `WireMessage` frames arrive whole however
+            /// the stream is cut into chunks.
+            #[test]
+            fn messages_survive_any_chunking(
+                sent in proptest::collection::vec(arb_request(), 1..6),
+                cuts in proptest::collection::vec(any::<usize>(), 0..40),
+            ) {
+                let mut wire = Vec::new();
+                for m in &sent {
+                    let (head, tail) = m.clone().into_frames();
+                    wire.extend_from_slice(&head);
+                    wire.extend_from_slice(tail.as_deref().unwrap_or_default());
+                }
+                let mut received = Reassembly::new(1 << 20);
+                let mut got = Vec::new();
+                for chunk in chunked(&wire, &cuts) {
+                    received.push(chunk);
+                    while let Some(m) = received.next_message::<ProduceRequest>().unwrap() {
+                        got.push(m);
+                    }
+                }
+                prop_assert_eq!(got, sent);
+                prop_assert_eq!(received.buffered(), 0);
+            }
+
+            /// Whatever a peer sends, reassembly answers with messages or an
+            /// error, never a panic, and never decodes past an error.
+            #[test]
+            fn arbitrary_bytes_never_panic(
+                bytes in proptest::collection::vec(any::<u8>(), 0..2_000),
+                cuts in proptest::collection::vec(any::<usize>(), 0..20),
+                limit in 0usize..4_000,
+            ) {
+                let mut received = Reassembly::new(limit);
+                'chunks: for chunk in chunked(&bytes, &cuts) {
+                    received.push(chunk);
+                    loop {
+                        match received.next_message::<ProduceRequest>() {
+                            Ok(Some(_)) => {}
+                            Ok(None) => break,
+                            Err(_) => break 'chunks,
+                        }
+                    }
+                }
+                prop_assert!(received.buffered() <= bytes.len());
+            }
+        }
     }
 }

@@ -4,8 +4,9 @@
 //! Each response goes out as two DATA frames (`FetchResponse`'s
 //! `WireMessage`): a small one with the gRPC prefix and the other fields,
 //! then the records themselves, which h2 writes to the socket straight from
-//! the page-cache map or buffer they were read into. Validation, authorization, deadlines and the stream's task are those
-//! of [`fetch::start`], shared with the tonic handler.
+//! the page-cache map or buffer they were read into. Validation,
+//! authorization, deadlines and the stream's task are those of
+//! [`fetch::start`], shared with the tonic handler.
 
 use axum::body::Body;
 use axum::http;

@@ -126,12 +126,12 @@ impl<M: Message + Default> MessageStream<M> {
     }
 }
 
+/// A request that is not a message: the client's to fix, so
+/// INVALID_ARGUMENT, except compression, which this server does not do.
 fn wire_status(error: WireError) -> Status {
     match error {
         WireError::Compressed => Status::unimplemented(error.to_string()),
-        WireError::TooLarge { .. } | WireError::Decode(_) => {
-            to_status(&Error::InvalidArgument(error.to_string()))
-        }
+        _ => to_status(&Error::InvalidArgument(error.to_string())),
     }
 }
 
