@@ -476,6 +476,82 @@ async fn seek_seek_to_timestamp_pause_and_resume_move_the_stream() {
     assert_eq!(consumer.position(&tp), Some(52));
 }
 
+/// `Consumer::batches` hands out the same records as the record stream:
+/// each once, in offset order per partition, moving positions as it goes,
+/// and following seeks; record and batch reads mix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_hand_out_each_record_once_in_order_and_follow_seeks() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("n1"));
+    topic(&node, "b", 2).await;
+    let producer = Producer::builder(node.bootstrap())
+        .linger(Duration::from_millis(1))
+        .batch_size(16 * 1024)
+        .build()
+        .await
+        .unwrap();
+    let total = 3_000u64;
+    for i in 0..total {
+        producer
+            .enqueue(ProducerRecord::new("b", format!("v{i}")).key(format!("k{}", i % 7)))
+            .await
+            .unwrap();
+    }
+    producer.flush().await;
+    let tps = [TopicPartition::new("b", 0), TopicPartition::new("b", 1)];
+    let consumer = Consumer::builder(node.bootstrap())
+        .assign(tps.clone())
+        .start_from(StartFrom::Earliest)
+        .build()
+        .await
+        .unwrap();
+    let mut next_offset: HashMap<u32, u64> = HashMap::new();
+    let mut check = |partition: u32, offset: u64| {
+        let expected = next_offset.entry(partition).or_insert(0);
+        assert_eq!(offset, *expected, "partition {partition}: in order, once");
+        *expected += 1;
+    };
+    // One record first: a batch then starts where it left off.
+    let first = consumer.next_record().await.unwrap().unwrap();
+    check(first.partition, first.offset);
+    let mut seen = 1;
+    let mut batches = 0;
+    while seen < total {
+        let batch = tokio::time::timeout(Duration::from_secs(30), consumer.next_batch())
+            .await
+            .expect("a batch within 30 s")
+            .unwrap()
+            .unwrap();
+        assert!(!batch.is_empty());
+        let partition = batch[0].partition;
+        for r in &batch {
+            assert_eq!(r.partition, partition, "one partition per batch");
+            check(r.partition, r.offset);
+        }
+        let tp = TopicPartition::new("b", partition);
+        assert_eq!(
+            consumer.position(&tp),
+            Some(batch.last().unwrap().offset + 1)
+        );
+        seen += batch.len() as u64;
+        batches += 1;
+    }
+    assert_eq!(seen, total);
+    assert!(
+        batches < total / 10,
+        "records come in batches: {batches} batches"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), consumer.next_batch())
+            .await
+            .is_err(),
+        "nothing more"
+    );
+    consumer.seek(&tps[0], 5).unwrap();
+    let batch = consumer.next_batch().await.unwrap().unwrap();
+    assert_eq!((batch[0].partition, batch[0].offset), (0, 5));
+}
+
 /// Batches of several MiB cross HTTP/2 in several DATA frames (frames are at
 /// most 1 MiB), which the broker's produce stream must put back together,
 /// and come back in fetch responses of the same size.

@@ -16,6 +16,13 @@ use super::storage::StorageFile;
 /// Bytes read at a time when walking headers.
 pub(crate) const CURSOR_CHUNK_BYTES: usize = 256 * 1024;
 
+/// Bytes read at a time to find one batch whose bytes come from elsewhere
+/// (a map of the file): the index points within ~4 KiB of the batch, so
+/// this holds the few headers walked, and a catching-up consumer's fetch no
+/// longer copies 256 KiB out of the page cache to read one 69-byte header
+/// (5% of the broker's CPU serving a catch-up).
+pub(crate) const SEEK_CHUNK_BYTES: usize = 4 * 1024;
+
 /// Why a walk could not go on.
 #[derive(Debug)]
 pub(crate) enum Stop {
@@ -33,16 +40,30 @@ pub(crate) struct BatchCursor<'a> {
     end: u64,
     chunk: Bytes,
     chunk_start: u64,
+    /// Least bytes read at a time.
+    chunk_bytes: usize,
 }
 
 impl<'a> BatchCursor<'a> {
+    /// A cursor for walking many batches: reads `CURSOR_CHUNK_BYTES` at a time.
     pub fn new(file: &'a dyn StorageFile, start: u64, end: u64) -> Self {
+        Self::with_chunk_bytes(file, start, end, CURSOR_CHUNK_BYTES)
+    }
+
+    /// A cursor that reads at least `chunk_bytes` at a time.
+    pub fn with_chunk_bytes(
+        file: &'a dyn StorageFile,
+        start: u64,
+        end: u64,
+        chunk_bytes: usize,
+    ) -> Self {
         BatchCursor {
             file,
             pos: start,
             end,
             chunk: Bytes::new(),
             chunk_start: start,
+            chunk_bytes,
         }
     }
 
@@ -104,7 +125,7 @@ impl<'a> BatchCursor<'a> {
             return Ok(self.chunk.slice(at..at + len));
         }
         let want = len
-            .max(CURSOR_CHUNK_BYTES)
+            .max(self.chunk_bytes)
             .min((self.end - pos) as usize)
             .max(len);
         let buf = self.file.read_exact_vec(want, pos).map_err(Stop::Io)?;

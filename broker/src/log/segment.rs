@@ -16,7 +16,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use strata_proto::batch::{BatchHeader, Records};
 
-use super::cursor::{BatchCursor, Stop};
+use super::cursor::{BatchCursor, CURSOR_CHUNK_BYTES, SEEK_CHUNK_BYTES, Stop};
 use super::error::{LogError, Result};
 use super::index::{OffsetEntry, OffsetIndex};
 use super::read_mode::{ReadMode, VIEW_MIN_BYTES};
@@ -371,7 +371,15 @@ impl Segment {
         let end = parts.size.load(Ordering::Acquire);
         let relative_offset = u32::try_from(offset - self.base_offset).unwrap_or(u32::MAX);
         let start = u64::from(parts.index.scan_start(relative_offset));
-        let mut cursor = BatchCursor::new(parts.log.as_ref(), start, end);
+        // A read served from a map needs the cursor only to find its first
+        // batch; a copied one takes its bytes from the cursor's chunk too.
+        let mapped = mode == ReadMode::View && max_bytes >= VIEW_MIN_BYTES;
+        let chunk_bytes = if mapped {
+            SEEK_CHUNK_BYTES
+        } else {
+            CURSOR_CHUNK_BYTES
+        };
+        let mut cursor = BatchCursor::with_chunk_bytes(parts.log.as_ref(), start, end, chunk_bytes);
         let first = loop {
             let Some(h) = cursor.header().map_err(|s| self.corrupt(s))? else {
                 return Ok(None);

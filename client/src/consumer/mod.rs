@@ -33,6 +33,11 @@
 //! Positions: a partition's position is the offset of the next record the
 //! stream will yield. `commit` stores the positions of all assigned
 //! partitions in the broker; a restarted member of the group resumes there.
+//!
+//! To read fast, take records in batches, as Kafka's `poll` hands them out:
+//! [`Consumer::batches`] yields each partition's records as they arrived
+//! together, the same records as the stream at a fraction of the cost per
+//! record (`strata bench consume` reads this way).
 
 mod fetcher;
 mod group;
@@ -290,6 +295,22 @@ struct Inbox {
     pending: Option<(TopicPartition, u64, std::vec::IntoIter<ConsumerRecord>)>,
 }
 
+impl Inbox {
+    /// Waits for the next fetched batch and makes it the pending one. `Err`
+    /// holds what the reader returns instead: the fetch loop's error, or
+    /// `None` once the consumer is closed.
+    async fn refill<T>(&mut self) -> std::result::Result<(), Option<Result<T>>> {
+        match self.rx.recv().await {
+            None => Err(None),
+            Some(Err(e)) => Err(Some(Err(e))),
+            Some(Ok(Fetched { tp, epoch, records })) => {
+                self.pending = Some((tp, epoch, records.into_iter()));
+                Ok(())
+            }
+        }
+    }
+}
+
 /// A consumer; share it by reference (`&Consumer` methods are concurrent-safe).
 pub struct Consumer {
     conn: Arc<Connection>,
@@ -347,13 +368,22 @@ impl Consumer {
         .boxed()
     }
 
+    /// The records in batches: each item is records of one partition in
+    /// offset order, as many as arrived together (up to a fetch's worth),
+    /// like Kafka's `poll`. The same records as [`Consumer::stream`], for a
+    /// fraction of the cost per record when reading fast (one check of the
+    /// partition's state per batch, not per record). Ends only after `close`.
+    pub fn batches(&self) -> BoxStream<'_, Result<Vec<ConsumerRecord>>> {
+        futures::stream::unfold(
+            self,
+            |c| async move { c.next_batch().await.map(|r| (r, c)) },
+        )
+        .boxed()
+    }
+
     /// The next record; `None` once the consumer is closed.
     pub async fn next_record(&self) -> Option<Result<ConsumerRecord>> {
-        // Called once per record: no wait queue when nobody else reads.
-        let mut inbox = match self.inbox.try_lock() {
-            Ok(inbox) => inbox,
-            Err(_) => self.inbox.lock().await,
-        };
+        let mut inbox = self.inbox().await;
         loop {
             if let Some((tp, epoch, records)) = &mut inbox.pending {
                 // Checked per record: a seek, pause or revoke may come between two.
@@ -375,13 +405,48 @@ impl Consumer {
                 }
                 inbox.pending = None;
             }
-            match inbox.rx.recv().await {
-                None => return None,
-                Some(Err(e)) => return Some(Err(e)),
-                Some(Ok(Fetched { tp, epoch, records })) => {
-                    inbox.pending = Some((tp, epoch, records.into_iter()));
+            if let Err(end) = inbox.refill().await {
+                return end;
+            }
+        }
+    }
+
+    /// The next batch of records (see [`Consumer::batches`]); `None` once the
+    /// consumer is closed. Taking a batch moves its partition's position past
+    /// its last record, as taking each of its records would.
+    pub async fn next_batch(&self) -> Option<Result<Vec<ConsumerRecord>>> {
+        let mut inbox = self.inbox().await;
+        loop {
+            if let Some((tp, epoch, records)) = inbox.pending.take() {
+                let mut st = self.shared.state.lock();
+                // Stale after a seek, pause or revoke: dropped whole; records
+                // before the position (a batch may start before it): skipped.
+                if let Some(ps) = st.partitions.get_mut(&tp)
+                    && ps.epoch == epoch
+                    && !ps.paused
+                {
+                    let from = ps.position;
+                    let batch: Vec<ConsumerRecord> = records
+                        .filter(|r| from.is_none_or(|p| r.offset >= p))
+                        .collect();
+                    if let Some(last) = batch.last() {
+                        ps.position = Some(last.offset + 1);
+                        return Some(Ok(batch));
+                    }
                 }
             }
+            if let Err(end) = inbox.refill().await {
+                return end;
+            }
+        }
+    }
+
+    /// The inbox, taken without queueing when nobody else reads (it is
+    /// taken once per record by `next_record`).
+    async fn inbox(&self) -> tokio::sync::MutexGuard<'_, Inbox> {
+        match self.inbox.try_lock() {
+            Ok(inbox) => inbox,
+            Err(_) => self.inbox.lock().await,
         }
     }
 
