@@ -21,12 +21,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use futures::Stream;
 use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
 use http::header::{CONTENT_TYPE, HeaderValue, TE};
-use http_body::{Body, Frame};
+use http_body::Body;
 use prost::Message;
-use strata_proto::grpc_wire::{Reassembly, WireError, WireMessage, framed};
+use strata_proto::grpc_wire::{Reassembly, WireBody, WireError, WireMessage, framed};
 use tonic::{Code, Status};
 use tower::ServiceExt;
 
@@ -62,13 +62,10 @@ pub(crate) async fn bidi_streaming<S, Req, Resp>(
 ) -> Result<Responses<Resp>, Status>
 where
     S: Stream<Item = Req> + Send + Unpin + 'static,
-    Req: WireMessage,
+    Req: WireMessage + Send + 'static,
     Resp: Message + Default + Send + 'static,
 {
-    let body = tonic::body::Body::new(RequestBody {
-        messages: requests,
-        tail: None,
-    });
+    let body = tonic::body::Body::new(WireBody::request(requests.map(Ok)));
     call(transport, path, body, max_message_bytes).await
 }
 
@@ -108,38 +105,6 @@ where
         done: false,
         message: PhantomData::<fn() -> Resp>,
     }))
-}
-
-/// A stream of request messages as an HTTP/2 body: each message's frames.
-struct RequestBody<S> {
-    messages: S,
-    /// Bytes of the message whose first frame was just sent.
-    tail: Option<Bytes>,
-}
-
-impl<S> Body for RequestBody<S>
-where
-    S: Stream + Unpin,
-    S::Item: WireMessage,
-{
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        if let Some(tail) = self.tail.take() {
-            return Poll::Ready(Some(Ok(Frame::data(tail))));
-        }
-        Poll::Ready(
-            ready!(Pin::new(&mut self.messages).poll_next(cx)).map(|message| {
-                let (head, tail) = message.into_frames();
-                self.tail = tail;
-                Ok(Frame::data(head))
-            }),
-        )
-    }
 }
 
 /// A response body's messages, then its status if that is not OK.
@@ -248,8 +213,8 @@ where
 
 #[cfg(test)]
 mod tests {
-    use futures::StreamExt;
     use http::HeaderMap;
+    use http_body::Frame;
     use strata_proto::v1::FetchResponse;
 
     use super::*;

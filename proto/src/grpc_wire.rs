@@ -17,10 +17,16 @@
 //! 4-byte big-endian length, the protobuf message.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::Stream;
+use http::{HeaderMap, HeaderValue};
+use http_body::Frame;
 use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+use tonic::Status;
 
 use crate::v1::{FetchResponse, ProduceRequest, ProduceResponse};
 
@@ -108,6 +114,89 @@ impl WireMessage for ProduceRequest {
 impl WireMessage for ProduceResponse {
     fn into_frames(self) -> (Bytes, Option<Bytes>) {
         (framed(&self), None)
+    }
+}
+
+/// A stream of messages as an HTTP/2 body: each message's frames (see
+/// [`WireMessage`]). A response's body ends with its status in trailers
+/// (the stream's first error, or OK at its end); a request's body has no
+/// trailers, and an error in its stream resets the call.
+pub struct WireBody<S> {
+    messages: S,
+    /// Bytes of the message whose first frame was just sent.
+    tail: Option<Bytes>,
+    ends_with_status: bool,
+    done: bool,
+}
+
+impl<S> WireBody<S> {
+    /// The body of a call's requests.
+    pub fn request(messages: S) -> Self {
+        Self::new(messages, false)
+    }
+
+    /// The body of a call's responses, then its status.
+    pub fn response(messages: S) -> Self {
+        Self::new(messages, true)
+    }
+
+    fn new(messages: S, ends_with_status: bool) -> Self {
+        WireBody {
+            messages,
+            tail: None,
+            ends_with_status,
+            done: false,
+        }
+    }
+
+    /// The last frame: the trailers carrying `status`, if this body has them.
+    fn finish(&mut self, status: Status) -> Option<Result<Frame<Bytes>, Status>> {
+        self.done = true;
+        if !self.ends_with_status {
+            return (status.code() != tonic::Code::Ok).then_some(Err(status));
+        }
+        let mut trailers = HeaderMap::new();
+        if status.add_header(&mut trailers).is_err() {
+            trailers.insert(
+                "grpc-status",
+                HeaderValue::from(tonic::Code::Internal as i32),
+            );
+        }
+        Some(Ok(Frame::trailers(trailers)))
+    }
+}
+
+impl<S, M> http_body::Body for WireBody<S>
+where
+    S: Stream<Item = Result<M, Status>> + Unpin,
+    M: WireMessage,
+{
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        if let Some(tail) = self.tail.take() {
+            return Poll::Ready(Some(Ok(Frame::data(tail))));
+        }
+        if self.done {
+            return Poll::Ready(None);
+        }
+        Poll::Ready(match ready!(Pin::new(&mut self.messages).poll_next(cx)) {
+            Some(Ok(message)) => {
+                let (head, tail) = message.into_frames();
+                self.tail = tail;
+                Some(Ok(Frame::data(head)))
+            }
+            Some(Err(status)) => self.finish(status),
+            None => self.finish(Status::ok("")),
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.tail.is_none()
     }
 }
 
@@ -428,6 +517,60 @@ mod tests {
         let got: FetchResponse = received.next_message().unwrap().unwrap();
         assert_eq!(got, sent);
         assert_eq!(got.records.as_ptr(), frame.as_ptr(), "decoded in place");
+    }
+
+    /// Every frame `body` yields, in order.
+    fn frames<S>(mut body: WireBody<S>) -> Vec<Result<Frame<Bytes>, Status>>
+    where
+        WireBody<S>: http_body::Body<Data = Bytes, Error = Status> + Unpin,
+    {
+        use http_body::Body as _;
+        let mut out = Vec::new();
+        while let Some(frame) = futures::executor::block_on(std::future::poll_fn(|cx| {
+            Pin::new(&mut body).poll_frame(cx)
+        })) {
+            out.push(frame);
+        }
+        assert!(body.is_end_stream());
+        out
+    }
+
+    #[test]
+    fn a_response_body_ends_with_its_status_and_a_request_body_without() {
+        let sent = fetch_response(1 << 20);
+        let messages = |end: Option<Status>| {
+            futures::stream::iter(
+                [Ok(sent.clone())]
+                    .into_iter()
+                    .chain(end.map(Err))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let got = frames(WireBody::response(messages(None)));
+        assert_eq!(got.len(), 3, "head, records, trailers");
+        let trailers = got[2].as_ref().unwrap().trailers_ref().unwrap();
+        assert_eq!(trailers["grpc-status"], "0");
+
+        let got = frames(WireBody::response(messages(Some(Status::not_found(
+            "gone",
+        )))));
+        let trailers = got[2].as_ref().unwrap().trailers_ref().unwrap();
+        assert_eq!(trailers["grpc-status"], "5");
+        assert_eq!(trailers["grpc-message"], "gone");
+
+        let got = frames(WireBody::request(messages(None)));
+        assert_eq!(got.len(), 2, "head and records, no trailers");
+        let wire = joined((
+            got[0].as_ref().unwrap().data_ref().unwrap().clone(),
+            got[1].as_ref().unwrap().data_ref().cloned(),
+        ));
+        assert_eq!(FetchResponse::decode(&wire[PREFIX_BYTES..]).unwrap(), sent);
+
+        let got = frames(WireBody::request(messages(Some(Status::cancelled("x")))));
+        assert_eq!(
+            got.last().unwrap().as_ref().unwrap_err().code(),
+            tonic::Code::Cancelled
+        );
     }
 
     #[test]

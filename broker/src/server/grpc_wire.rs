@@ -10,13 +10,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use axum::body::Body;
-use axum::http::{self, HeaderMap, HeaderValue, header};
-use bytes::Bytes;
+use axum::http::{self, HeaderValue, header};
 use futures::Stream;
-use http_body::{Body as _, Frame};
+use http_body::Body as _;
 use prost::Message;
 pub use strata_proto::grpc_wire::{FETCH_PATH, PREFIX_BYTES, PRODUCE_STREAM_PATH, WireMessage};
-use strata_proto::grpc_wire::{Reassembly, WireError};
+use strata_proto::grpc_wire::{Reassembly, WireBody, WireError};
 use tonic::Status;
 
 use super::status::to_status;
@@ -28,75 +27,13 @@ where
     S: Stream<Item = Result<M, Status>> + Send + Unpin + 'static,
     M: WireMessage,
 {
-    let body = ResponseBody {
-        messages,
-        tail: None,
-        done: false,
-    };
+    let body = WireBody::response(messages);
     let mut response = http::Response::new(Body::new(body));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
     );
     response
-}
-
-/// A stream of messages as an HTTP/2 body: DATA frames, then the status in
-/// trailers.
-struct ResponseBody<S> {
-    messages: S,
-    /// Bytes of the message whose first frame was just sent.
-    tail: Option<Bytes>,
-    done: bool,
-}
-
-impl<S> ResponseBody<S> {
-    fn trailers(&mut self, status: &Status) -> Frame<Bytes> {
-        self.done = true;
-        let mut trailers = HeaderMap::new();
-        if status.add_header(&mut trailers).is_err() {
-            trailers.insert(
-                "grpc-status",
-                HeaderValue::from(tonic::Code::Internal as i32),
-            );
-        }
-        Frame::trailers(trailers)
-    }
-}
-
-impl<S, M> http_body::Body for ResponseBody<S>
-where
-    S: Stream<Item = Result<M, Status>> + Unpin,
-    M: WireMessage,
-{
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        if let Some(tail) = self.tail.take() {
-            return Poll::Ready(Some(Ok(Frame::data(tail))));
-        }
-        if self.done {
-            return Poll::Ready(None);
-        }
-        let frame = match ready!(Pin::new(&mut self.messages).poll_next(cx)) {
-            Some(Ok(message)) => {
-                let (head, tail) = message.into_frames();
-                self.tail = tail;
-                Frame::data(head)
-            }
-            Some(Err(status)) => self.trailers(&status),
-            None => self.trailers(&Status::ok("")),
-        };
-        Poll::Ready(Some(Ok(frame)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.done && self.tail.is_none()
-    }
 }
 
 /// The messages of a request body, decoded as they complete, each `bytes`
@@ -172,16 +109,17 @@ impl<M: Message + Default> Stream for MessageStream<M> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use futures::StreamExt;
     use strata_proto::grpc_wire::framed;
     use strata_proto::v1::ProduceRequest;
 
+    /// A produce request carrying a batch of `batch` bytes.
     fn request(batch: usize) -> ProduceRequest {
+        let batch = Bytes::from(vec![7u8; batch]);
         ProduceRequest {
-            topic: "orders".into(),
-            partition: 2,
-            batch: Bytes::from(vec![7u8; batch]),
-            acks: 1,
+            batch,
+            ..ProduceRequest::default()
         }
     }
 
