@@ -98,6 +98,10 @@ where
         };
     }
     let http_status = response.status();
+    // Not gRPC at all (a proxy's error page, say): its body is no message.
+    if http_status != http::StatusCode::OK {
+        return Err(missing_status(http_status));
+    }
     Ok(Box::pin(ResponseMessages {
         body: response.into_body(),
         http_status,
@@ -147,8 +151,8 @@ fn wire_status(error: &WireError) -> Status {
     }
 }
 
-/// The status of a response that ended without one, as gRPC's HTTP mapping
-/// infers it.
+/// The status of a response without one (not gRPC, or cut short), as
+/// gRPC's HTTP mapping infers it.
 fn missing_status(http_status: http::StatusCode) -> Status {
     let code = match http_status {
         http::StatusCode::BAD_REQUEST => Code::Internal,
@@ -164,7 +168,7 @@ fn missing_status(http_status: http::StatusCode) -> Status {
     Status::new(
         code,
         format!(
-            "the response ended without a gRPC status (HTTP {})",
+            "the response carries no gRPC status (HTTP {})",
             http_status.as_u16()
         ),
     )
