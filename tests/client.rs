@@ -165,6 +165,84 @@ async fn a_batch_whose_response_was_lost_is_retried_and_written_once() {
     );
 }
 
+/// A batch that reached the broker but whose every answer was lost fails
+/// for good at the delivery timeout, saying it may be written; it is in the
+/// log at most once (its retries carried the same stamps), and the records
+/// after it are written normally (the partition starts a new producer epoch
+/// rather than being refused as out of sequence).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_maybe_written_batch_that_times_out_is_written_at_most_once_and_later_records_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, upstream) = Proxy::start().await;
+    let node = Node::start_with(
+        &dir.path().join("n1"),
+        &["--advertised-data-addr", &proxy.addr.to_string()],
+    );
+    upstream.send(Some(node.data)).unwrap();
+    topic(&node, "m", 1).await;
+    let producer = Producer::builder(node.bootstrap())
+        .delivery_timeout(Duration::from_millis(2_000))
+        .request_timeout(Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    let first = producer.send(ProducerRecord::new("m", "first")).await;
+    assert_eq!(first.unwrap().offset, Some(0));
+
+    // The broker gets the batch; its answer is held back, then dropped, and
+    // the proxy goes down meanwhile, so no retry reaches the broker again.
+    proxy.drop_responses();
+    let requests = || {
+        metric(
+            &http_get(node.control, "/metrics").1,
+            "strata_produce_requests_total",
+        )
+    };
+    let before = requests().unwrap();
+    let sending = {
+        let producer = producer.clone();
+        tokio::spawn(async move { producer.send(ProducerRecord::new("m", "second")).await })
+    };
+    while requests().unwrap() < before + 1.0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    proxy.down();
+    let second = sending.await.unwrap();
+    match second {
+        Err(Error::Timeout { maybe_written, .. }) => {
+            assert!(maybe_written, "the batch reached the broker")
+        }
+        other => panic!("expected a delivery timeout, got {other:?}"),
+    }
+    proxy.heal();
+    let third = tokio::time::timeout(
+        Duration::from_secs(20),
+        producer.send(ProducerRecord::new("m", "third")),
+    )
+    .await
+    .expect("the next record is delivered")
+    .unwrap();
+    assert!(third.offset.unwrap() >= 1);
+
+    let count = third.offset.unwrap() as usize + 1;
+    let values: Vec<_> = read_all(&node, "m", count)
+        .await
+        .into_iter()
+        .map(|r| String::from_utf8(r.value.unwrap().to_vec()).unwrap())
+        .collect();
+    let expected: &[&[&str]] = &[&["first", "third"], &["first", "second", "third"]];
+    assert!(
+        expected.contains(
+            &values
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .as_slice()
+        ),
+        "each record at most once, in order: {values:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_broker_restart_mid_stream_loses_and_duplicates_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
