@@ -25,6 +25,19 @@ async fn topic(node: &Node, name: &str, partitions: u32) -> Admin {
     admin
 }
 
+/// A broker whose data port clients reach through a fault-injecting proxy
+/// (it advertises the proxy's address), with a one-partition `topic`.
+async fn node_behind_proxy(dir: &std::path::Path, topic_name: &str) -> (Node, Proxy) {
+    let (proxy, upstream) = Proxy::start().await;
+    let node = Node::start_with(
+        &dir.join("n1"),
+        &["--advertised-data-addr", &proxy.addr.to_string()],
+    );
+    upstream.send(Some(node.data)).unwrap();
+    topic(&node, topic_name, 1).await;
+    (node, proxy)
+}
+
 /// Reads `count` records from every partition of `topic`, from the start.
 async fn read_all(node: &Node, topic: &str, count: usize) -> Vec<strata_client::ConsumerRecord> {
     let consumer = Consumer::builder(node.bootstrap())
@@ -123,13 +136,7 @@ async fn records_of_32_concurrent_producers_arrive_exactly_once_in_key_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_whose_response_was_lost_is_retried_and_written_once() {
     let dir = tempfile::tempdir().unwrap();
-    let (proxy, upstream) = Proxy::start().await;
-    let node = Node::start_with(
-        &dir.path().join("n1"),
-        &["--advertised-data-addr", &proxy.addr.to_string()],
-    );
-    upstream.send(Some(node.data)).unwrap();
-    topic(&node, "r", 1).await;
+    let (node, proxy) = node_behind_proxy(dir.path(), "r").await;
     let producer = Producer::builder(node.bootstrap()).build().await.unwrap();
     assert_eq!(
         producer
@@ -173,13 +180,7 @@ async fn a_batch_whose_response_was_lost_is_retried_and_written_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_maybe_written_batch_that_times_out_is_written_at_most_once_and_later_records_go_on() {
     let dir = tempfile::tempdir().unwrap();
-    let (proxy, upstream) = Proxy::start().await;
-    let node = Node::start_with(
-        &dir.path().join("n1"),
-        &["--advertised-data-addr", &proxy.addr.to_string()],
-    );
-    upstream.send(Some(node.data)).unwrap();
-    topic(&node, "m", 1).await;
+    let (node, proxy) = node_behind_proxy(dir.path(), "m").await;
     let producer = Producer::builder(node.bootstrap())
         .delivery_timeout(Duration::from_millis(2_000))
         .request_timeout(Duration::from_millis(300))
@@ -297,13 +298,7 @@ async fn a_broker_restart_mid_stream_loses_and_duplicates_nothing_acknowledged()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_buffer_fails_with_buffer_full_after_max_block_and_nothing_is_dropped() {
     let dir = tempfile::tempdir().unwrap();
-    let (proxy, upstream) = Proxy::start().await;
-    let node = Node::start_with(
-        &dir.path().join("n1"),
-        &["--advertised-data-addr", &proxy.addr.to_string()],
-    );
-    upstream.send(Some(node.data)).unwrap();
-    topic(&node, "full", 1).await;
+    let (node, proxy) = node_behind_proxy(dir.path(), "full").await;
     let producer = Producer::builder(node.bootstrap())
         .buffer_memory(64 * 1024)
         .batch_size(16 * 1024)
