@@ -16,7 +16,6 @@
 //! answers the way tonic's would: a `Status` from the response's headers or
 //! trailers, or from the transport when the call could not be made.
 
-use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -26,7 +25,7 @@ use futures::{Stream, StreamExt};
 use http::header::{CONTENT_TYPE, HeaderValue, TE};
 use http_body::Body;
 use prost::Message;
-use strata_proto::grpc_wire::{Reassembly, WireBody, WireError, WireMessage, framed};
+use strata_proto::grpc_wire::{BodyEnd, BodyMessages, WireBody, WireError, WireMessage, framed};
 use tonic::{Code, Status};
 use tower::ServiceExt;
 
@@ -103,35 +102,32 @@ where
         return Err(missing_status(http_status));
     }
     Ok(Box::pin(ResponseMessages {
-        body: response.into_body(),
+        messages: BodyMessages::<_, Resp>::new(response.into_body(), max_message_bytes),
         http_status,
-        received: Reassembly::new(max_message_bytes),
-        done: false,
-        message: PhantomData::<fn() -> Resp>,
     }))
 }
 
 /// A response body's messages, then its status if that is not OK.
 struct ResponseMessages<B, M> {
-    body: B,
+    messages: BodyMessages<B, M>,
     http_status: http::StatusCode,
-    received: Reassembly,
-    done: bool,
-    message: PhantomData<fn() -> M>,
 }
 
 impl<B, M> ResponseMessages<B, M> {
-    /// The last item: the call's status from its trailers (`None` when there
-    /// are none), unless it is OK.
-    fn finish(&mut self, trailers: Option<&http::HeaderMap>) -> Option<Result<M, Status>> {
-        self.done = true;
+    /// The last item: the call's status from its trailers (as gRPC's HTTP
+    /// mapping infers it when there are none), unless it is OK.
+    fn finish(
+        &self,
+        trailers: Option<&http::HeaderMap>,
+        truncated: bool,
+    ) -> Option<Result<M, Status>> {
         let status = trailers
             .and_then(Status::from_header_map)
             .unwrap_or_else(|| missing_status(self.http_status));
         if status.code() != Code::Ok {
             return Some(Err(status));
         }
-        if self.received.buffered() > 0 {
+        if truncated {
             return Some(Err(Status::internal("the response ended inside a message")));
         }
         None
@@ -183,35 +179,16 @@ where
     type Item = Result<M, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        loop {
-            if self.done {
-                return Poll::Ready(None);
-            }
-            match self.received.next_message() {
-                Ok(Some(message)) => return Poll::Ready(Some(Ok(message))),
-                Ok(None) => {}
-                Err(e) => {
-                    self.done = true;
-                    return Poll::Ready(Some(Err(wire_status(&e))));
-                }
-            }
-            let frame = match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
-                Some(Ok(frame)) => frame,
-                Some(Err(e)) => {
-                    self.done = true;
-                    return Poll::Ready(Some(Err(Status::from_error(e.into()))));
-                }
-                None => return Poll::Ready(self.finish(None)),
-            };
-            match frame.into_data() {
-                Ok(data) => self.received.push(data),
-                Err(frame) => {
-                    if let Ok(trailers) = frame.into_trailers() {
-                        return Poll::Ready(self.finish(Some(&trailers)));
-                    }
-                }
-            }
-        }
+        Poll::Ready(match ready!(Pin::new(&mut self.messages).poll_next(cx)) {
+            Some(Ok(message)) => Some(Ok(message)),
+            None => None,
+            Some(Err(BodyEnd::Ended {
+                trailers,
+                truncated,
+            })) => self.finish(trailers.as_ref(), truncated),
+            Some(Err(BodyEnd::Wire(e))) => Some(Err(wire_status(&e))),
+            Some(Err(BodyEnd::Broken(e))) => Some(Err(Status::from_error(e))),
+        })
     }
 }
 
@@ -242,11 +219,8 @@ mod tests {
             frames.into_iter().map(Ok::<_, std::convert::Infallible>),
         ));
         ResponseMessages {
-            body,
+            messages: BodyMessages::<_, FetchResponse>::new(body, 1 << 20),
             http_status,
-            received: Reassembly::new(1 << 20),
-            done: false,
-            message: PhantomData::<fn() -> FetchResponse>,
         }
         .collect()
         .await

@@ -17,6 +17,7 @@
 //! 4-byte big-endian length, the protobuf message.
 
 use std::collections::VecDeque;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -298,6 +299,91 @@ impl Reassembly {
             taken.push(self.chunks.pop_front().expect("the front chunk"));
         }
         taken
+    }
+}
+
+/// How a body's messages ended: the last item of [`BodyMessages`].
+#[derive(Debug)]
+pub enum BodyEnd {
+    /// The body ended, with its trailers if it had any; `truncated` if it
+    /// ended inside a message.
+    Ended {
+        trailers: Option<HeaderMap>,
+        truncated: bool,
+    },
+    /// Received bytes that are not a message.
+    Wire(WireError),
+    /// The body itself failed: the stream or connection broke.
+    Broken(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// The messages of an HTTP/2 body, decoded as they complete (see
+/// [`Reassembly`]), then how the body ended, as one `Err` item, always the
+/// last. Each side of a call says what an ending means to it: the broker
+/// reading requests, the client reading responses and their status.
+pub struct BodyMessages<B, M> {
+    body: B,
+    received: Reassembly,
+    done: bool,
+    message: PhantomData<fn() -> M>,
+}
+
+impl<B, M> BodyMessages<B, M> {
+    pub fn new(body: B, max_message_bytes: usize) -> Self {
+        BodyMessages {
+            body,
+            received: Reassembly::new(max_message_bytes),
+            done: false,
+            message: PhantomData,
+        }
+    }
+
+    fn end(&mut self, end: BodyEnd) -> Poll<Option<Result<M, BodyEnd>>> {
+        self.done = true;
+        self.received.clear();
+        Poll::Ready(Some(Err(end)))
+    }
+
+    fn ended(&mut self, trailers: Option<HeaderMap>) -> Poll<Option<Result<M, BodyEnd>>> {
+        let truncated = self.received.buffered() > 0;
+        self.end(BodyEnd::Ended {
+            trailers,
+            truncated,
+        })
+    }
+}
+
+impl<B, M> Stream for BodyMessages<B, M>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    M: Message + Default,
+{
+    type Item = Result<M, BodyEnd>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if self.done {
+                return Poll::Ready(None);
+            }
+            match self.received.next_message() {
+                Ok(Some(message)) => return Poll::Ready(Some(Ok(message))),
+                Ok(None) => {}
+                Err(e) => return self.end(BodyEnd::Wire(e)),
+            }
+            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => self.received.push(data),
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            return self.ended(Some(trailers));
+                        }
+                    }
+                },
+                Some(Err(e)) => return self.end(BodyEnd::Broken(e.into())),
+                None => return self.ended(None),
+            }
+        }
     }
 }
 

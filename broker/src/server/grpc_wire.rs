@@ -5,17 +5,15 @@
 //! bulk bytes go to h2 as a frame of their own, which h2 writes to the socket
 //! from where they are. The status follows in trailers, as in any gRPC call.
 
-use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use axum::body::Body;
 use axum::http::{self, HeaderValue, header};
 use futures::Stream;
-use http_body::Body as _;
 use prost::Message;
+use strata_proto::grpc_wire::{BodyEnd, BodyMessages, WireBody, WireError};
 pub use strata_proto::grpc_wire::{FETCH_PATH, PREFIX_BYTES, PRODUCE_STREAM_PATH, WireMessage};
-use strata_proto::grpc_wire::{Reassembly, WireBody, WireError};
 use tonic::Status;
 
 use super::status::to_status;
@@ -39,27 +37,14 @@ where
 /// The messages of a request body, decoded as they complete, each `bytes`
 /// field a slice of the frame it arrived in where it lies within one.
 pub struct MessageStream<M> {
-    body: Body,
-    received: Reassembly,
-    ended: bool,
-    message: PhantomData<fn() -> M>,
+    messages: BodyMessages<Body, M>,
 }
 
 impl<M: Message + Default> MessageStream<M> {
     pub fn new(body: Body, max_message_bytes: usize) -> Self {
         MessageStream {
-            body,
-            received: Reassembly::new(max_message_bytes),
-            ended: false,
-            message: PhantomData,
+            messages: BodyMessages::new(body, max_message_bytes),
         }
-    }
-
-    /// Ends the stream with `status`: nothing after it is decoded.
-    fn fail(&mut self, status: Status) -> Poll<Option<Result<M, Status>>> {
-        self.ended = true;
-        self.received.clear();
-        Poll::Ready(Some(Err(status)))
     }
 }
 
@@ -76,33 +61,23 @@ impl<M: Message + Default> Stream for MessageStream<M> {
     type Item = Result<M, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        loop {
-            match self.received.next_message() {
-                Ok(Some(message)) => return Poll::Ready(Some(Ok(message))),
-                Ok(None) => {}
-                Err(error) => return self.fail(wire_status(error)),
-            }
-            if self.ended {
-                if self.received.buffered() > 0 {
-                    return self.fail(to_status(&Error::InvalidArgument(
-                        "the request ended inside a message".into(),
-                    )));
-                }
-                return Poll::Ready(None);
-            }
-            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
-                Some(Ok(frame)) => {
-                    // Request trailers carry nothing gRPC uses.
-                    if let Ok(data) = frame.into_data() {
-                        self.received.push(data);
-                    }
-                }
-                Some(Err(e)) => {
-                    return self.fail(Status::cancelled(format!("the request stream broke: {e}")));
-                }
-                None => self.ended = true,
-            }
-        }
+        Poll::Ready(match ready!(Pin::new(&mut self.messages).poll_next(cx)) {
+            Some(Ok(message)) => Some(Ok(message)),
+            // Request trailers carry nothing gRPC uses.
+            None
+            | Some(Err(BodyEnd::Ended {
+                truncated: false, ..
+            })) => None,
+            Some(Err(BodyEnd::Ended {
+                truncated: true, ..
+            })) => Some(Err(to_status(&Error::InvalidArgument(
+                "the request ended inside a message".into(),
+            )))),
+            Some(Err(BodyEnd::Wire(error))) => Some(Err(wire_status(error))),
+            Some(Err(BodyEnd::Broken(e))) => Some(Err(Status::cancelled(format!(
+                "the request stream broke: {e}"
+            )))),
+        })
     }
 }
 
