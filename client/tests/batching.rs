@@ -2,7 +2,8 @@
 //! fill one partition's batch at a time, a full batch goes at once instead
 //! of waiting for its linger time, and keyless records move to another
 //! partition after a batch size of them even when linger sends them in
-//! smaller batches.
+//! smaller batches. A partition with nothing in flight sends its batch
+//! without lingering, unless the producer is told to linger even then.
 
 use std::time::Duration;
 
@@ -33,8 +34,22 @@ fn batch_size() -> usize {
 }
 
 /// A broker with a 4-partition topic, and a producer of `batch_size()`
-/// batches and the given linger time. Keep the directory while they run.
+/// batches that lingers the given time even with nothing in flight (so what
+/// the tests see is cut by size and linger alone). Keep the directory while
+/// they run.
 async fn setup(linger: Duration) -> (tempfile::TempDir, Broker, Producer) {
+    let (dir, broker) = broker().await;
+    let producer = Producer::builder(&broker)
+        .batch_size(batch_size())
+        .linger(linger)
+        .linger_when_idle(true)
+        .build()
+        .await
+        .unwrap();
+    (dir, broker, producer)
+}
+
+async fn broker() -> (tempfile::TempDir, Broker) {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::open(BrokerConfig::with_data_dir(dir.path()))
         .await
@@ -45,13 +60,7 @@ async fn setup(linger: Duration) -> (tempfile::TempDir, Broker, Producer) {
         .create_topic("spread", NewTopic::new(4))
         .await
         .unwrap();
-    let producer = Producer::builder(&broker)
-        .batch_size(batch_size())
-        .linger(linger)
-        .build()
-        .await
-        .unwrap();
-    (dir, broker, producer)
+    (dir, broker)
 }
 
 async fn stop(producer: Producer, broker: Broker) {
@@ -155,4 +164,46 @@ async fn a_larger_keyless_record_starts_a_batch_that_keyless_records_go_on_filli
         "the larger record starts the next batch of the same partition"
     );
     stop(producer, broker).await;
+}
+
+#[tokio::test]
+async fn a_partition_with_nothing_in_flight_sends_at_once_unless_told_to_linger() {
+    let (_dir, broker) = broker().await;
+    // By default: a record whose partition has nothing in flight goes at
+    // once, far within its linger time.
+    let eager = Producer::builder(&broker)
+        .linger(LINGER)
+        .build()
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        tokio::time::timeout(WAIT, eager.send(record()))
+            .await
+            .expect("sent without lingering: nothing was in flight")
+            .unwrap();
+    }
+    eager.close().await.unwrap();
+    // Told to linger even then, it waits (here, for a flush).
+    let patient = Producer::builder(&broker)
+        .linger(LINGER)
+        .linger_when_idle(true)
+        .build()
+        .await
+        .unwrap();
+    let delivery = patient.enqueue(record()).await.unwrap();
+    let mut delivery = std::pin::pin!(delivery);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), &mut delivery)
+            .await
+            .is_err(),
+        "a producer told to linger sent a lone record before its linger time"
+    );
+    patient.flush().await;
+    let meta = tokio::time::timeout(WAIT, delivery)
+        .await
+        .expect("flushed")
+        .unwrap();
+    assert!(meta.offset.is_some(), "written: {meta:?}");
+    patient.close().await.unwrap();
+    broker.shutdown().await.unwrap();
 }

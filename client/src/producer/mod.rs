@@ -51,7 +51,8 @@ use crate::record::{ProducerRecord, RecordMetadata, now_ms};
 pub use delivery::Delivery;
 use partition_queue::PartitionQueue;
 
-/// How long a batch waits for more records before it is sent.
+/// How long a batch waits for more records before it is sent, while its
+/// partition has a batch in flight.
 pub const LINGER_MS: u64 = 5;
 
 /// A batch is sent once it holds this many bytes.
@@ -106,6 +107,7 @@ pub(crate) struct ProducerConfig {
     acks: Acks,
     idempotent: bool,
     max_in_flight: usize,
+    linger_when_idle: bool,
 }
 
 impl Default for ProducerConfig {
@@ -120,6 +122,7 @@ impl Default for ProducerConfig {
             acks: Acks::All,
             idempotent: true,
             max_in_flight: MAX_IN_FLIGHT_BATCHES,
+            linger_when_idle: false,
         }
     }
 }
@@ -132,9 +135,24 @@ pub struct ProducerBuilder {
 }
 
 impl ProducerBuilder {
-    /// How long a batch waits for more records (default 5 ms).
+    /// How long a batch waits for more records while its partition has a
+    /// batch in flight (default 5 ms).
+    ///
+    /// A partition with nothing in flight sends its batch at once: waiting
+    /// would only leave the connection idle, and the records that arrive
+    /// while the batch is out form the next one. Batches so grow with the
+    /// load by themselves, to about the record rate times the round trip,
+    /// and a producer under light load adds no delay of its own. See
+    /// [`linger_when_idle`](Self::linger_when_idle) to always wait.
     pub fn linger(mut self, linger: Duration) -> Self {
         self.config.linger = linger;
+        self
+    }
+    /// Whether a batch waits for its linger time even when its partition has
+    /// nothing in flight (default no). Yes is Kafka's `linger.ms`: fewer,
+    /// larger requests under light load, for that much more latency.
+    pub fn linger_when_idle(mut self, wait: bool) -> Self {
+        self.config.linger_when_idle = wait;
         self
     }
     /// Bytes at which a batch is sent without waiting (default 1 MiB, at most 4 MiB).

@@ -3,8 +3,9 @@
 //!
 //! A batch is sealed when it is full (another record like its last would not
 //! fit the batch size), when a record does not fit, when its linger time has
-//! passed, or on flush; sealing assigns its producer epoch and first sequence
-//! number. Batches are sent in order on one produce stream to the partition's
+//! passed, when the partition has nothing in flight (unless the producer
+//! lingers even then), or on flush; sealing assigns its producer epoch and
+//! first sequence number. Batches are sent in order on one produce stream to the partition's
 //! leader, up to `max_in_flight` of them before the first is answered (the
 //! broker writes and answers a stream's batches in the order sent), so the
 //! next batch crosses the wire while the broker fsyncs the previous one.
@@ -26,7 +27,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -337,8 +338,12 @@ impl PartitionQueue {
     }
 
     /// Takes the next batch to send, waiting for one to be sealed (by size,
-    /// linger, flush or close). `None` once closed and empty.
-    async fn next_batch(&self, linger: Duration) -> Option<SealedBatch> {
+    /// linger, flush or close; at once if `idle`: nothing of the partition's
+    /// is in flight and the producer does not linger then). `None` once
+    /// closed and empty.
+    async fn next_batch(&self, config: &ProducerConfig, idle: bool) -> Option<SealedBatch> {
+        let linger = config.linger;
+        let idle = idle && !config.linger_when_idle;
         loop {
             let wake = self.wake.notified();
             let deadline = {
@@ -348,7 +353,10 @@ impl PartitionQueue {
                 }
                 match &st.open {
                     Some(open)
-                        if st.flush_requested || st.closed || open.created.elapsed() >= linger =>
+                        if st.flush_requested
+                            || st.closed
+                            || idle
+                            || open.created.elapsed() >= linger =>
                     {
                         self.seal(&mut st);
                         continue;
@@ -396,7 +404,7 @@ impl PartitionQueue {
             }
             // One batch alone, retried until it is answered: after a broken
             // stream, the first batch the stream left unanswered.
-            let Some(mut batch) = self.next_batch(config.linger).await else {
+            let Some(mut batch) = self.next_batch(&config, true).await else {
                 return;
             };
             let result = self.deliver(&conn, &config, &mut batch).await;
@@ -437,7 +445,7 @@ impl PartitionQueue {
     /// come in order). Returns once closed and answered, or at the first
     /// failure, leaving what is unanswered to [`PartitionQueue::deliver`].
     async fn pipeline(&self, conn: &Connection, config: &ProducerConfig) -> PipelineEnd {
-        let Some(first) = self.next_batch(config.linger).await else {
+        let Some(first) = self.next_batch(config, true).await else {
             return PipelineEnd::Closed;
         };
         let transport = match conn.leader_transport(&self.topic, self.partition).await {
@@ -513,7 +521,7 @@ impl PartitionQueue {
                     Ok(None) => return Some(Status::unavailable("the broker ended the produce stream")),
                     Err(status) => return Some(status),
                 },
-                batch = self.next_batch(config.linger), if !closing && in_flight.len() < config.max_in_flight => {
+                batch = self.next_batch(config, in_flight.is_empty()), if !closing && in_flight.len() < config.max_in_flight => {
                     match batch {
                         Some(batch) => {
                             let request = self.request(&batch, config);

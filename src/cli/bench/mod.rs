@@ -90,6 +90,10 @@ pub struct BenchArgs {
     /// Producer linger in milliseconds (default: the client's, 5 ms).
     #[arg(long)]
     linger_ms: Option<u64>,
+    /// Linger even when a partition has nothing in flight (Kafka's
+    /// `linger.ms`; by default such a batch goes at once).
+    #[arg(long)]
+    linger_when_idle: bool,
     /// Batches a producer keeps in flight per partition (default: the
     /// client's, 5; 1 waits for each answer before the next batch).
     #[arg(long)]

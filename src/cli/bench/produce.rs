@@ -66,6 +66,9 @@ pub fn describe(args: &BenchArgs, report: &mut Report) {
     if let Some(batches) = args.max_in_flight {
         report.detail("max_in_flight", batches as u64);
     }
+    if args.linger_when_idle {
+        report.detail("linger_when_idle", "yes");
+    }
 }
 
 /// Runs all producers to completion.
@@ -85,6 +88,7 @@ pub async fn send_all(args: &BenchArgs, bar: ProgressBar) -> CliResult<Sent> {
         if let Some(ms) = args.linger_ms {
             builder = builder.linger(Duration::from_millis(ms));
         }
+        builder = builder.linger_when_idle(args.linger_when_idle);
         if let Some(batches) = args.max_in_flight {
             builder = builder.max_in_flight(batches);
         }
