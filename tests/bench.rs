@@ -62,6 +62,12 @@ fn every_bench_mode_runs_and_reports_the_json_contract() {
     assert_eq!(produced["messages"], 3000);
     assert_eq!(produced["bytes"], 600_000);
     assert!(produced["p50_ms"].as_f64().unwrap() > 0.0);
+    // The producers' own account of how they batched.
+    let per_batch = produced["batch_records_mean"].as_f64().unwrap();
+    assert!((1.0..=3000.0).contains(&per_batch), "{produced}");
+    assert!(produced["request_ms_mean"].as_f64().unwrap() > 0.0);
+    assert!(produced["batch_queue_ms_mean"].as_f64().unwrap() >= 0.0);
+    assert_eq!(produced["retries"], 0);
 
     let consumed = bench_json(&b, &["consume", "--topic", "bt", "--messages", "3000"]);
     assert_eq!(consumed["messages"], 3000);

@@ -242,6 +242,11 @@ async fn a_maybe_written_batch_that_times_out_is_written_at_most_once_and_later_
         ),
         "each record at most once, in order: {values:?}"
     );
+    // The producer's own account agrees: two records acknowledged, one
+    // failed, and the failed one was sent more than once.
+    let m = producer.metrics();
+    assert_eq!((m.records_acked, m.records_failed), (2, 1), "{m:?}");
+    assert!(m.retries >= 1, "the lost batch was retried: {m:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

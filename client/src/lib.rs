@@ -55,6 +55,6 @@ mod wire_call;
 pub use admin::{Admin, NewTopic, OffsetQuery};
 pub use consumer::{Consumer, ConsumerBuilder, OffsetReset, StartFrom};
 pub use error::{Error, GroupError, Result};
-pub use producer::{Acks, Delivery, Producer, ProducerBuilder};
+pub use producer::{Acks, Delivery, Producer, ProducerBuilder, ProducerMetrics};
 pub use record::{ConsumerRecord, ProducerRecord, RecordHeader, RecordMetadata, TopicPartition};
 pub use strata_proto::target::{Credentials, LocalConnector, Target};

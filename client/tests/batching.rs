@@ -99,6 +99,21 @@ async fn keyless_records_fill_whole_batches_which_go_without_lingering() {
         runs.iter().all(|run| run % RECORDS_PER_BATCH == 0),
         "keyless records switch partitions only between full batches: {runs:?}"
     );
+    // The producer's metrics count the same batches: all full, none retried.
+    let m = producer.metrics();
+    assert_eq!(
+        (m.records_acked, m.batches_sent, m.batches_acked, m.retries),
+        (
+            (RECORDS_PER_BATCH * BATCHES) as u64,
+            BATCHES as u64,
+            BATCHES as u64,
+            0
+        ),
+        "{m:?}"
+    );
+    assert_eq!(m.mean_batch_records(), RECORDS_PER_BATCH as f64);
+    assert!(m.bytes_acked > (RECORDS_PER_BATCH * BATCHES * VALUE_BYTES) as u64);
+    assert!(m.request_latency > Duration::ZERO && m.queue_time > Duration::ZERO);
     stop(producer, broker).await;
 }
 

@@ -27,8 +27,13 @@
 //!
 //! Memory is bounded by `buffer_memory`: a record that does not fit waits up
 //! to `max_block` for room, then fails with [`Error::BufferFull`].
+//!
+//! [`Producer::metrics`] tells how it is going: records acknowledged and
+//! failed, records per batch, how long batches waited before going, how long
+//! the broker took to answer, and retries.
 
 mod delivery;
+mod metrics;
 mod partition_queue;
 
 use std::collections::HashMap;
@@ -49,6 +54,8 @@ use crate::error::{Error, Result};
 use crate::partitioner::partition_for_key;
 use crate::record::{ProducerRecord, RecordMetadata, now_ms};
 pub use delivery::Delivery;
+use metrics::Counters;
+pub use metrics::ProducerMetrics;
 use partition_queue::PartitionQueue;
 
 /// How long a batch waits for more records before it is sent, while its
@@ -240,6 +247,7 @@ impl ProducerBuilder {
                 epoch,
                 queues: Mutex::new(HashMap::new()),
                 closed: std::sync::atomic::AtomicBool::new(false),
+                counters: Arc::default(),
             }),
         })
     }
@@ -309,6 +317,7 @@ struct Inner {
     buffer: Arc<Semaphore>,
     queues: Mutex<Queues>,
     closed: std::sync::atomic::AtomicBool,
+    counters: Arc<Counters>,
 }
 
 impl Drop for Inner {
@@ -360,6 +369,12 @@ impl Producer {
             target: target.into(),
             config: ProducerConfig::default(),
         }
+    }
+
+    /// What this producer has done so far: records and batches acknowledged
+    /// and failed, batch sizes, queue time, request latency, retries.
+    pub fn metrics(&self) -> ProducerMetrics {
+        self.inner.counters.snapshot()
     }
 
     /// The producer id the broker assigned (0 if not idempotent).
@@ -462,6 +477,7 @@ impl Producer {
             self.inner.epoch,
             self.inner.buffer.clone(),
             entry.sticky.clone(),
+            self.inner.counters.clone(),
         );
         tokio::spawn(
             q.clone()

@@ -39,6 +39,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use super::delivery::{Delivery, Resolver};
+use super::metrics::Counters;
 use super::{Acks, MOVED_ON, ProducerConfig};
 use crate::connection::{Connection, MAX_RESPONSE_BYTES};
 use crate::error::{Error, Result};
@@ -72,6 +73,8 @@ struct SealedBatch {
     _reserved: Reserved,
     created: Instant,
     records: u32,
+    /// Times sent so far (for the producer's metrics).
+    sends: u32,
     /// Sent on a stream that failed before answering it: the broker may have
     /// written it.
     maybe_written: bool,
@@ -120,6 +123,8 @@ pub(crate) struct PartitionQueue {
     buffer: Arc<Semaphore>,
     /// The topic's sticky partition for keyless records (see `TopicQueues`).
     sticky: Arc<AtomicU32>,
+    /// The producer's metrics.
+    counters: Arc<Counters>,
 }
 
 /// The least a new batch allocates (it grows by doubling from there).
@@ -133,6 +138,7 @@ impl PartitionQueue {
         epoch: u16,
         buffer: Arc<Semaphore>,
         sticky: Arc<AtomicU32>,
+        counters: Arc<Counters>,
     ) -> Arc<Self> {
         Arc::new(PartitionQueue {
             topic,
@@ -140,6 +146,7 @@ impl PartitionQueue {
             producer_id,
             buffer,
             sticky,
+            counters,
             state: Mutex::new(State {
                 epoch,
                 ..State::default()
@@ -288,6 +295,7 @@ impl PartitionQueue {
             },
             created: open.created,
             records,
+            sends: 0,
             maybe_written: false,
         });
     }
@@ -382,10 +390,21 @@ impl PartitionQueue {
     }
 
     fn resolve(&self, batch: SealedBatch, result: Result<Option<u64>>) {
+        if result.is_err() {
+            self.counters.failed(batch.records);
+        }
         // Callers may have dropped their deliveries; that is their choice.
         batch.outcome.resolve(result);
         self.state.lock().resolved += u64::from(batch.records);
         self.progress.notify_waiters();
+    }
+
+    /// Counts a send of `batch` in the producer's metrics: its first, with
+    /// how long it waited, or a retry.
+    fn count_send(&self, batch: &mut SealedBatch) {
+        let first = (batch.sends == 0).then(|| batch.created.elapsed());
+        batch.sends += 1;
+        self.counters.sent(first);
     }
 
     /// The partition's sender: sends sealed batches in order until closed.
@@ -445,7 +464,7 @@ impl PartitionQueue {
     /// come in order). Returns once closed and answered, or at the first
     /// failure, leaving what is unanswered to [`PartitionQueue::deliver`].
     async fn pipeline(&self, conn: &Connection, config: &ProducerConfig) -> PipelineEnd {
-        let Some(first) = self.next_batch(config, true).await else {
+        let Some(mut first) = self.next_batch(config, true).await else {
             return PipelineEnd::Closed;
         };
         let transport = match conn.leader_transport(&self.topic, self.partition).await {
@@ -457,6 +476,7 @@ impl PartitionQueue {
             }
         };
         let (requests, rx) = mpsc::channel(config.max_in_flight);
+        self.count_send(&mut first);
         requests
             .try_send(self.request(&first, config))
             .expect("an empty channel has room");
@@ -512,9 +532,10 @@ impl PartitionQueue {
                 },
                 answer = next_answer(&mut answers) => match answer {
                     Ok(Some(answer)) => {
-                        let Some((batch, _)) = in_flight.pop_front() else {
+                        let Some((batch, sent)) = in_flight.pop_front() else {
                             return Some(Status::internal("an answer to no request on a produce stream"));
                         };
+                        self.counters.acked(batch.records, batch.payload.len(), sent.elapsed());
                         let base = (config.acks != Acks::None).then_some(answer.base_offset);
                         self.resolve(batch, Ok(base));
                     }
@@ -523,7 +544,8 @@ impl PartitionQueue {
                 },
                 batch = self.next_batch(config, in_flight.is_empty()), if !closing && in_flight.len() < config.max_in_flight => {
                     match batch {
-                        Some(batch) => {
+                        Some(mut batch) => {
+                            self.count_send(&mut batch);
                             let request = self.request(&batch, config);
                             in_flight.push_back((batch, Instant::now()));
                             // Never full: at most `max_in_flight` unanswered.
@@ -561,6 +583,7 @@ impl PartitionQueue {
                 .min(deadline.saturating_duration_since(now));
             let mut request = tonic::Request::new(self.request(batch, config));
             request.set_timeout(request_timeout);
+            self.count_send(batch);
             // A failure here also tells the connection where the leader went
             // (a hint, or a refresh before the next attempt).
             let attempt = conn.leader_call(&self.topic, self.partition, |mut client| async move {
@@ -568,6 +591,8 @@ impl PartitionQueue {
             });
             let error = match attempt.await {
                 Ok(response) => {
+                    self.counters
+                        .acked(batch.records, batch.payload.len(), now.elapsed());
                     let base = response.into_inner().base_offset;
                     return Ok((config.acks != Acks::None).then_some(base));
                 }
@@ -592,6 +617,7 @@ impl PartitionQueue {
                     },
                     created: batch.created,
                     records: batch.records,
+                    sends: 0,
                     maybe_written: false,
                 });
                 for b in st.sealed.iter_mut() {

@@ -70,6 +70,7 @@ pub async fn run(args: &BenchArgs) -> CliResult<Report> {
     report.elapsed = read.elapsed;
     report.latency = read.latency;
     produce::describe(args, &mut report);
+    produce::batching(&sent.metrics, &mut report);
     report.detail("consumers", args.consumers as u64);
     report.detail("verified", true);
     Ok(report)

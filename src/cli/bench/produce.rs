@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
-use strata_client::{Acks, Delivery, Producer, ProducerRecord};
+use strata_client::{Acks, Delivery, Producer, ProducerMetrics, ProducerRecord};
 use tokio::sync::mpsc;
 
 use super::payload::Payloads;
@@ -27,6 +27,8 @@ pub struct Sent {
     pub latency: Histogram<u64>,
     pub elapsed: Duration,
     pub failures: Vec<String>,
+    /// The producers' own counters, summed.
+    pub metrics: ProducerMetrics,
 }
 
 pub async fn run(args: &BenchArgs) -> CliResult<Report> {
@@ -45,6 +47,7 @@ pub async fn run(args: &BenchArgs) -> CliResult<Report> {
     report.elapsed = sent.elapsed;
     report.latency = sent.latency;
     describe(args, &mut report);
+    batching(&sent.metrics, &mut report);
     Ok(report)
 }
 
@@ -69,6 +72,19 @@ pub fn describe(args: &BenchArgs, report: &mut Report) {
     if args.linger_when_idle {
         report.detail("linger_when_idle", "yes");
     }
+}
+
+/// How the producers batched: records per batch, how long a batch waited
+/// before it went, how long the broker took to answer, and retries.
+pub fn batching(m: &ProducerMetrics, report: &mut Report) {
+    let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+    report.detail(
+        "batch_records_mean",
+        (m.mean_batch_records() * 10.0).round() / 10.0,
+    );
+    report.detail("batch_queue_ms_mean", ms(m.mean_queue_time()));
+    report.detail("request_ms_mean", ms(m.mean_request_latency()));
+    report.detail("retries", m.retries);
 }
 
 /// Runs all producers to completion.
@@ -120,15 +136,17 @@ pub async fn send_all(args: &BenchArgs, bar: ProgressBar) -> CliResult<Sent> {
         latency: histogram(),
         elapsed: Duration::ZERO,
         failures: Vec::new(),
+        metrics: ProducerMetrics::default(),
     };
     for t in tasks {
-        let (messages, latency, failures) = t
+        let (messages, latency, failures, metrics) = t
             .await
             .map_err(|e| CliError(format!("producer task failed: {e}")))?;
         sent.messages += messages;
         sent.bytes += messages * args.size as u64;
         sent.latency.add(&latency).expect("same bounds");
         sent.failures.extend(failures);
+        sent.metrics += metrics;
     }
     sent.elapsed = started.elapsed();
     Ok(sent)
@@ -146,7 +164,7 @@ struct Job {
 }
 
 impl Job {
-    async fn run(self, bar: ProgressBar) -> (u64, Histogram<u64>, Vec<String>) {
+    async fn run(self, bar: ProgressBar) -> (u64, Histogram<u64>, Vec<String>, ProducerMetrics) {
         let (tx, mut rx) = mpsc::channel::<(Delivery, Instant)>(PENDING_DELIVERIES);
         let collector = tokio::spawn(async move {
             let mut latency = histogram();
@@ -207,6 +225,6 @@ impl Job {
             failures.push(e.to_string());
         }
         failures.extend(enqueue_failures);
-        (acked, latency, failures)
+        (acked, latency, failures, self.producer.metrics())
     }
 }
