@@ -224,6 +224,7 @@ async fn fetch(
             conn.leader_failed(&tp.topic, tp.partition, &error);
             return Restart::Failed(Some(error));
         }
+        shared.note_high_watermark(&tp, response.high_watermark);
         if response.records.is_empty() {
             continue;
         }

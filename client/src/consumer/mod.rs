@@ -231,6 +231,8 @@ pub(crate) struct PartitionState {
     epoch: u64,
     /// Position last committed (to skip redundant auto-commits).
     committed: Option<u64>,
+    /// The partition's high watermark in the last fetch response (for `lag`).
+    high_watermark: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -273,6 +275,13 @@ impl Shared {
             .collect();
         self.bump(&mut st);
         out
+    }
+
+    /// Keeps the high watermark a fetch response of `tp` carried.
+    fn note_high_watermark(&self, tp: &TopicPartition, high_watermark: u64) {
+        if let Some(p) = self.state.lock().partitions.get_mut(tp) {
+            p.high_watermark = Some(high_watermark);
+        }
     }
 
     fn owned(&self) -> Vec<TopicPartition> {
@@ -463,6 +472,19 @@ impl Consumer {
             .partitions
             .get(tp)
             .and_then(|p| p.position)
+    }
+
+    /// How many records of `tp` lie past this consumer's position: the
+    /// partition's high watermark, as the last fetch response gave it, minus
+    /// the position (records fetched but not yet handed out count too). Like
+    /// Kafka's `currentLag`; `None` for a partition not assigned to this
+    /// consumer, or before its first fetch response. The fetch stream
+    /// long-polls at the high watermark, so a consumer that keeps up sees
+    /// `Some(0)` soon after each write.
+    pub fn lag(&self, tp: &TopicPartition) -> Option<u64> {
+        let st = self.shared.state.lock();
+        let p = st.partitions.get(tp)?;
+        Some(p.high_watermark?.saturating_sub(p.position?))
     }
 
     /// Continues `tp` from `offset`.
