@@ -1,11 +1,12 @@
 //! What a producer has done, for its user to read: how many records and
 //! batches were acknowledged or failed, how large batches came out, how long
 //! they waited before going and how long the broker took to answer, and how
-//! often a batch was sent again. These are the numbers Kafka's producer
-//! reports as `record-send-total`, `record-error-total`, `batch-size-avg`,
-//! `record-queue-time-avg`, `request-latency-avg` and `record-retry-total`,
-//! and the first ones to read when latency or throughput is not what it
-//! should be.
+//! often a batch was sent again. Kafka's producer reports much the same as
+//! `record-error-total`, `record-queue-time-avg`, `request-latency-avg` and
+//! `record-retry-total` (its `record-send-total` counts records sent rather
+//! than acknowledged, and its `batch-size-avg` is in bytes: here
+//! `bytes_acked / batches_acked`). They are the first numbers to read when
+//! latency or throughput is not what it should be.
 //!
 //! Counted once per batch or request, never per record, with relaxed
 //! atomics: a snapshot is a consistent view of each counter, not of all of
@@ -22,25 +23,29 @@ use std::time::Duration;
 pub struct ProducerMetrics {
     /// Records the broker acknowledged.
     pub records_acked: u64,
-    /// Records whose delivery resolved with an error. A record refused by
-    /// `enqueue` (a full buffer, a closed producer) is not counted: its
-    /// caller got the error at once.
+    /// Records whose batch failed for good (a refusal, the delivery
+    /// timeout). Not counted: a record refused by `enqueue` (a full buffer,
+    /// a closed producer), whose caller got the error at once, and records
+    /// still queued when the runtime shut down, which fail with `Closed`.
     pub records_failed: u64,
-    /// Batches sent at least once.
+    /// Batches sent at least once (an attempt that found no leader or could
+    /// not connect sent nothing).
     pub batches_sent: u64,
     /// Batches the broker acknowledged.
     pub batches_acked: u64,
     /// Encoded bytes of the acknowledged batches.
     pub bytes_acked: u64,
     /// Sends of a batch after its first: after a refusal, a lost answer, a
-    /// broken stream or a leader change.
+    /// broken stream (or a broker that takes no produce streams) or a leader
+    /// change.
     pub retries: u64,
     /// Summed over the batches sent: from a batch's first record to its
     /// first send (linger, a full pipeline, a busy sender).
     pub queue_time: Duration,
     /// Summed over the acknowledged batches: from the send that was
     /// answered to its answer (the network, the broker's append and, with
-    /// `Acks::All`, its fsync).
+    /// `Acks::All`, its fsync; for the first batch on a new connection or
+    /// stream, setting it up too).
     pub request_latency: Duration,
 }
 

@@ -149,7 +149,9 @@ impl ProducerBuilder {
     /// would only leave the connection idle, and the records that arrive
     /// while the batch is out form the next one. Batches so grow with the
     /// load by themselves, to about the record rate times the round trip,
-    /// and a producer under light load adds no delay of its own. See
+    /// and a producer under light load adds no delay of its own. With
+    /// `max_in_flight(1)` a partition never has a batch in flight when it
+    /// picks the next, so linger then plays no part. See
     /// [`linger_when_idle`](Self::linger_when_idle) to always wait.
     pub fn linger(mut self, linger: Duration) -> Self {
         self.config.linger = linger;

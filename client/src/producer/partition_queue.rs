@@ -5,10 +5,11 @@
 //! fit the batch size), when a record does not fit, when its linger time has
 //! passed, when the partition has nothing in flight (unless the producer
 //! lingers even then), or on flush; sealing assigns its producer epoch and
-//! first sequence number. Batches are sent in order on one produce stream to the partition's
-//! leader, up to `max_in_flight` of them before the first is answered (the
-//! broker writes and answers a stream's batches in the order sent), so the
-//! next batch crosses the wire while the broker fsyncs the previous one.
+//! first sequence number. Batches are sent in order on one produce stream to
+//! the partition's leader, up to `max_in_flight` of them before the first is
+//! answered (the broker writes and answers a stream's batches in the order
+//! sent), so the next batch crosses the wire while the broker fsyncs the
+//! previous one.
 //!
 //! When the stream fails (a refusal, a leader change, a lost connection, no
 //! answer within the request timeout), the batches it left unanswered go
@@ -27,7 +28,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -399,10 +400,10 @@ impl PartitionQueue {
         self.progress.notify_waiters();
     }
 
-    /// Counts a send of `batch` in the producer's metrics: its first, with
-    /// how long it waited, or a retry.
-    fn count_send(&self, batch: &mut SealedBatch) {
-        let first = (batch.sends == 0).then(|| batch.created.elapsed());
+    /// Counts a send of `batch` in the producer's metrics: its first, which
+    /// went `queued` after the batch's first record, or a retry.
+    fn count_send(&self, batch: &mut SealedBatch, queued: Duration) {
+        let first = (batch.sends == 0).then_some(queued);
         batch.sends += 1;
         self.counters.sent(first);
     }
@@ -476,7 +477,8 @@ impl PartitionQueue {
             }
         };
         let (requests, rx) = mpsc::channel(config.max_in_flight);
-        self.count_send(&mut first);
+        let queued = first.created.elapsed();
+        self.count_send(&mut first, queued);
         requests
             .try_send(self.request(&first, config))
             .expect("an empty channel has room");
@@ -545,7 +547,8 @@ impl PartitionQueue {
                 batch = self.next_batch(config, in_flight.is_empty()), if !closing && in_flight.len() < config.max_in_flight => {
                     match batch {
                         Some(mut batch) => {
-                            self.count_send(&mut batch);
+                            let queued = batch.created.elapsed();
+                            self.count_send(&mut batch, queued);
                             let request = self.request(&batch, config);
                             in_flight.push_back((batch, Instant::now()));
                             // Never full: at most `max_in_flight` unanswered.
@@ -583,16 +586,25 @@ impl PartitionQueue {
                 .min(deadline.saturating_duration_since(now));
             let mut request = tonic::Request::new(self.request(batch, config));
             request.set_timeout(request_timeout);
-            self.count_send(batch);
+            let queued = batch.created.elapsed();
+            // When the request left: once there was a leader to send it to.
+            let mut sent_at = None;
             // A failure here also tells the connection where the leader went
             // (a hint, or a refresh before the next attempt).
-            let attempt = conn.leader_call(&self.topic, self.partition, |mut client| async move {
-                client.produce(request).await
+            let attempt = conn.leader_call(&self.topic, self.partition, |mut client| {
+                sent_at = Some(Instant::now());
+                async move { client.produce(request).await }
             });
-            let error = match attempt.await {
+            let result = attempt.await;
+            // An attempt that found no leader or could not connect sent nothing.
+            if sent_at.is_some() && !matches!(result, Err(Error::Connect { .. })) {
+                self.count_send(batch, queued);
+            }
+            let error = match result {
                 Ok(response) => {
+                    let latency = sent_at.map_or(Duration::ZERO, |at| at.elapsed());
                     self.counters
-                        .acked(batch.records, batch.payload.len(), now.elapsed());
+                        .acked(batch.records, batch.payload.len(), latency);
                     let base = response.into_inner().base_offset;
                     return Ok((config.acks != Acks::None).then_some(base));
                 }
