@@ -7,9 +7,11 @@
 
 use std::time::Duration;
 
-use strata_broker::{Broker, BrokerConfig};
-use strata_client::{Admin, NewTopic, Producer, ProducerRecord};
+use strata_broker::Broker;
+use strata_client::{Producer, ProducerRecord};
 use strata_proto::batch::{BatchBuilder, Record};
+
+mod embedded;
 
 const VALUE_BYTES: usize = 1000;
 const RECORDS_PER_BATCH: usize = 9;
@@ -50,17 +52,7 @@ async fn setup(linger: Duration) -> (tempfile::TempDir, Broker, Producer) {
 }
 
 async fn broker() -> (tempfile::TempDir, Broker) {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::open(BrokerConfig::with_data_dir(dir.path()))
-        .await
-        .unwrap();
-    Admin::connect(&broker)
-        .await
-        .unwrap()
-        .create_topic("spread", NewTopic::new(4))
-        .await
-        .unwrap();
-    (dir, broker)
+    embedded::broker_with_topic("spread", 4).await
 }
 
 async fn stop(producer: Producer, broker: Broker) {

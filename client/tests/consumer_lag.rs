@@ -5,10 +5,9 @@
 
 use std::time::Duration;
 
-use strata_broker::{Broker, BrokerConfig};
-use strata_client::{
-    Admin, Consumer, NewTopic, Producer, ProducerRecord, StartFrom, TopicPartition,
-};
+use strata_client::{Consumer, Producer, ProducerRecord, StartFrom, TopicPartition};
+
+mod embedded;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -37,16 +36,7 @@ async fn read(consumer: &Consumer, count: usize) {
 
 #[tokio::test]
 async fn lag_counts_what_is_written_past_the_position_and_returns_to_zero() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::open(BrokerConfig::with_data_dir(dir.path()))
-        .await
-        .unwrap();
-    Admin::connect(&broker)
-        .await
-        .unwrap()
-        .create_topic("lag", NewTopic::new(1))
-        .await
-        .unwrap();
+    let (_dir, broker) = embedded::broker_with_topic("lag", 1).await;
     let producer = Producer::builder(&broker).build().await.unwrap();
     write(&producer, 100).await;
 
