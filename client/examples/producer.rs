@@ -41,5 +41,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     producer.close().await?;
+    // The producer's own account, for a look at how it batched.
+    let m = producer.metrics();
+    eprintln!(
+        "{} records acknowledged, {} failed; {:.1} records per batch; \
+         batches waited {:?} to go and {:?} for their answer on average",
+        m.records_acked,
+        m.records_failed,
+        m.mean_batch_records(),
+        m.mean_queue_time(),
+        m.mean_request_latency()
+    );
     Ok(())
 }
