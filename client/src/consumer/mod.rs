@@ -245,6 +245,16 @@ pub(crate) struct State {
     closed: bool,
 }
 
+impl State {
+    /// `tp`'s state if records fetched for it in `epoch` may still be handed
+    /// out: still assigned, not paused, and not sought since.
+    fn current(&mut self, tp: &TopicPartition, epoch: u64) -> Option<&mut PartitionState> {
+        self.partitions
+            .get_mut(tp)
+            .filter(|p| p.epoch == epoch && !p.paused)
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Shared {
     state: Mutex<State>,
@@ -398,15 +408,12 @@ impl Consumer {
                 // Checked per record: a seek, pause or revoke may come between two.
                 for record in records.by_ref() {
                     let mut st = self.shared.state.lock();
-                    let Some(ps) = st.partitions.get_mut(tp) else {
-                        continue;
-                    };
                     // Stale after a seek, pause or revoke, or before the position
                     // (a batch may start before it): skip.
-                    if ps.epoch != *epoch
-                        || ps.paused
-                        || ps.position.is_some_and(|p| record.offset < p)
-                    {
+                    let Some(ps) = st.current(tp, *epoch) else {
+                        continue;
+                    };
+                    if ps.position.is_some_and(|p| record.offset < p) {
                         continue;
                     }
                     ps.position = Some(record.offset + 1);
@@ -430,10 +437,7 @@ impl Consumer {
                 let mut st = self.shared.state.lock();
                 // Stale after a seek, pause or revoke: dropped whole; records
                 // before the position (a batch may start before it): skipped.
-                if let Some(ps) = st.partitions.get_mut(&tp)
-                    && ps.epoch == epoch
-                    && !ps.paused
-                {
+                if let Some(ps) = st.current(&tp, epoch) {
                     let from = ps.position;
                     let batch: Vec<ConsumerRecord> = records
                         .filter(|r| from.is_none_or(|p| r.offset >= p))
