@@ -41,9 +41,24 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
+/// Client commands stay quiet (one line on failure) unless `RUST_LOG` asks
+/// for more: `RUST_LOG=strata_client=debug strata produce ...` shows the
+/// client's retries, leader moves and reconnects on stderr.
+fn client_logging() {
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+}
+
 fn main() -> ExitCode {
     allocator::tune();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        client_logging();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -322,6 +322,55 @@ impl Replica {
     }
 }
 
+/// Whether a new batch of an idempotent producer may be proposed, from the
+/// applied producer table's verdict (`applied`) and the epoch and last
+/// sequence of that producer's latest batch still in flight, if any.
+///
+/// A batch that follows the latest in-flight one goes, whatever the table
+/// says: the table either has not applied that batch yet (and expects its
+/// first sequence) or just has (and expects this batch's). Anything else
+/// in flight means the table alone cannot judge the batch: it is out of
+/// order, and the sequence expected is the one after the in-flight batch.
+fn admit(
+    h: &BatchHeader,
+    applied: std::result::Result<SequenceCheck, SequenceError>,
+    last_in_flight: Option<(u16, u32)>,
+) -> Result<SequenceCheck> {
+    let follows_in_flight = last_in_flight.is_some_and(|(epoch, last)| {
+        epoch == h.producer_epoch && last.wrapping_add(1) == h.base_sequence
+    });
+    match applied {
+        Ok(SequenceCheck::Duplicate { base_offset }) => {
+            return Ok(SequenceCheck::Duplicate { base_offset });
+        }
+        Err(SequenceError::Fenced {
+            current_epoch,
+            received_epoch,
+        }) => {
+            return Err(Error::ProducerFenced {
+                producer_id: h.producer_id,
+                current: current_epoch,
+                received: received_epoch,
+            });
+        }
+        Ok(SequenceCheck::Append) if last_in_flight.is_none() => return Ok(SequenceCheck::Append),
+        Ok(SequenceCheck::Append) | Err(SequenceError::OutOfOrder { .. }) if follows_in_flight => {
+            return Ok(SequenceCheck::Append);
+        }
+        _ => {}
+    }
+    let expected = match (last_in_flight, applied) {
+        (Some((_, last)), _) => last.wrapping_add(1),
+        (None, Err(SequenceError::OutOfOrder { expected, .. })) => expected,
+        (None, _) => h.base_sequence,
+    };
+    Err(Error::OutOfOrderSequence {
+        producer_id: h.producer_id,
+        expected,
+        received: h.base_sequence,
+    })
+}
+
 async fn proposer(replica: std::sync::Weak<Replica>, mut rx: mpsc::UnboundedReceiver<Proposal>) {
     let mut in_flight: HashMap<u64, VecDeque<InFlight>> = HashMap::new();
     // (term, last log index) when this proposer first took a write in the
@@ -375,11 +424,10 @@ async fn proposer(replica: std::sync::Weak<Replica>, mut rx: mpsc::UnboundedRece
                 });
                 continue;
             }
-            let checked = replica.machine.with(|m| m.producers().check(&h));
-            let pipelined = queue.back().is_some_and(|f| {
-                f.epoch == h.producer_epoch && f.last.wrapping_add(1) == h.base_sequence
-            });
-            match checked {
+            let applied = replica.machine.with(|m| m.producers().check(&h));
+            let last_in_flight = queue.back().map(|f| (f.epoch, f.last));
+            match admit(&h, applied, last_in_flight) {
+                Ok(SequenceCheck::Append) => {}
                 Ok(SequenceCheck::Duplicate { base_offset }) => {
                     let _ = p.reply.send(Ok(Appended {
                         base_offset,
@@ -387,30 +435,8 @@ async fn proposer(replica: std::sync::Weak<Replica>, mut rx: mpsc::UnboundedRece
                     }));
                     continue;
                 }
-                Ok(SequenceCheck::Append) if queue.is_empty() => {}
-                Err(SequenceError::OutOfOrder { .. }) if pipelined => {}
-                Err(SequenceError::Fenced {
-                    current_epoch,
-                    received_epoch,
-                }) => {
-                    let _ = p.reply.send(Err(Error::ProducerFenced {
-                        producer_id: h.producer_id,
-                        current: current_epoch,
-                        received: received_epoch,
-                    }));
-                    continue;
-                }
-                other => {
-                    let expected = match (queue.back(), other) {
-                        (Some(f), _) => f.last.wrapping_add(1),
-                        (None, Err(SequenceError::OutOfOrder { expected, .. })) => expected,
-                        (None, _) => h.base_sequence,
-                    };
-                    let _ = p.reply.send(Err(Error::OutOfOrderSequence {
-                        producer_id: h.producer_id,
-                        expected,
-                        received: h.base_sequence,
-                    }));
+                Err(refused) => {
+                    let _ = p.reply.send(Err(refused));
                     continue;
                 }
             }
@@ -467,5 +493,96 @@ async fn proposer(replica: std::sync::Weak<Replica>, mut rx: mpsc::UnboundedRece
                 let _ = reply.send(outcome.into_answer(&replica));
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_proto::batch::{BatchBuilder, ProducerStamp, Record};
+
+    /// Producer 7's batch of `records` from sequence `first`, in `epoch`.
+    fn batch(epoch: u16, first: u32, records: u32) -> BatchHeader {
+        let mut b = BatchBuilder::new(ProducerStamp {
+            producer_id: 7,
+            producer_epoch: epoch,
+            base_sequence: first,
+        });
+        for _ in 0..records {
+            b.push(&Record::new(0, "v")).unwrap();
+        }
+        BatchHeader::parse(&b.finish()).unwrap()
+    }
+
+    fn out_of_order(
+        expected: u32,
+        received: u32,
+    ) -> std::result::Result<SequenceCheck, SequenceError> {
+        Err(SequenceError::OutOfOrder { expected, received })
+    }
+
+    fn refused_expecting(r: Result<SequenceCheck>) -> Option<u32> {
+        match r {
+            Err(Error::OutOfOrderSequence { expected, .. }) => Some(expected),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_batch_after_the_one_in_flight_goes_whether_or_not_that_one_was_applied() {
+        let next = batch(0, 720, 10);
+        // Batch 700..=719 proposed, not yet applied: the table expects 700.
+        let unapplied = admit(&next, out_of_order(700, 720), Some((0, 719)));
+        assert!(
+            matches!(unapplied, Ok(SequenceCheck::Append)),
+            "{unapplied:?}"
+        );
+        // Applied, but its answer not yet seen by the proposer: the table
+        // expects 720 too. This was refused as "sent 720, expected 720",
+        // which broke the producer's stream and made it resend.
+        let applied = admit(&next, Ok(SequenceCheck::Append), Some((0, 719)));
+        assert!(matches!(applied, Ok(SequenceCheck::Append)), "{applied:?}");
+    }
+
+    #[test]
+    fn a_batch_that_skips_or_repeats_the_in_flight_ones_is_out_of_order() {
+        // The table would take 700 (nothing of the in-flight 700..=719 is
+        // applied), but 700 is already proposed in another batch.
+        let again = admit(&batch(0, 700, 5), Ok(SequenceCheck::Append), Some((0, 719)));
+        assert_eq!(refused_expecting(again), Some(720));
+        let gap = admit(&batch(0, 730, 5), out_of_order(700, 730), Some((0, 719)));
+        assert_eq!(refused_expecting(gap), Some(720));
+        // Another epoch's batch does not follow this epoch's in-flight one.
+        let other_epoch = admit(&batch(1, 720, 5), out_of_order(0, 720), Some((0, 719)));
+        assert_eq!(refused_expecting(other_epoch), Some(720));
+    }
+
+    #[test]
+    fn with_nothing_in_flight_the_applied_table_decides() {
+        let b = batch(0, 5, 1);
+        assert!(matches!(
+            admit(&b, Ok(SequenceCheck::Append), None),
+            Ok(SequenceCheck::Append)
+        ));
+        assert!(matches!(
+            admit(&b, Ok(SequenceCheck::Duplicate { base_offset: 42 }), None),
+            Ok(SequenceCheck::Duplicate { base_offset: 42 })
+        ));
+        assert_eq!(
+            refused_expecting(admit(&b, out_of_order(3, 5), None)),
+            Some(3)
+        );
+        let fenced = admit(
+            &b,
+            Err(SequenceError::Fenced {
+                current_epoch: 2,
+                received_epoch: 0,
+            }),
+            Some((0, 4)),
+        );
+        assert!(
+            matches!(fenced, Err(Error::ProducerFenced { current: 2, .. })),
+            "{fenced:?}"
+        );
     }
 }
