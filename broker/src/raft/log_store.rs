@@ -26,7 +26,7 @@ use openraft::{
     CommittedLeaderId, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, Vote,
 };
 use parking_lot::{Mutex, RwLock};
-use strata_proto::batch::{BatchHeader, Batches, verify_and_stamp};
+use strata_proto::batch::{BatchError, BatchHeader, Batches, verify, verify_and_stamp};
 use tokio::sync::{mpsc, watch};
 
 use super::state_file::{ControlEntry, RaftState, StateFile};
@@ -364,9 +364,18 @@ impl Inner {
                 header.base_offset
             )));
         }
-        let mut bytes = batch.to_vec();
-        verify_and_stamp(&mut bytes, end, id.leader_id.term, id.index)
-            .map_err(|e| write_err(format!("entry {id}: {e}")))?;
+        let entry_err = |e: BatchError| write_err(format!("entry {id}: {e}"));
+        // A follower's entry arrives as the leader stored it, stamped with
+        // this offset and entry id: it is checked and written as it came. A
+        // leader's comes as its producer sent it and is stamped in a copy.
+        let bytes = if stamped && header.raft_term == id.leader_id.term {
+            verify(batch).map_err(entry_err)?;
+            batch.clone()
+        } else {
+            let mut bytes = batch.to_vec();
+            verify_and_stamp(&mut bytes, end, id.leader_id.term, id.index).map_err(entry_err)?;
+            Bytes::from(bytes)
+        };
         let appended = self.log.append(&bytes).map_err(write_err)?;
         // The bytes exactly as stored: stamped above with the offset the log
         // gave them.
@@ -375,7 +384,7 @@ impl Inner {
             index: id.index,
             term: id.leader_id.term,
             base_offset: appended.base_offset,
-            bytes: Some(Bytes::from(bytes)),
+            bytes: Some(bytes),
         });
         Ok(())
     }
