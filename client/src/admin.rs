@@ -16,6 +16,10 @@ pub use strata_proto::v1::{
 
 use crate::connection::{CONNECT_TIMEOUT_MS, Connection};
 use crate::error::Result;
+
+/// Bounds of the pause between polls in [`Admin::wait_for_leaders`].
+const LEADER_POLL_MIN_MS: u64 = 10;
+const LEADER_POLL_MAX_MS: u64 = 200;
 use crate::record::TopicPartition;
 
 /// Settings of a topic to create; unset fields take the broker's defaults.
@@ -174,6 +178,39 @@ impl Admin {
                 async move { c.describe_topic(request).await }
             })
             .await
+    }
+
+    /// Waits until every partition of a topic has a leader, up to `timeout`,
+    /// and describes it then. A topic is created before its partitions have
+    /// elected leaders: in a cluster, sends right after `create_topic` are
+    /// retried until they have (the producer does that by itself); this is
+    /// for callers that want to start, or time something, only once they have.
+    pub async fn wait_for_leaders(&self, name: &str, timeout: Duration) -> Result<TopicInfo> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut pause = Duration::from_millis(LEADER_POLL_MIN_MS);
+        loop {
+            let topic = self.describe_topic(name).await?;
+            let leaderless: Vec<u32> = topic
+                .partitions
+                .iter()
+                .filter(|p| p.leader == 0)
+                .map(|p| p.partition)
+                .collect();
+            if leaderless.is_empty() {
+                return Ok(topic);
+            }
+            if tokio::time::Instant::now() + pause > deadline {
+                return Err(crate::Error::NotLeader {
+                    leader: None,
+                    message: format!(
+                        "partitions {leaderless:?} of {name} had no leader after {} ms",
+                        timeout.as_millis()
+                    ),
+                });
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(LEADER_POLL_MAX_MS));
+        }
     }
 
     pub async fn cluster_status(&self) -> Result<ClusterStatus> {

@@ -422,3 +422,31 @@ async fn a_consumer_follows_a_not_leader_hint_to_read_the_partition() {
     drop(consumer);
     real.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_leaders_returns_once_every_partition_has_one_and_fails_naming_those_without() {
+    let real = Served::start(&[("t", 3)]).await;
+    // Node 0 is no node: the partitions are still electing.
+    let control = cluster(dead_addr().await, &real, 3).await;
+    control.set_leader(0);
+    let admin = Admin::connect(control.addr().to_string()).await.unwrap();
+
+    let err = admin
+        .wait_for_leaders("t", Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::NotLeader { leader: None, .. }) && err.is_retriable(),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("[0, 1, 2] of t"), "{err}");
+
+    let elect = async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        control.set_leader(2);
+    };
+    let (topic, ()) = tokio::join!(admin.wait_for_leaders("t", WAIT), elect);
+    let leaders: Vec<u32> = topic.unwrap().partitions.iter().map(|p| p.leader).collect();
+    assert_eq!(leaders, [2, 2, 2]);
+    real.shutdown().await;
+}

@@ -187,9 +187,25 @@ impl Control for ControlService {
     }
     async fn describe_topic(
         &self,
-        _: Request<DescribeTopicRequest>,
+        request: Request<DescribeTopicRequest>,
     ) -> Result<Response<TopicInfo>, Status> {
-        unimplemented()
+        let s = &self.0;
+        if request.get_ref().name != s.topic {
+            return Err(Status::not_found("no such topic"));
+        }
+        let leader = s.leader.load(Ordering::SeqCst);
+        Ok(Response::new(TopicInfo {
+            name: s.topic.clone(),
+            config: None,
+            partitions: (0..s.partitions)
+                .map(|partition| PartitionInfo {
+                    partition,
+                    leader,
+                    replicas: s.nodes.iter().map(|n| n.id).collect(),
+                    ..Default::default()
+                })
+                .collect(),
+        }))
     }
     async fn cluster_status(
         &self,

@@ -34,6 +34,9 @@ use strata_client::{Admin, Error as ClientError, NewTopic};
 use super::{CliError, CliResult, ClientArgs};
 use report::Report;
 
+/// How long `--create` waits for the new topic's partitions to elect leaders.
+const LEADER_WAIT: Duration = Duration::from_secs(30);
+
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum Mode {
     Produce,
@@ -174,9 +177,13 @@ async fn ensure_topic(args: &BenchArgs) -> CliResult {
         .create_topic(args.topic()?, NewTopic::new(args.partitions))
         .await
     {
-        Ok(_) | Err(ClientError::TopicExists(_)) => Ok(()),
-        Err(e) => Err(e.into()),
+        Ok(_) | Err(ClientError::TopicExists(_)) => {}
+        Err(e) => return Err(e.into()),
     }
+    // The clock starts with the first send: time spent electing the new
+    // partitions' leaders is not the broker's throughput.
+    admin.wait_for_leaders(args.topic()?, LEADER_WAIT).await?;
+    Ok(())
 }
 
 pub async fn run(args: BenchArgs) -> CliResult {
