@@ -62,6 +62,59 @@ struct InFlight {
     answer: watch::Receiver<Option<Outcome>>,
 }
 
+/// Bytes a partition's leader may have proposed and not yet seen committed.
+/// Producers keep up to 5 batches of 1 MiB in flight per partition each, and
+/// the proposer hands them to Raft without waiting; unbounded, a leader ran
+/// tens of MiB ahead of its followers, past what the group's tail keeps in
+/// memory ([`crate::raft::tail::TAIL_BYTES_MAX`], 16 MiB), so replication and
+/// apply read their entries back from the segment files (`pread` into fresh
+/// buffers: 13% of a node's CPU on a three-node produce). Half the tail: what
+/// replication reads is still there. The rest wait here, in order, which is
+/// where they would have waited for their commit anyway.
+const MAX_UNCOMMITTED_BYTES: usize = 8 * 1024 * 1024;
+
+/// Proposals not yet answered, oldest first, with their sizes.
+#[derive(Default)]
+struct Uncommitted {
+    proposals: VecDeque<(usize, watch::Receiver<Option<Outcome>>)>,
+    bytes: usize,
+}
+
+impl Uncommitted {
+    fn push(&mut self, bytes: usize, answer: watch::Receiver<Option<Outcome>>) {
+        self.bytes += bytes;
+        self.proposals.push_back((bytes, answer));
+    }
+
+    /// Returns once `bytes` more fit under [`MAX_UNCOMMITTED_BYTES`] (at
+    /// once if nothing is uncommitted: a batch larger than the bound still
+    /// goes, alone), waiting for the oldest proposals' answers meanwhile.
+    async fn room_for(&mut self, bytes: usize) {
+        loop {
+            while self
+                .proposals
+                .front()
+                .is_some_and(|(_, answer)| answer.borrow().is_some())
+            {
+                self.pop();
+            }
+            if self.proposals.is_empty() || self.bytes + bytes <= MAX_UNCOMMITTED_BYTES {
+                return;
+            }
+            let answer = &mut self.proposals.front_mut().expect("not empty").1;
+            // An error means the answering task is gone: nothing to wait for.
+            let _ = answer.wait_for(Option::is_some).await;
+            self.pop();
+        }
+    }
+
+    fn pop(&mut self) {
+        if let Some((bytes, _)) = self.proposals.pop_front() {
+            self.bytes -= bytes;
+        }
+    }
+}
+
 /// How a proposal ended, in a form every waiter can have a copy of.
 #[derive(Debug, Clone)]
 enum Outcome {
@@ -380,7 +433,9 @@ async fn proposer(replica: std::sync::Weak<Replica>, mut rx: mpsc::UnboundedRece
     // producer table is complete only once they are applied. Until then a
     // retried batch could look new and be committed twice.
     let mut barrier: Option<(u64, u64)> = None;
+    let mut uncommitted = Uncommitted::default();
     while let Some(p) = rx.recv().await {
+        uncommitted.room_for(p.batch.len()).await;
         let Some(replica) = replica.upgrade() else {
             let _ = p.reply.send(Err(Error::ShuttingDown));
             continue;
@@ -441,6 +496,7 @@ async fn proposer(replica: std::sync::Weak<Replica>, mut rx: mpsc::UnboundedRece
                 }
             }
         }
+        let batch_bytes = p.batch.len();
         let responder = match replica.raft.client_write_ff(Payload(p.batch)).await {
             Ok(rx) => rx,
             Err(fatal) => {
@@ -465,6 +521,7 @@ async fn proposer(replica: std::sync::Weak<Replica>, mut rx: mpsc::UnboundedRece
             Some(p.reply)
         };
         let (tx, answer) = watch::channel(None);
+        uncommitted.push(batch_bytes, answer.clone());
         if h.producer_id != strata_proto::batch::NO_PRODUCER_ID {
             queue.push_back(InFlight {
                 epoch: h.producer_epoch,
@@ -555,6 +612,30 @@ mod tests {
         // Another epoch's batch does not follow this epoch's in-flight one.
         let other_epoch = admit(&batch(1, 720, 5), out_of_order(0, 720), Some((0, 719)));
         assert_eq!(refused_expecting(other_epoch), Some(720));
+    }
+
+    #[tokio::test]
+    async fn proposals_wait_while_the_uncommitted_ones_fill_the_bound() {
+        const MIB: usize = 1024 * 1024;
+        let mut uncommitted = Uncommitted::default();
+        let (first, answer) = watch::channel(None);
+        uncommitted.push(5 * MIB, answer);
+        let (_second, answer) = watch::channel(None);
+        uncommitted.push(3 * MIB, answer);
+        // 8 MiB uncommitted: nothing more fits until the oldest is answered.
+        let wait = std::time::Duration::from_millis(50);
+        let blocked = tokio::time::timeout(wait, uncommitted.room_for(1)).await;
+        assert!(blocked.is_err(), "went past a full bound");
+        first.send_replace(Some(Outcome::NotLeader(None)));
+        tokio::time::timeout(wait * 20, uncommitted.room_for(MIB))
+            .await
+            .expect("room once the oldest was answered");
+        assert_eq!(uncommitted.bytes, 3 * MIB);
+        // Larger than the bound: waits for everything, then goes alone.
+        let second = tokio::time::timeout(wait, uncommitted.room_for(9 * MIB)).await;
+        assert!(second.is_err(), "a batch over the bound waits for the rest");
+        let mut empty = Uncommitted::default();
+        empty.room_for(9 * MIB).await;
     }
 
     #[test]
