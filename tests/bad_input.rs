@@ -62,15 +62,30 @@ fn assert_status(result: Result<impl std::fmt::Debug, tonic::Status>, code: Code
 /// `method`, bytes as given (what a broken or hostile client might send), and
 /// returns how the call ended.
 async fn raw_call(node: &Node, method: &str, message: &'static [u8]) -> Result<(), tonic::Status> {
-    let channel = Channel::from_shared(format!("http://{}", node.data))
+    let path = format!("/strata.v1.Data/{method}");
+    raw_call_at(node.data, &path, &[message]).await
+}
+
+/// Sends `messages` as they are to `path` at `addr`; how the call ended.
+async fn raw_call_at(
+    addr: std::net::SocketAddr,
+    path: &str,
+    messages: &[&'static [u8]],
+) -> Result<(), tonic::Status> {
+    let channel = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
         .await
         .unwrap();
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();
-    let path = format!("/strata.v1.Data/{method}").parse().unwrap();
-    let messages = futures::stream::iter([Bytes::from_static(message)]);
+    let path = path.parse().unwrap();
+    let messages = futures::stream::iter(
+        messages
+            .iter()
+            .map(|m| Bytes::from_static(m))
+            .collect::<Vec<_>>(),
+    );
     let mut stream = grpc
         .streaming(tonic::Request::new(messages), path, RawCodec)
         .await?
@@ -486,4 +501,46 @@ async fn bad_fetches_offsets_groups_and_admin_requests_are_refused_clearly() {
         Code::NotFound,
         "does not exist",
     );
+}
+
+/// The peer port's RaftAppend, served below tonic (the nodes send batches as
+/// frames of their own), still answers a standard gRPC client, and refuses
+/// what is not an AppendEntries of a group it runs.
+#[tokio::test]
+async fn bad_raft_appends_on_the_peer_port_are_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let mut peer =
+        strata_proto::v1::peer_client::PeerClient::connect(format!("http://{}", node.peer))
+            .await
+            .unwrap();
+    let unknown = RaftAppendRequest {
+        group: "nowhere#1/0".into(),
+        header_json: Bytes::from_static(b"{}"),
+        entries: vec![RaftEntry {
+            batch: Bytes::from(batch(100, 1000)),
+            json: Bytes::new(),
+        }],
+    };
+    let status = peer.raft_append(unknown).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert!(
+        status.message().contains("no Raft group \"nowhere#1/0\""),
+        "{status:?}"
+    );
+
+    let path = "/strata.v1.Peer/RaftAppend";
+    let status = raw_call_at(node.peer, path, &[b"\xff\xff\xff"])
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("does not decode"), "{status:?}");
+    let status = raw_call_at(node.peer, path, &[]).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("without its request"),
+        "{status:?}"
+    );
+    // The node still serves.
+    peer.hello(HelloRequest { node_id: 0 }).await.unwrap();
 }

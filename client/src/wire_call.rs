@@ -22,10 +22,11 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
-use http::header::{CONTENT_TYPE, HeaderValue, TE};
 use http_body::Body;
 use prost::Message;
-use strata_proto::grpc_wire::{BodyEnd, BodyMessages, WireBody, WireError, WireMessage, framed};
+use strata_proto::grpc_wire::{
+    BodyEnd, BodyMessages, WireBody, WireError, WireMessage, call_request, framed, missing_status,
+};
 use tonic::{Code, Status};
 use tower::ServiceExt;
 
@@ -77,16 +78,8 @@ async fn call<Resp>(
 where
     Resp: Message + Default + Send + 'static,
 {
-    let mut call = http::Request::new(body);
-    *call.method_mut() = http::Method::POST;
-    *call.version_mut() = http::Version::HTTP_2;
-    // The channel adds the scheme and authority of the node it reaches.
-    *call.uri_mut() = http::Uri::from_static(path);
-    let headers = call.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-    headers.insert(TE, HeaderValue::from_static("trailers"));
     let response = transport
-        .oneshot(call)
+        .oneshot(call_request(path, body))
         .await
         .map_err(|e| Status::from_error(e.into()))?;
     // A call refused before any message is answered in the headers alone.
@@ -147,29 +140,6 @@ fn wire_status(error: &WireError) -> Status {
     }
 }
 
-/// The status of a response without one (not gRPC, or cut short), as
-/// gRPC's HTTP mapping infers it.
-fn missing_status(http_status: http::StatusCode) -> Status {
-    let code = match http_status {
-        http::StatusCode::BAD_REQUEST => Code::Internal,
-        http::StatusCode::UNAUTHORIZED => Code::Unauthenticated,
-        http::StatusCode::FORBIDDEN => Code::PermissionDenied,
-        http::StatusCode::NOT_FOUND => Code::Unimplemented,
-        http::StatusCode::TOO_MANY_REQUESTS
-        | http::StatusCode::BAD_GATEWAY
-        | http::StatusCode::SERVICE_UNAVAILABLE
-        | http::StatusCode::GATEWAY_TIMEOUT => Code::Unavailable,
-        _ => Code::Unknown,
-    };
-    Status::new(
-        code,
-        format!(
-            "the response carries no gRPC status (HTTP {})",
-            http_status.as_u16()
-        ),
-    )
-}
-
 impl<B, M> Stream for ResponseMessages<B, M>
 where
     B: Body<Data = Bytes> + Unpin,
@@ -194,7 +164,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    use http::HeaderMap;
+    use http::{HeaderMap, HeaderValue};
     use http_body::Frame;
     use strata_proto::v1::FetchResponse;
 
@@ -237,10 +207,10 @@ mod tests {
     #[tokio::test]
     async fn messages_then_the_status_in_the_trailers_with_its_metadata() {
         let sent = fetch_response();
-        let (head, tail) = sent.clone().into_frames();
+        let [head, tail] = <[Bytes; 2]>::try_from(sent.clone().into_frames()).unwrap();
         let frames = vec![
             Frame::data(head),
-            Frame::data(tail.unwrap()),
+            Frame::data(tail),
             trailers(&[
                 ("grpc-status", "5"),
                 ("grpc-message", "no%20topic"),
@@ -261,7 +231,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stream_that_ends_badly_ends_in_an_error() {
-        let (head, _) = fetch_response().into_frames();
+        let head = fetch_response().into_frames().swap_remove(0);
         // OK trailers inside a message.
         let got = messages(
             vec![Frame::data(head.clone()), trailers(&[("grpc-status", "0")])],

@@ -29,7 +29,9 @@ use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 use tonic::Status;
 
-use crate::v1::{FetchResponse, ProduceRequest, ProduceResponse};
+use crate::v1::{
+    FetchResponse, ProduceRequest, ProduceResponse, RaftAppendRequest, RaftEntry, RaftReply,
+};
 
 /// The path of the Fetch RPC, as tonic routes it.
 pub const FETCH_PATH: &str = "/strata.v1.Data/Fetch";
@@ -37,33 +39,37 @@ pub const FETCH_PATH: &str = "/strata.v1.Data/Fetch";
 /// The path of the ProduceStream RPC, as tonic routes it.
 pub const PRODUCE_STREAM_PATH: &str = "/strata.v1.Data/ProduceStream";
 
+/// The path of the peer port's RaftAppend RPC (Raft's AppendEntries).
+pub const RAFT_APPEND_PATH: &str = "/strata.v1.Peer/RaftAppend";
+
 /// Length of gRPC's message prefix: a compression flag and a 4-byte length.
 pub const PREFIX_BYTES: usize = 5;
 
 /// `message` with its prefix, in one buffer.
 pub fn framed(message: &impl Message) -> Bytes {
-    framed_with_tail(message, 0).freeze()
+    framed_with_tail(message, 0, 0).freeze()
 }
 
-/// The prefix and `message`, in a buffer with room for `tail_bytes` more,
-/// whose length the prefix includes: the caller appends them, in this
-/// buffer or in a frame of their own.
-pub fn framed_with_tail(message: &impl Message, tail_bytes: usize) -> BytesMut {
-    let len = message.encoded_len() + tail_bytes;
-    let mut buf = BytesMut::with_capacity(PREFIX_BYTES + len);
+/// The prefix and `message`, in a buffer with room for `room` more bytes;
+/// the prefix's length counts `tail_bytes` more, which the caller appends,
+/// in this buffer or in frames of their own.
+pub fn framed_with_tail(message: &impl Message, tail_bytes: usize, room: usize) -> BytesMut {
+    let len = message.encoded_len();
+    let mut buf = BytesMut::with_capacity(PREFIX_BYTES + len + room);
     buf.put_u8(0);
     // Messages are bounded by the data plane's limits, far below 4 GiB.
-    buf.put_u32(len as u32);
+    buf.put_u32((len + tail_bytes) as u32);
     message
         .encode(&mut buf)
         .expect("the buffer was sized for the message");
     buf
 }
 
-/// A message as the DATA frames that carry it: the prefix with the start of
-/// the message, and optionally bytes sent as they are after it.
+/// A message as the DATA frames that carry it, in order: the prefix with
+/// the start of the message, then any bulk bytes sent as they are, each in a
+/// frame of its own, with the encoding between them in frames of its own.
 pub trait WireMessage {
-    fn into_frames(self) -> (Bytes, Option<Bytes>);
+    fn into_frames(self) -> Vec<Bytes>;
 }
 
 /// Bulk bytes below this size travel in the same frame as the rest of their
@@ -73,19 +79,21 @@ pub const SEPARATE_FRAME_MIN_BYTES: usize = 16 * 1024;
 /// `message` with `bulk` as its length-delimited field `field`, put after
 /// the other fields (prost reads fields in any order), and in a frame of its
 /// own when it is worth one. `message` must not hold that field itself.
-fn with_bulk_field(message: &impl Message, field: u32, bulk: Bytes) -> (Bytes, Option<Bytes>) {
+fn with_bulk_field(message: &impl Message, field: u32, bulk: Bytes) -> Vec<Bytes> {
     if bulk.is_empty() {
-        return (framed(message), None);
+        return vec![framed(message)];
     }
     let head = key_len(field) + encoded_len_varint(bulk.len() as u64);
-    let mut buf = framed_with_tail(message, head + bulk.len());
+    let inline = bulk.len() < SEPARATE_FRAME_MIN_BYTES;
+    let room = head + if inline { bulk.len() } else { 0 };
+    let mut buf = framed_with_tail(message, head + bulk.len(), room);
     encode_key(field, WireType::LengthDelimited, &mut buf);
     encode_varint(bulk.len() as u64, &mut buf);
-    if bulk.len() < SEPARATE_FRAME_MIN_BYTES {
+    if inline {
         buf.put_slice(&bulk);
-        return (buf.freeze(), None);
+        return vec![buf.freeze()];
     }
-    (buf.freeze(), Some(bulk))
+    vec![buf.freeze(), bulk]
 }
 
 /// `FetchResponse.records`'s field number in `strata.proto`.
@@ -97,7 +105,7 @@ const PRODUCE_REQUEST_BATCH_FIELD: u32 = 3;
 /// The records in a frame of their own: h2 writes them to the socket from
 /// the broker's page-cache map, and the client decodes them in place.
 impl WireMessage for FetchResponse {
-    fn into_frames(mut self) -> (Bytes, Option<Bytes>) {
+    fn into_frames(mut self) -> Vec<Bytes> {
         let records = std::mem::take(&mut self.records);
         with_bulk_field(&self, FETCH_RESPONSE_RECORDS_FIELD, records)
     }
@@ -106,15 +114,73 @@ impl WireMessage for FetchResponse {
 /// The batch in a frame of its own: the producer sends the batch it built,
 /// and the broker writes it from the frame it arrived in.
 impl WireMessage for ProduceRequest {
-    fn into_frames(mut self) -> (Bytes, Option<Bytes>) {
+    fn into_frames(mut self) -> Vec<Bytes> {
         let batch = std::mem::take(&mut self.batch);
         with_bulk_field(&self, PRODUCE_REQUEST_BATCH_FIELD, batch)
     }
 }
 
 impl WireMessage for ProduceResponse {
-    fn into_frames(self) -> (Bytes, Option<Bytes>) {
-        (framed(&self), None)
+    fn into_frames(self) -> Vec<Bytes> {
+        vec![framed(&self)]
+    }
+}
+
+/// `RaftAppendRequest.entries`'s field number in `strata.proto`.
+const RAFT_APPEND_ENTRIES_FIELD: u32 = 3;
+
+/// `RaftEntry.batch`'s field number in `strata.proto`.
+const RAFT_ENTRY_BATCH_FIELD: u32 = 1;
+
+/// Each entry's batch in a frame of its own: the leader sends the batches
+/// from its log's memory, and the follower writes them from the frames they
+/// arrived in.
+impl WireMessage for RaftAppendRequest {
+    fn into_frames(mut self) -> Vec<Bytes> {
+        let entries = std::mem::take(&mut self.entries);
+        let entry_len = |e: &RaftEntry| e.encoded_len();
+        let entries_len: usize = entries
+            .iter()
+            .map(|e| {
+                let len = entry_len(e);
+                key_len(RAFT_APPEND_ENTRIES_FIELD) + encoded_len_varint(len as u64) + len
+            })
+            .sum();
+        // What goes in frames of their own takes no room in the buffer.
+        let separate: usize = entries
+            .iter()
+            .map(|e| e.batch.len())
+            .filter(|&len| len >= SEPARATE_FRAME_MIN_BYTES)
+            .sum();
+        let mut frames = Vec::new();
+        let mut buf = framed_with_tail(&self, entries_len, entries_len - separate);
+        for entry in entries {
+            encode_key(
+                RAFT_APPEND_ENTRIES_FIELD,
+                WireType::LengthDelimited,
+                &mut buf,
+            );
+            encode_varint(entry_len(&entry) as u64, &mut buf);
+            if entry.batch.len() < SEPARATE_FRAME_MIN_BYTES {
+                entry.encode(&mut buf).expect("the buffer grows as needed");
+                continue;
+            }
+            // Only the batch is set (an entry is a batch or JSON).
+            encode_key(RAFT_ENTRY_BATCH_FIELD, WireType::LengthDelimited, &mut buf);
+            encode_varint(entry.batch.len() as u64, &mut buf);
+            frames.push(buf.split().freeze());
+            frames.push(entry.batch);
+        }
+        if !buf.is_empty() {
+            frames.push(buf.freeze());
+        }
+        frames
+    }
+}
+
+impl WireMessage for RaftReply {
+    fn into_frames(self) -> Vec<Bytes> {
+        vec![framed(&self)]
     }
 }
 
@@ -124,8 +190,8 @@ impl WireMessage for ProduceResponse {
 /// trailers, and an error in its stream resets the call.
 pub struct WireBody<S> {
     messages: S,
-    /// Bytes of the message whose first frame was just sent.
-    tail: Option<Bytes>,
+    /// The frames still to send of the message whose first frame was sent.
+    tail: std::vec::IntoIter<Bytes>,
     ends_with_status: bool,
     done: bool,
 }
@@ -144,7 +210,7 @@ impl<S> WireBody<S> {
     fn new(messages: S, ends_with_status: bool) -> Self {
         WireBody {
             messages,
-            tail: None,
+            tail: Vec::new().into_iter(),
             ends_with_status,
             done: false,
         }
@@ -179,16 +245,17 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        if let Some(tail) = self.tail.take() {
-            return Poll::Ready(Some(Ok(Frame::data(tail))));
+        if let Some(frame) = self.tail.next() {
+            return Poll::Ready(Some(Ok(Frame::data(frame))));
         }
         if self.done {
             return Poll::Ready(None);
         }
         Poll::Ready(match ready!(Pin::new(&mut self.messages).poll_next(cx)) {
             Some(Ok(message)) => {
-                let (head, tail) = message.into_frames();
-                self.tail = tail;
+                let mut frames = message.into_frames().into_iter();
+                let head = frames.next().expect("a message has a first frame");
+                self.tail = frames;
                 Some(Ok(Frame::data(head)))
             }
             Some(Err(status)) => self.finish(status),
@@ -197,8 +264,97 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done && self.tail.is_none()
+        self.done && self.tail.len() == 0
     }
+}
+
+/// A gRPC call of `path` with `body`, as an HTTP/2 request; the channel it
+/// goes through adds the scheme and authority of the node it reaches.
+pub fn call_request<B>(path: &'static str, body: B) -> http::Request<B> {
+    let mut call = http::Request::new(body);
+    *call.method_mut() = http::Method::POST;
+    *call.version_mut() = http::Version::HTTP_2;
+    *call.uri_mut() = http::Uri::from_static(path);
+    let headers = call.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+    call
+}
+
+/// The status of a response without one (not gRPC, or cut short), as
+/// gRPC's HTTP mapping infers it.
+pub fn missing_status(http_status: http::StatusCode) -> Status {
+    use tonic::Code;
+    let code = match http_status {
+        http::StatusCode::BAD_REQUEST => Code::Internal,
+        http::StatusCode::UNAUTHORIZED => Code::Unauthenticated,
+        http::StatusCode::FORBIDDEN => Code::PermissionDenied,
+        http::StatusCode::NOT_FOUND => Code::Unimplemented,
+        http::StatusCode::TOO_MANY_REQUESTS
+        | http::StatusCode::BAD_GATEWAY
+        | http::StatusCode::SERVICE_UNAVAILABLE
+        | http::StatusCode::GATEWAY_TIMEOUT => Code::Unavailable,
+        _ => Code::Unknown,
+    };
+    Status::new(
+        code,
+        format!(
+            "the response carries no gRPC status (HTTP {})",
+            http_status.as_u16()
+        ),
+    )
+}
+
+/// The one message of a unary call's `response`, or the call's status if
+/// that is not OK (from the headers of a call refused at once, else from
+/// the trailers), each message at most `max_message_bytes`.
+pub async fn unary_reply<B, M>(
+    response: http::Response<B>,
+    max_message_bytes: usize,
+) -> Result<M, Status>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    M: Message + Default,
+{
+    use futures::StreamExt;
+    if let Some(status) = Status::from_header_map(response.headers())
+        && status.code() != tonic::Code::Ok
+    {
+        return Err(status);
+    }
+    let http_status = response.status();
+    if http_status != http::StatusCode::OK {
+        return Err(missing_status(http_status));
+    }
+    let mut messages = BodyMessages::<B, M>::new(response.into_body(), max_message_bytes);
+    let mut reply = None;
+    while let Some(item) = messages.next().await {
+        match item {
+            Ok(message) => reply = Some(message),
+            Err(BodyEnd::Ended {
+                trailers,
+                truncated,
+            }) => {
+                let status = trailers
+                    .as_ref()
+                    .and_then(Status::from_header_map)
+                    .unwrap_or_else(|| missing_status(http_status));
+                if status.code() != tonic::Code::Ok {
+                    return Err(status);
+                }
+                if truncated {
+                    return Err(Status::internal("the response ended inside a message"));
+                }
+            }
+            Err(BodyEnd::Wire(e)) => return Err(Status::internal(format!("a response: {e}"))),
+            Err(BodyEnd::Broken(e)) => return Err(Status::from_error(e)),
+        }
+    }
+    reply.ok_or_else(|| Status::internal("the response carried no message"))
 }
 
 /// Why received bytes are not a message.
@@ -546,11 +702,8 @@ mod tests {
     }
 
     /// The frames' bytes, back to back: what the peer receives.
-    fn joined(frames: (Bytes, Option<Bytes>)) -> Bytes {
-        let (head, tail) = frames;
-        let mut wire = head.to_vec();
-        wire.extend_from_slice(tail.as_deref().unwrap_or_default());
-        wire.into()
+    fn joined(frames: Vec<Bytes>) -> Bytes {
+        frames.concat().into()
     }
 
     /// What any gRPC peer decodes from the frames: the same message.
@@ -566,7 +719,7 @@ mod tests {
         ] {
             let sent = fetch_response(bulk);
             let frames = sent.clone().into_frames();
-            assert_eq!(frames.1.is_some(), bulk >= SEPARATE_FRAME_MIN_BYTES);
+            assert_eq!(frames.len() == 2, bulk >= SEPARATE_FRAME_MIN_BYTES);
             let wire = joined(frames);
             assert_eq!(wire[0], 0, "uncompressed");
             let len = u32::from_be_bytes(wire[1..5].try_into().unwrap()) as usize;
@@ -592,8 +745,7 @@ mod tests {
     fn bulk_bytes_travel_as_they_are_and_arrive_as_they_were_sent() {
         let sent = fetch_response(1 << 20);
         let stored = sent.records.clone();
-        let (head, tail) = sent.clone().into_frames();
-        let tail = tail.unwrap();
+        let [head, tail] = <[Bytes; 2]>::try_from(sent.clone().into_frames()).unwrap();
         assert_eq!(tail.as_ptr(), stored.as_ptr(), "not a copy");
         // The receiver gets them as the frame they were sent in.
         let mut received = Reassembly::new(2 << 20);
@@ -603,6 +755,74 @@ mod tests {
         let got: FetchResponse = received.next_message().unwrap().unwrap();
         assert_eq!(got, sent);
         assert_eq!(got.records.as_ptr(), frame.as_ptr(), "decoded in place");
+    }
+
+    #[test]
+    fn an_append_sends_each_large_batch_as_it_is_and_the_follower_decodes_it_in_place() {
+        let large = |n: usize, fill: u8| Bytes::from(vec![fill; n]);
+        let entry = |batch: Bytes| RaftEntry {
+            batch,
+            json: Bytes::new(),
+        };
+        let sent = RaftAppendRequest {
+            group: "orders#1/3".into(),
+            header_json: Bytes::from_static(b"{\"vote\":1}"),
+            entries: vec![
+                entry(large(1 << 20, 1)),
+                RaftEntry {
+                    batch: Bytes::new(),
+                    json: Bytes::from_static(b"\"Blank\""),
+                },
+                entry(large(100, 2)),
+                entry(large(SEPARATE_FRAME_MIN_BYTES, 3)),
+            ],
+        };
+        let frames = sent.clone().into_frames();
+        // Head, batch, the small entries with the next batch's field head,
+        // that batch; nothing after it.
+        assert_eq!(
+            frames.len(),
+            4,
+            "{:?}",
+            frames.iter().map(Bytes::len).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            frames[1].as_ptr(),
+            sent.entries[0].batch.as_ptr(),
+            "not a copy"
+        );
+        assert_eq!(
+            frames[3].as_ptr(),
+            sent.entries[3].batch.as_ptr(),
+            "not a copy"
+        );
+        // What prost would have sent, byte for byte.
+        let wire = joined(frames.clone());
+        assert_eq!(&wire[..], &framed(&sent)[..]);
+        // Received as the frames they were sent in: the batches in place.
+        let mut received = Reassembly::new(4 << 20);
+        let arrived: Vec<Bytes> = frames.iter().map(|f| Bytes::copy_from_slice(f)).collect();
+        for frame in &arrived {
+            received.push(frame.clone());
+        }
+        let got: RaftAppendRequest = received.next_message().unwrap().unwrap();
+        assert_eq!(got, sent);
+        assert_eq!(
+            got.entries[0].batch.as_ptr(),
+            arrived[1].as_ptr(),
+            "decoded in place"
+        );
+        assert_eq!(
+            got.entries[3].batch.as_ptr(),
+            arrived[3].as_ptr(),
+            "decoded in place"
+        );
+        // No entries: one frame, as prost sends it.
+        let empty = RaftAppendRequest {
+            entries: Vec::new(),
+            ..sent
+        };
+        assert_eq!(empty.clone().into_frames(), vec![framed(&empty)]);
     }
 
     /// Every frame `body` yields, in order.
@@ -646,10 +866,10 @@ mod tests {
 
         let got = frames(WireBody::request(messages(None)));
         assert_eq!(got.len(), 2, "head and records, no trailers");
-        let wire = joined((
+        let wire = joined(vec![
             got[0].as_ref().unwrap().data_ref().unwrap().clone(),
-            got[1].as_ref().unwrap().data_ref().cloned(),
-        ));
+            got[1].as_ref().unwrap().data_ref().unwrap().clone(),
+        ]);
         assert_eq!(FetchResponse::decode(&wire[PREFIX_BYTES..]).unwrap(), sent);
 
         let got = frames(WireBody::request(messages(Some(Status::cancelled("x")))));
@@ -725,9 +945,9 @@ mod tests {
             ) {
                 let mut wire = Vec::new();
                 for m in &sent {
-                    let (head, tail) = m.clone().into_frames();
-                    wire.extend_from_slice(&head);
-                    wire.extend_from_slice(tail.as_deref().unwrap_or_default());
+                    for frame in m.clone().into_frames() {
+                        wire.extend_from_slice(&frame);
+                    }
                 }
                 let mut received = Reassembly::new(1 << 20);
                 let mut got = Vec::new();

@@ -18,12 +18,14 @@ use openraft::raft::{
 use openraft::{AnyError, BasicNode};
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
+use strata_proto::grpc_wire::{RAFT_APPEND_PATH, WireBody, call_request, unary_reply};
 use strata_proto::limits::{
     HTTP2_CONNECTION_WINDOW_BYTES, HTTP2_MAX_FRAME_BYTES, HTTP2_STREAM_WINDOW_BYTES,
 };
 use strata_proto::v1::peer_client::PeerClient;
 use strata_proto::v1::{RaftAppendRequest, RaftReply, RaftRequest};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tower::ServiceExt;
 
 use super::{NodeId, TypeConfig, wire};
 
@@ -111,18 +113,21 @@ impl Peers {
         Ok(endpoint)
     }
 
-    pub(crate) fn client(&self, addr: &str) -> Result<PeerClient<Channel>, String> {
-        let channel = {
-            let mut channels = self.channels.lock();
-            match channels.get(addr) {
-                Some(c) => c.clone(),
-                None => {
-                    let channel = self.endpoint(addr)?.connect_lazy();
-                    channels.insert(addr.to_string(), channel.clone());
-                    channel
-                }
+    /// The channel to `addr`, shared by every call to that peer.
+    fn channel(&self, addr: &str) -> Result<Channel, String> {
+        let mut channels = self.channels.lock();
+        match channels.get(addr) {
+            Some(c) => Ok(c.clone()),
+            None => {
+                let channel = self.endpoint(addr)?.connect_lazy();
+                channels.insert(addr.to_string(), channel.clone());
+                Ok(channel)
             }
-        };
+        }
+    }
+
+    pub(crate) fn client(&self, addr: &str) -> Result<PeerClient<Channel>, String> {
+        let channel = self.channel(addr)?;
         Ok(PeerClient::new(channel)
             .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES))
@@ -211,6 +216,15 @@ impl PeerConnection {
             .await
             .map_err(Self::transport)?
             .into_inner();
+        self.decode_reply(reply)
+    }
+
+    /// The peer's `Result`, decoded (a remote error stays the peer's error).
+    fn decode_reply<T, E>(&self, reply: RaftReply) -> RpcResult<T, RaftError<NodeId, E>>
+    where
+        T: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         let result: Result<T, RaftError<NodeId, E>> = serde_json::from_slice(&reply.json)
             .map_err(|e| RPCError::Network(NetworkError::new(&AnyError::error(e))))?;
         result.map_err(|e| {
@@ -233,6 +247,27 @@ impl PeerConnection {
     }
 }
 
+/// Calls RaftAppend one layer below tonic (see `strata_proto::grpc_wire`):
+/// each entry's batch goes to h2 as a frame of its own, written to the
+/// socket from the log's memory instead of encoded into a buffer first.
+async fn append_call(
+    channel: Channel,
+    request: RaftAppendRequest,
+    ttl: Duration,
+) -> Result<RaftReply, tonic::Status> {
+    let body = WireBody::request(futures::stream::iter([Ok::<_, tonic::Status>(request)]));
+    let mut call = call_request(RAFT_APPEND_PATH, tonic::body::Body::new(body));
+    // As tonic's `set_timeout` says it, for the peer to stop in time too.
+    if let Ok(timeout) = format!("{}m", ttl.as_millis().max(1)).parse() {
+        call.headers_mut().insert("grpc-timeout", timeout);
+    }
+    let response = channel
+        .oneshot(call)
+        .await
+        .map_err(|e| tonic::Status::from_error(e.into()))?;
+    unary_reply(response, MAX_PEER_MESSAGE_BYTES).await
+}
+
 impl RaftNetwork<TypeConfig> for PeerConnection {
     async fn append_entries(
         &mut self,
@@ -245,10 +280,16 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             header_json: header_json.into(),
             entries,
         };
-        self.call(request, &option, |mut c, r| async move {
-            c.raft_append(r).await
-        })
-        .await
+        let channel = self
+            .peers
+            .channel(&self.addr)
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))?;
+        let ttl = option.hard_ttl();
+        let reply = tokio::time::timeout(ttl, append_call(channel, request, ttl))
+            .await
+            .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("AppendEntries timed out")))
+            .map_err(Self::transport)?;
+        self.decode_reply(reply)
     }
 
     async fn install_snapshot(

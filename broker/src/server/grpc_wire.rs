@@ -13,7 +13,9 @@ use axum::http::{self, HeaderValue, header};
 use futures::Stream;
 use prost::Message;
 use strata_proto::grpc_wire::{BodyEnd, BodyMessages, WireBody, WireError};
-pub use strata_proto::grpc_wire::{FETCH_PATH, PREFIX_BYTES, PRODUCE_STREAM_PATH, WireMessage};
+pub use strata_proto::grpc_wire::{
+    FETCH_PATH, PREFIX_BYTES, PRODUCE_STREAM_PATH, RAFT_APPEND_PATH, WireMessage,
+};
 use tonic::Status;
 
 use super::status::to_status;

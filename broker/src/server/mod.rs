@@ -22,6 +22,7 @@ pub(crate) mod local;
 pub mod peer_service;
 mod produce;
 mod produce_route;
+mod raft_append_route;
 pub mod status;
 
 use std::net::{SocketAddr, TcpListener};
@@ -119,6 +120,25 @@ pub(crate) fn data_routes(broker: &Broker) -> Routes {
     )
 }
 
+/// The peer-port services of `broker`; RaftAppend is routed to
+/// `raft_append_route` ahead of tonic's handler (see `grpc_wire`).
+fn peer_routes(broker: &Broker) -> Routes {
+    let peers = PeerService::new(broker.node_id(), broker.raft_groups().clone())
+        .with_metadata(broker.metadata_group().cloned());
+    let services = Routes::new(
+        PeerServer::new(peers.clone())
+            .max_decoding_message_size(crate::raft::network::MAX_PEER_MESSAGE_BYTES)
+            .max_encoding_message_size(crate::raft::network::MAX_PEER_MESSAGE_BYTES),
+    );
+    let append =
+        axum::routing::post(move |request| raft_append_route::serve(peers.clone(), request));
+    Routes::from(
+        services
+            .into_axum_router()
+            .route(grpc_wire::RAFT_APPEND_PATH, append),
+    )
+}
+
 /// The control-plane services (and HTTP endpoints) of `broker`, describing
 /// this node as `node`, plus whatever `extra` adds (health, on the TCP port).
 pub(crate) fn control_routes(
@@ -195,14 +215,7 @@ pub fn serve(broker: &Broker, addrs: &ListenAddrs) -> Result<ServerHandle> {
     let control_routes = control_routes(broker, node, |routes| {
         routes.add_service(health_service);
     });
-    let peer_routes = Routes::new(
-        PeerServer::new(
-            PeerService::new(broker.node_id(), broker.raft_groups().clone())
-                .with_metadata(broker.metadata_group().cloned()),
-        )
-        .max_decoding_message_size(crate::raft::network::MAX_PEER_MESSAGE_BYTES)
-        .max_encoding_message_size(crate::raft::network::MAX_PEER_MESSAGE_BYTES),
-    );
+    let peer_routes = peer_routes(broker);
 
     // Authentication wraps the data and control services (not the peer
     // port: mutual TLS is how nodes know each other).

@@ -34,6 +34,15 @@ impl PeerService {
         self
     }
 
+    /// Hands an AppendEntries to its group (both routes: tonic's handler and
+    /// the one below tonic that the nodes themselves call).
+    pub async fn append(&self, request: RaftAppendRequest) -> Result<RaftReply, Status> {
+        let raft = self.group(&request.group)?;
+        let rpc = wire::decode_append(&request.header_json, request.entries)
+            .map_err(Status::invalid_argument)?;
+        reply(raft.append_entries(rpc).await).map(Response::into_inner)
+    }
+
     fn group(&self, group: &str) -> Result<Raft, Status> {
         // A group this node does not run (yet): the sender retries, and by then
         // this node has usually applied the metadata that creates it.
@@ -65,11 +74,7 @@ impl Peer for PeerService {
         &self,
         request: Request<RaftAppendRequest>,
     ) -> Result<Response<RaftReply>, Status> {
-        let request = request.into_inner();
-        let raft = self.group(&request.group)?;
-        let rpc = wire::decode_append(&request.header_json, request.entries)
-            .map_err(Status::invalid_argument)?;
-        reply(raft.append_entries(rpc).await)
+        self.append(request.into_inner()).await.map(Response::new)
     }
 
     async fn raft_vote(
