@@ -73,7 +73,13 @@ impl Payloads {
         };
         if self.chunk.len() < self.size {
             let bytes = (CHUNK_BYTES / self.size).max(1) * self.size;
-            self.chunk = BytesMut::with_capacity(bytes);
+            // The last chunk's memory again once no payload cut from it is
+            // left (the producer copies each value into its batch): warm in
+            // cache, where a new one was faulted in page by page.
+            self.chunk.clear();
+            if !self.chunk.try_reclaim(bytes) {
+                self.chunk = BytesMut::with_capacity(bytes);
+            }
             self.chunk.resize(bytes, b'.');
         }
         let mut payload = self.chunk.split_to(self.size);
@@ -128,10 +134,36 @@ mod tests {
             assert_eq!(payload[..], encode(s, 1000)[..]);
         }
         let (late, _) = payloads.next(0, started + std::time::Duration::from_secs(2));
+
         assert_eq!(
             late.sent_micros - payloads.origin_micros,
             (started - payloads.origin).as_micros() as i64 + 2_000_000,
             "the stamp follows the instant it is given"
         );
+        let per_chunk = CHUNK_BYTES / 1000;
+        // A chunk's memory is used again only once none of its payloads is
+        // left: one still held keeps its bytes.
+        let mut other = Payloads::new(2, 1000);
+        let first: Vec<_> = (0..per_chunk as u64)
+            .map(|i| other.next(i, Instant::now()))
+            .collect();
+        let (_, next) = other.next(per_chunk as u64, Instant::now());
+        assert_ne!(next.as_ptr(), first[0].1.as_ptr(), "reused while held");
+        for (s, payload) in &first {
+            assert_eq!(payload[..], encode(*s, 1000)[..]);
+        }
+        let start = first[0].1.as_ptr();
+        drop(first);
+        let second_start = next.as_ptr();
+        drop(next);
+        for i in 1..per_chunk as u64 {
+            other.next(per_chunk as u64 + i, Instant::now());
+        }
+        let (s, reused) = other.next(0, Instant::now());
+        assert!(
+            [start, second_start].contains(&reused.as_ptr()),
+            "a chunk whose payloads are all gone is used again"
+        );
+        assert_eq!(reused[..], encode(s, 1000)[..]);
     }
 }
