@@ -436,6 +436,12 @@ async fn proposer(replica: std::sync::Weak<Replica>, mut rx: mpsc::UnboundedRece
     let mut uncommitted = Uncommitted::default();
     while let Some(p) = rx.recv().await {
         uncommitted.room_for(p.batch.len()).await;
+        // Whoever asked stopped waiting meanwhile (a unary Produce past its
+        // deadline): nothing was acknowledged, so nothing need be written,
+        // and a retry comes as a proposal of its own.
+        if p.reply.is_closed() {
+            continue;
+        }
         let Some(replica) = replica.upgrade() else {
             let _ = p.reply.send(Err(Error::ShuttingDown));
             continue;
