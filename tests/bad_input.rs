@@ -240,6 +240,15 @@ async fn every_bad_produce_gets_the_right_code_and_stored_data_is_untouched() {
         Code::InvalidArgument,
         "compression",
     );
+    // A Raft entry id is the broker's to stamp: a replica would take a
+    // forged one for its leader's (CRC resealed, so only the id is wrong).
+    let mut forged = batch(1, 10);
+    strata_proto::batch::verify_and_stamp(&mut forged, 0, 3, 1).unwrap();
+    assert_status(
+        data.produce(produce("t", 0, forged)).await,
+        Code::InvalidArgument,
+        "raft term 3 and index 1",
+    );
     let bad_acks = ProduceRequest {
         acks: 9,
         ..produce("t", 0, batch(1, 1))

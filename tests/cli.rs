@@ -161,6 +161,19 @@ fn client_commands_fail_with_one_line_and_a_nonzero_exit() {
 }
 
 #[test]
+fn serve_refuses_node_id_zero_which_means_no_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(common::STRATA)
+        .args(["serve", "--node-id", "0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--node-id must be at least 1"), "{stderr}");
+}
+
+#[test]
 fn topics_and_data_survive_a_sigterm_restart_without_recovery() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = Node::start(&dir.path().join("n1"));

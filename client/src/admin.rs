@@ -199,7 +199,8 @@ impl Admin {
             if leaderless.is_empty() {
                 return Ok(topic);
             }
-            if tokio::time::Instant::now() + pause > deadline {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
                 return Err(crate::Error::NotLeader {
                     leader: None,
                     message: format!(
@@ -208,7 +209,8 @@ impl Admin {
                     ),
                 });
             }
-            tokio::time::sleep(pause).await;
+            // The last poll comes at the deadline, not a pause before it.
+            tokio::time::sleep(pause.min(deadline - now)).await;
             pause = (pause * 2).min(Duration::from_millis(LEADER_POLL_MAX_MS));
         }
     }

@@ -149,8 +149,8 @@ impl WireMessage for RaftAppendRequest {
         // What goes in frames of their own takes no room in the buffer.
         let separate: usize = entries
             .iter()
+            .filter(|e| e.batch.len() >= SEPARATE_FRAME_MIN_BYTES && e.json.is_empty())
             .map(|e| e.batch.len())
-            .filter(|&len| len >= SEPARATE_FRAME_MIN_BYTES)
             .sum();
         let mut frames = Vec::new();
         let mut buf = framed_with_tail(&self, entries_len, entries_len - separate);
@@ -161,11 +161,11 @@ impl WireMessage for RaftAppendRequest {
                 &mut buf,
             );
             encode_varint(entry_len(&entry) as u64, &mut buf);
-            if entry.batch.len() < SEPARATE_FRAME_MIN_BYTES {
+            if entry.batch.len() < SEPARATE_FRAME_MIN_BYTES || !entry.json.is_empty() {
                 entry.encode(&mut buf).expect("the buffer grows as needed");
                 continue;
             }
-            // Only the batch is set (an entry is a batch or JSON).
+            // Only the batch is set (checked above).
             encode_key(RAFT_ENTRY_BATCH_FIELD, WireType::LengthDelimited, &mut buf);
             encode_varint(entry.batch.len() as u64, &mut buf);
             frames.push(buf.split().freeze());
@@ -817,6 +817,16 @@ mod tests {
             arrived[3].as_ptr(),
             "decoded in place"
         );
+        // An entry with both fields set (never sent, but well-formed) is
+        // encoded whole, in line.
+        let both = RaftAppendRequest {
+            entries: vec![RaftEntry {
+                batch: large(SEPARATE_FRAME_MIN_BYTES, 4),
+                json: Bytes::from_static(b"{}"),
+            }],
+            ..sent.clone()
+        };
+        assert_eq!(&joined(both.clone().into_frames())[..], &framed(&both)[..]);
         // No entries: one frame, as prost sends it.
         let empty = RaftAppendRequest {
             entries: Vec::new(),

@@ -246,6 +246,10 @@ pub async fn run(args: ServeArgs) -> CliResult {
         return Err(CliError("--auth-deadline-ms must be positive".into()));
     }
     let node_id = args.node_id.or(file.node_id).unwrap_or(1);
+    // 0 stands for "no node" where leaders are reported (no leader known).
+    if node_id == 0 {
+        return Err(CliError("--node-id must be at least 1".into()));
+    }
     let defaults = BrokerConfig::default();
     let config = BrokerConfig {
         data_dir: args

@@ -291,6 +291,15 @@ impl Partition {
                 "control batches are written by the broker, not producers".into(),
             ));
         }
+        // A replica takes a batch whose Raft entry id matches the log's next
+        // entry as one stamped by its leader; one forged by a producer made
+        // the leader's own write fail and stopped the partition's group.
+        if (header.raft_term, header.raft_index) != (0, 0) {
+            return Err(Error::InvalidArgument(format!(
+                "the batch carries Raft term {} and index {}; the broker sets those, send zeros",
+                header.raft_term, header.raft_index
+            )));
+        }
         let commit = match &self.writer {
             Writer::Local(commit) => commit,
             Writer::Replicated(replica) => {

@@ -435,10 +435,14 @@ async fn proposer(replica: std::sync::Weak<Replica>, mut rx: mpsc::UnboundedRece
     let mut barrier: Option<(u64, u64)> = None;
     let mut uncommitted = Uncommitted::default();
     while let Some(p) = rx.recv().await {
+        // Whoever asked stopped waiting (a unary Produce past its deadline,
+        // before or while this waits for room): nothing was acknowledged,
+        // so nothing need be written, and a retry comes as a proposal of
+        // its own.
+        if p.reply.is_closed() {
+            continue;
+        }
         uncommitted.room_for(p.batch.len()).await;
-        // Whoever asked stopped waiting meanwhile (a unary Produce past its
-        // deadline): nothing was acknowledged, so nothing need be written,
-        // and a retry comes as a proposal of its own.
         if p.reply.is_closed() {
             continue;
         }

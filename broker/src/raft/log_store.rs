@@ -27,6 +27,7 @@ use openraft::{
 };
 use parking_lot::{Mutex, RwLock};
 use strata_proto::batch::{BatchError, BatchHeader, Batches, verify, verify_and_stamp};
+use strata_proto::grpc_wire::SEPARATE_FRAME_MIN_BYTES;
 use tokio::sync::{mpsc, watch};
 
 use super::state_file::{ControlEntry, RaftState, StateFile};
@@ -370,7 +371,14 @@ impl Inner {
         // leader's comes as its producer sent it and is stamped in a copy.
         let bytes = if stamped && header.raft_term == id.leader_id.term {
             verify(batch).map_err(entry_err)?;
-            batch.clone()
+            // A large batch arrived as an HTTP/2 frame of its own and is kept
+            // as it is; a small one shares its frame with other entries,
+            // which the tail would keep alive with it.
+            if batch.len() < SEPARATE_FRAME_MIN_BYTES {
+                Bytes::copy_from_slice(batch)
+            } else {
+                batch.clone()
+            }
         } else {
             let mut bytes = batch.to_vec();
             verify_and_stamp(&mut bytes, end, id.leader_id.term, id.index).map_err(entry_err)?;

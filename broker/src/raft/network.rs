@@ -284,10 +284,11 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             .peers
             .channel(&self.addr)
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))?;
-        let ttl = option.hard_ttl();
-        let reply = tokio::time::timeout(ttl, append_call(channel, request, ttl))
+        // openraft bounds the call by `hard_ttl` itself (and calls a late
+        // one a timeout); a deadline of ours would race it and come back as
+        // an unreachable peer, which pauses replication to it.
+        let reply = append_call(channel, request, option.hard_ttl())
             .await
-            .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("AppendEntries timed out")))
             .map_err(Self::transport)?;
         self.decode_reply(reply)
     }
