@@ -16,18 +16,11 @@
 //! answers the way tonic's would: a `Status` from the response's headers or
 //! trailers, or from the transport when the call could not be made.
 
-use std::pin::Pin;
-use std::task::{Context, Poll, ready};
-
-use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
-use http_body::Body;
 use prost::Message;
-use strata_proto::grpc_wire::{
-    BodyEnd, BodyMessages, WireBody, WireError, WireMessage, call_request, framed, missing_status,
-};
-use tonic::{Code, Status};
+use strata_proto::grpc_wire::{WireBody, WireMessage, call_request, framed, response_messages};
+use tonic::Status;
 use tower::ServiceExt;
 
 use crate::channel::Transport;
@@ -82,91 +75,22 @@ where
         .oneshot(call_request(path, body))
         .await
         .map_err(|e| Status::from_error(e.into()))?;
-    // A call refused before any message is answered in the headers alone.
-    if let Some(status) = Status::from_header_map(response.headers()) {
-        return match status.code() {
-            Code::Ok => Ok(Box::pin(futures::stream::empty())),
-            _ => Err(status),
-        };
-    }
-    let http_status = response.status();
-    // Not gRPC at all (a proxy's error page, say): its body is no message.
-    if http_status != http::StatusCode::OK {
-        return Err(missing_status(http_status));
-    }
-    Ok(Box::pin(ResponseMessages {
-        messages: BodyMessages::<_, Resp>::new(response.into_body(), max_message_bytes),
-        http_status,
-    }))
-}
-
-/// A response body's messages, then its status if that is not OK.
-struct ResponseMessages<B, M> {
-    messages: BodyMessages<B, M>,
-    http_status: http::StatusCode,
-}
-
-impl<B, M> ResponseMessages<B, M> {
-    /// The last item: the call's status from its trailers (as gRPC's HTTP
-    /// mapping infers it when there are none), unless it is OK.
-    fn finish(
-        &self,
-        trailers: Option<&http::HeaderMap>,
-        truncated: bool,
-    ) -> Option<Result<M, Status>> {
-        let status = trailers
-            .and_then(Status::from_header_map)
-            .unwrap_or_else(|| missing_status(self.http_status));
-        if status.code() != Code::Ok {
-            return Some(Err(status));
-        }
-        if truncated {
-            return Some(Err(Status::internal("the response ended inside a message")));
-        }
-        None
-    }
-}
-
-/// A response that is not a message, as a status typed the way the
-/// application should see it: a message over the limit is not something a
-/// retry fixes (tonic said OUT_OF_RANGE, which the consumer would have taken
-/// for an offset out of range); an undecodable one is INTERNAL, as in tonic.
-fn wire_status(error: &WireError) -> Status {
-    let message = format!("a response from the broker: {error}");
-    match error {
-        WireError::TooLarge { .. } => Status::resource_exhausted(message),
-        WireError::Compressed => Status::unimplemented(message),
-        _ => Status::internal(message),
-    }
-}
-
-impl<B, M> Stream for ResponseMessages<B, M>
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    M: Message + Default,
-{
-    type Item = Result<M, Status>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        Poll::Ready(match ready!(Pin::new(&mut self.messages).poll_next(cx)) {
-            Some(Ok(message)) => Some(Ok(message)),
-            None => None,
-            Some(Err(BodyEnd::Ended {
-                trailers,
-                truncated,
-            })) => self.finish(trailers.as_ref(), truncated),
-            Some(Err(BodyEnd::Wire(e))) => Some(Err(wire_status(&e))),
-            Some(Err(BodyEnd::Broken(e))) => Some(Err(Status::from_error(e))),
-        })
-    }
+    Ok(
+        match response_messages::<_, Resp>(response, max_message_bytes)? {
+            Some(messages) => Box::pin(messages),
+            None => Box::pin(futures::stream::empty()),
+        },
+    )
 }
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
     use http::{HeaderMap, HeaderValue};
     use http_body::Frame;
+    use strata_proto::grpc_wire::{ResponseMessages, WireError, response_wire_status};
     use strata_proto::v1::FetchResponse;
+    use tonic::Code;
 
     use super::*;
     use crate::error::Error;
@@ -188,12 +112,9 @@ mod tests {
         let body = http_body_util::StreamBody::new(futures::stream::iter(
             frames.into_iter().map(Ok::<_, std::convert::Infallible>),
         ));
-        ResponseMessages {
-            messages: BodyMessages::<_, FetchResponse>::new(body, 1 << 20),
-            http_status,
-        }
-        .collect()
-        .await
+        ResponseMessages::<_, FetchResponse>::new(body, 1 << 20, http_status)
+            .collect()
+            .await
     }
 
     fn trailers(pairs: &[(&'static str, &'static str)]) -> Frame<Bytes> {
@@ -257,13 +178,13 @@ mod tests {
 
     #[test]
     fn a_response_over_the_limit_is_not_retried_or_taken_for_an_offset_error() {
-        let status = wire_status(&WireError::TooLarge { len: 10, limit: 5 });
+        let status = response_wire_status(&WireError::TooLarge { len: 10, limit: 5 });
         assert_eq!(status.code(), Code::ResourceExhausted);
         let error = Error::from_status(&status);
         assert!(!error.is_retriable(), "{error:?}");
         assert!(!matches!(error, Error::OffsetOutOfRange(_)));
         assert_eq!(
-            wire_status(&WireError::Compressed).code(),
+            response_wire_status(&WireError::Compressed).code(),
             Code::Unimplemented
         );
     }

@@ -76,6 +76,12 @@ pub trait WireMessage {
 /// message: copying a few KiB costs less than a frame of their own.
 pub const SEPARATE_FRAME_MIN_BYTES: usize = 16 * 1024;
 
+/// Whether bulk bytes of `len` travel in a DATA frame of their own, and so
+/// arrive in one (when they fit in a frame) rather than among other fields.
+pub fn own_frame(len: usize) -> bool {
+    len >= SEPARATE_FRAME_MIN_BYTES
+}
+
 /// `message` with `bulk` as its length-delimited field `field`, put after
 /// the other fields (prost reads fields in any order), and in a frame of its
 /// own when it is worth one. `message` must not hold that field itself.
@@ -84,7 +90,7 @@ fn with_bulk_field(message: &impl Message, field: u32, bulk: Bytes) -> Vec<Bytes
         return vec![framed(message)];
     }
     let head = key_len(field) + encoded_len_varint(bulk.len() as u64);
-    let inline = bulk.len() < SEPARATE_FRAME_MIN_BYTES;
+    let inline = !own_frame(bulk.len());
     let room = head + if inline { bulk.len() } else { 0 };
     let mut buf = framed_with_tail(message, head + bulk.len(), room);
     encode_key(field, WireType::LengthDelimited, &mut buf);
@@ -146,10 +152,13 @@ impl WireMessage for RaftAppendRequest {
                 key_len(RAFT_APPEND_ENTRIES_FIELD) + encoded_len_varint(len as u64) + len
             })
             .sum();
+        // A batch goes alone; an entry with JSON (never also a batch) is
+        // encoded whole.
+        let alone = |e: &RaftEntry| own_frame(e.batch.len()) && e.json.is_empty();
         // What goes in frames of their own takes no room in the buffer.
         let separate: usize = entries
             .iter()
-            .filter(|e| e.batch.len() >= SEPARATE_FRAME_MIN_BYTES && e.json.is_empty())
+            .filter(|e| alone(e))
             .map(|e| e.batch.len())
             .sum();
         let mut frames = Vec::new();
@@ -161,11 +170,10 @@ impl WireMessage for RaftAppendRequest {
                 &mut buf,
             );
             encode_varint(entry_len(&entry) as u64, &mut buf);
-            if entry.batch.len() < SEPARATE_FRAME_MIN_BYTES || !entry.json.is_empty() {
+            if !alone(&entry) {
                 entry.encode(&mut buf).expect("the buffer grows as needed");
                 continue;
             }
-            // Only the batch is set (checked above).
             encode_key(RAFT_ENTRY_BATCH_FIELD, WireType::LengthDelimited, &mut buf);
             encode_varint(entry.batch.len() as u64, &mut buf);
             frames.push(buf.split().freeze());
@@ -308,9 +316,34 @@ pub fn missing_status(http_status: http::StatusCode) -> Status {
     )
 }
 
+/// A call's `response` as it arrived: refused in its headers alone (an error
+/// at once; no messages if the status there is OK), or its messages, each
+/// at most `max_message_bytes`, then its status.
+pub fn response_messages<B, M>(
+    response: http::Response<B>,
+    max_message_bytes: usize,
+) -> Result<Option<ResponseMessages<B, M>>, Status> {
+    // A call refused before any message is answered in the headers alone.
+    if let Some(status) = Status::from_header_map(response.headers()) {
+        return match status.code() {
+            tonic::Code::Ok => Ok(None),
+            _ => Err(status),
+        };
+    }
+    let http_status = response.status();
+    // Not gRPC at all (a proxy's error page, say): its body is no message.
+    if http_status != http::StatusCode::OK {
+        return Err(missing_status(http_status));
+    }
+    Ok(Some(ResponseMessages::new(
+        response.into_body(),
+        max_message_bytes,
+        http_status,
+    )))
+}
+
 /// The one message of a unary call's `response`, or the call's status if
-/// that is not OK (from the headers of a call refused at once, else from
-/// the trailers), each message at most `max_message_bytes`.
+/// that is not OK.
 pub async fn unary_reply<B, M>(
     response: http::Response<B>,
     max_message_bytes: usize,
@@ -321,40 +354,82 @@ where
     M: Message + Default,
 {
     use futures::StreamExt;
-    if let Some(status) = Status::from_header_map(response.headers())
-        && status.code() != tonic::Code::Ok
-    {
-        return Err(status);
-    }
-    let http_status = response.status();
-    if http_status != http::StatusCode::OK {
-        return Err(missing_status(http_status));
-    }
-    let mut messages = BodyMessages::<B, M>::new(response.into_body(), max_message_bytes);
-    let mut reply = None;
+    let no_message = || Status::internal("the response carried no message");
+    let Some(mut messages) = response_messages::<B, M>(response, max_message_bytes)? else {
+        return Err(no_message());
+    };
+    let reply = messages.next().await.ok_or_else(no_message)??;
+    // Then the call's status.
     while let Some(item) = messages.next().await {
-        match item {
-            Ok(message) => reply = Some(message),
-            Err(BodyEnd::Ended {
-                trailers,
-                truncated,
-            }) => {
-                let status = trailers
-                    .as_ref()
-                    .and_then(Status::from_header_map)
-                    .unwrap_or_else(|| missing_status(http_status));
-                if status.code() != tonic::Code::Ok {
-                    return Err(status);
-                }
-                if truncated {
-                    return Err(Status::internal("the response ended inside a message"));
-                }
-            }
-            Err(BodyEnd::Wire(e)) => return Err(Status::internal(format!("a response: {e}"))),
-            Err(BodyEnd::Broken(e)) => return Err(Status::from_error(e)),
+        item?;
+    }
+    Ok(reply)
+}
+
+/// A response body's messages, then its status if that is not OK.
+pub struct ResponseMessages<B, M> {
+    messages: BodyMessages<B, M>,
+    http_status: http::StatusCode,
+}
+
+impl<B, M> ResponseMessages<B, M> {
+    /// The messages of `body`, a response with `http_status`.
+    pub fn new(body: B, max_message_bytes: usize, http_status: http::StatusCode) -> Self {
+        ResponseMessages {
+            messages: BodyMessages::new(body, max_message_bytes),
+            http_status,
         }
     }
-    reply.ok_or_else(|| Status::internal("the response carried no message"))
+
+    /// The last item: the call's status from its trailers (as gRPC's HTTP
+    /// mapping infers it when there are none), unless it is OK.
+    fn finish(&self, trailers: Option<&HeaderMap>, truncated: bool) -> Option<Result<M, Status>> {
+        let status = trailers
+            .and_then(Status::from_header_map)
+            .unwrap_or_else(|| missing_status(self.http_status));
+        if status.code() != tonic::Code::Ok {
+            return Some(Err(status));
+        }
+        if truncated {
+            return Some(Err(Status::internal("the response ended inside a message")));
+        }
+        None
+    }
+}
+
+/// A response that is not a message, as a status typed the way the caller
+/// should see it: a message over the limit is not something a retry fixes
+/// (tonic said OUT_OF_RANGE, which a consumer would have taken for an offset
+/// out of range); an undecodable one is INTERNAL, as in tonic.
+pub fn response_wire_status(error: &WireError) -> Status {
+    let message = format!("a response from the broker: {error}");
+    match error {
+        WireError::TooLarge { .. } => Status::resource_exhausted(message),
+        WireError::Compressed => Status::unimplemented(message),
+        _ => Status::internal(message),
+    }
+}
+
+impl<B, M> Stream for ResponseMessages<B, M>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    M: Message + Default,
+{
+    type Item = Result<M, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Poll::Ready(match ready!(Pin::new(&mut self.messages).poll_next(cx)) {
+            Some(Ok(message)) => Some(Ok(message)),
+            None => None,
+            Some(Err(BodyEnd::Ended {
+                trailers,
+                truncated,
+            })) => self.finish(trailers.as_ref(), truncated),
+            Some(Err(BodyEnd::Wire(e))) => Some(Err(response_wire_status(&e))),
+            Some(Err(BodyEnd::Broken(e))) => Some(Err(Status::from_error(e))),
+        })
+    }
 }
 
 /// Why received bytes are not a message.

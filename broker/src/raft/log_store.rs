@@ -27,7 +27,7 @@ use openraft::{
 };
 use parking_lot::{Mutex, RwLock};
 use strata_proto::batch::{BatchError, BatchHeader, Batches, verify, verify_and_stamp};
-use strata_proto::grpc_wire::SEPARATE_FRAME_MIN_BYTES;
+use strata_proto::grpc_wire::own_frame;
 use tokio::sync::{mpsc, watch};
 
 use super::state_file::{ControlEntry, RaftState, StateFile};
@@ -374,10 +374,10 @@ impl Inner {
             // A large batch arrived as an HTTP/2 frame of its own and is kept
             // as it is; a small one shares its frame with other entries,
             // which the tail would keep alive with it.
-            if batch.len() < SEPARATE_FRAME_MIN_BYTES {
-                Bytes::copy_from_slice(batch)
-            } else {
+            if own_frame(batch.len()) {
                 batch.clone()
+            } else {
+                Bytes::copy_from_slice(batch)
             }
         } else {
             let mut bytes = batch.to_vec();

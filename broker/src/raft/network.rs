@@ -178,11 +178,19 @@ pub struct PeerConnection {
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, E>>;
 
+/// A peer this node cannot even build a channel to (a bad address).
+fn unreachable<E: std::error::Error>(why: String) -> RPCError<NodeId, BasicNode, E> {
+    RPCError::Unreachable(Unreachable::new(&std::io::Error::other(why)))
+}
+
 impl PeerConnection {
     fn client<E: std::error::Error>(&self) -> RpcResult<PeerClient<Channel>, E> {
-        self.peers
-            .client(&self.addr)
-            .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))
+        self.peers.client(&self.addr).map_err(unreachable)
+    }
+
+    /// The channel to this member, for calls made below tonic.
+    fn channel<E: std::error::Error>(&self) -> RpcResult<Channel, E> {
+        self.peers.channel(&self.addr).map_err(unreachable)
     }
 
     /// Turns a transport failure into the error openraft acts on: refused or
@@ -280,10 +288,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             header_json: header_json.into(),
             entries,
         };
-        let channel = self
-            .peers
-            .channel(&self.addr)
-            .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))?;
+        let channel = self.channel()?;
         // openraft bounds the call by `hard_ttl` itself (and calls a late
         // one a timeout); a deadline of ours would race it and come back as
         // an unreachable peer, which pauses replication to it.
