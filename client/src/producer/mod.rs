@@ -460,10 +460,12 @@ impl Producer {
         partitions: u32,
     ) -> Arc<PartitionQueue> {
         let mut queues = self.inner.queues.lock();
-        if !queues.contains_key(&**topic) {
-            queues.insert(topic.clone(), TopicQueues::default());
-        }
-        let entry = queues.get_mut(&**topic).expect("just inserted");
+        // One lookup per record (this runs for every record; the topic's
+        // entry is made once).
+        let entry = match queues.get_mut(&**topic) {
+            Some(entry) => entry,
+            None => queues.entry(topic.clone()).or_default(),
+        };
         let partition = partition.unwrap_or_else(|| entry.sticky_partition(partitions));
         let index = partition as usize;
         if entry.partitions.len() <= index {

@@ -177,11 +177,22 @@ impl Job {
             let mut latency = histogram();
             let (mut acked, mut failures) = (0u64, Vec::new());
             while let Some(chunk) = rx.recv().await {
-                for (delivery, intended) in chunk {
-                    let outcome = delivery.await;
+                // The clock is read once per wait, not per record: a batch's
+                // records are answered together, and two clock reads per
+                // record were 4% of the bench client's CPU.
+                let mut now = Instant::now();
+                for (mut delivery, intended) in chunk {
+                    let outcome = match futures::FutureExt::now_or_never(&mut delivery) {
+                        Some(outcome) => outcome,
+                        None => {
+                            let outcome = delivery.await;
+                            now = Instant::now();
+                            outcome
+                        }
+                    };
                     match outcome {
                         Ok(_) => {
-                            record(&mut latency, intended.elapsed());
+                            record(&mut latency, now.saturating_duration_since(intended));
                             acked += 1;
                             if acked % PROGRESS_EVERY == 0 {
                                 bar.inc(PROGRESS_EVERY);
