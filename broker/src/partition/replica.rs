@@ -86,9 +86,24 @@ impl Uncommitted {
         self.proposals.push_back((bytes, answer));
     }
 
+    /// Waits for room for `bytes` (see [`Uncommitted::room_for`]) unless
+    /// `stop` resolves first. False if it did: after a step-down the oldest
+    /// proposals stay unanswered until the new leader commits or truncates
+    /// them, and a proposal waiting behind them for room would leave its
+    /// client waiting for its deadline instead of being sent to the new
+    /// leader at once.
+    async fn room_unless(&mut self, bytes: usize, stop: impl Future<Output = ()>) -> bool {
+        tokio::select! {
+            biased;
+            () = self.room_for(bytes) => true,
+            () = stop => false,
+        }
+    }
+
     /// Returns once `bytes` more fit under [`MAX_UNCOMMITTED_BYTES`] (at
     /// once if nothing is uncommitted: a batch larger than the bound still
     /// goes, alone), waiting for the oldest proposals' answers meanwhile.
+    /// Cancel-safe: a proposal leaves the list only once answered.
     async fn room_for(&mut self, bytes: usize) {
         loop {
             while self
@@ -424,6 +439,18 @@ fn admit(
     })
 }
 
+type Metrics = watch::Receiver<openraft::RaftMetrics<NodeId, openraft::BasicNode>>;
+
+/// Resolves once node `me` no longer leads the group whose `metrics` these
+/// are, or the group stopped. Holds the metrics, not the replica (which the
+/// proposer must not keep alive).
+async fn leadership_lost(mut metrics: Metrics, me: NodeId) {
+    // An error: the group is gone, which ends leadership too.
+    let _ = metrics
+        .wait_for(|m| m.running_state.is_err() || m.current_leader != Some(me))
+        .await;
+}
+
 async fn proposer(replica: std::sync::Weak<Replica>, mut rx: mpsc::UnboundedReceiver<Proposal>) {
     let mut in_flight: HashMap<u64, VecDeque<InFlight>> = HashMap::new();
     // (term, last log index) when this proposer first took a write in the
@@ -442,7 +469,15 @@ async fn proposer(replica: std::sync::Weak<Replica>, mut rx: mpsc::UnboundedRece
         if p.reply.is_closed() {
             continue;
         }
-        uncommitted.room_for(p.batch.len()).await;
+        let Some(lost) = replica
+            .upgrade()
+            .map(|r| leadership_lost(r.raft.metrics(), r.node_id))
+        else {
+            let _ = p.reply.send(Err(Error::ShuttingDown));
+            continue;
+        };
+        // Without room, a step-down ends the wait: the check below refuses.
+        let _ = uncommitted.room_unless(p.batch.len(), lost).await;
         if p.reply.is_closed() {
             continue;
         }
@@ -646,6 +681,72 @@ mod tests {
         assert!(second.is_err(), "a batch over the bound waits for the rest");
         let mut empty = Uncommitted::default();
         empty.room_for(9 * MIB).await;
+    }
+
+    #[tokio::test]
+    async fn leadership_is_lost_when_another_node_or_none_leads_or_the_group_stops() {
+        let wait = std::time::Duration::from_millis(50);
+        let leading = |leader: Option<NodeId>| {
+            let mut m = openraft::RaftMetrics::new_initial(1);
+            m.current_leader = leader;
+            m
+        };
+        let (tx, rx) = watch::channel(leading(Some(1)));
+        let lost = leadership_lost(rx.clone(), 1);
+        tokio::pin!(lost);
+        assert!(
+            tokio::time::timeout(wait, &mut lost).await.is_err(),
+            "still leads"
+        );
+        tx.send_replace(leading(None));
+        tokio::time::timeout(wait * 20, lost)
+            .await
+            .expect("an election is on");
+
+        tx.send_replace(leading(Some(1)));
+        let lost = leadership_lost(rx.clone(), 1);
+        tx.send_replace(leading(Some(2)));
+        tokio::time::timeout(wait * 20, lost)
+            .await
+            .expect("another node leads");
+
+        tx.send_replace(leading(Some(1)));
+        let lost = leadership_lost(rx, 1);
+        drop(tx);
+        tokio::time::timeout(wait * 20, lost)
+            .await
+            .expect("the group stopped");
+    }
+
+    #[tokio::test]
+    async fn a_step_down_ends_the_wait_for_room_and_the_bound_still_holds() {
+        const MIB: usize = 1024 * 1024;
+        let mut uncommitted = Uncommitted::default();
+        let (oldest, answer) = watch::channel(None);
+        uncommitted.push(8 * MIB, answer);
+        let (step_down, stepped_down) = oneshot::channel::<()>();
+        let stop = async {
+            let _ = stepped_down.await;
+        };
+        let wait = std::time::Duration::from_millis(50);
+        {
+            let waiting = uncommitted.room_unless(MIB, stop);
+            tokio::pin!(waiting);
+            assert!(
+                tokio::time::timeout(wait, &mut waiting).await.is_err(),
+                "still leading: waits for room"
+            );
+            step_down.send(()).unwrap();
+            let made_room = tokio::time::timeout(wait * 20, waiting)
+                .await
+                .expect("a step-down ends the wait");
+            assert!(!made_room, "ended by the step-down, not by room");
+        }
+        // The unanswered proposal still counts against the bound.
+        assert_eq!(uncommitted.bytes, 8 * MIB);
+        oldest.send_replace(Some(Outcome::NotLeader(None)));
+        assert!(uncommitted.room_unless(MIB, std::future::pending()).await);
+        assert_eq!(uncommitted.bytes, 0);
     }
 
     #[test]
