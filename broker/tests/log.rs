@@ -735,3 +735,77 @@ fn committed_reads_hand_out_the_same_bytes_and_outlive_deleted_segments() {
     }
     assert_eq!(u64::from(records), end - 4, "every record from offset 4 on");
 }
+
+/// Whether this kernel counts a file's cached pages (`cachestat`, Linux 6.5):
+/// without it a read limited to memory can never tell, and always defers.
+fn kernel_counts_cached_pages() -> bool {
+    // SAFETY: a bad descriptor and null pointers: the kernel only answers
+    // EBADF (or EFAULT) if it knows the call, ENOSYS if it does not.
+    let rc = unsafe { libc::syscall(451, -1, std::ptr::null::<u8>(), std::ptr::null::<u8>(), 0) };
+    rc == -1 && std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS)
+}
+
+/// Drops the clean pages of every segment file in `dir` from the page cache.
+fn evict_segments(dir: &std::path::Path) {
+    use std::os::fd::AsRawFd;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "log") {
+            let file = std::fs::File::open(&path).unwrap();
+            // SAFETY: a valid descriptor; the advice only drops clean pages.
+            let rc =
+                unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            assert_eq!(rc, 0, "fadvise {}", path.display());
+        }
+    }
+}
+
+#[test]
+fn reads_limited_to_memory_serve_the_page_cache_and_defer_what_is_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), small_segments(1 << 20));
+    for i in 0..600 {
+        append(&log, batch(&format!("m{i}"), 4, 1000, i));
+    }
+    log.flush().unwrap();
+    let end = log.end_offset();
+    let reads = [(5, 512 << 10), (7, 1), (1_000, 4096), (end - 3, 512 << 10)];
+    let in_memory = |log: &strata_broker::log::Log| {
+        for (offset, max_bytes) in reads {
+            let waited = log.read_committed(offset, max_bytes, end).unwrap();
+            match log.read_committed_cached(offset, max_bytes, end) {
+                Ok(cached) => {
+                    assert_eq!(cached.bytes, waited.bytes, "at {offset}");
+                    assert_eq!(cached.next_offset, waited.next_offset, "at {offset}");
+                }
+                Err(LogError::NotInMemory) => assert!(
+                    !kernel_counts_cached_pages(),
+                    "{max_bytes} bytes at {offset} were just read, yet deferred"
+                ),
+                Err(e) => panic!("at {offset}: {e}"),
+            }
+        }
+    };
+
+    // Written a moment ago: in the page cache.
+    in_memory(&log);
+
+    // A sealed segment whose files are not open: opening them could wait.
+    drop(log);
+    let (log, _) = open(dir.path(), small_segments(1 << 20));
+    assert!(log.segment_count() >= 3, "{} segments", log.segment_count());
+    let first = log.read_committed_cached(5, 512 << 10, end);
+    assert!(matches!(first, Err(LogError::NotInMemory)), "{first:?}");
+    in_memory(&log);
+
+    // Pages the kernel let go of are read where waiting is allowed.
+    evict_segments(dir.path());
+    for (offset, max_bytes) in reads {
+        let cached = log.read_committed_cached(offset, max_bytes, end);
+        assert!(
+            matches!(cached, Err(LogError::NotInMemory)),
+            "{max_bytes} bytes at {offset} after eviction: {cached:?}"
+        );
+    }
+    in_memory(&log);
+}

@@ -170,6 +170,13 @@ impl<E: Entry> IndexFile<E> {
         (s.len > 0).then(|| E::decode(&s.map.bytes()[(s.len - 1) * E::BYTES..]))
     }
 
+    /// Whether the entries' pages are in memory, so a lookup will not wait
+    /// for the disk (the kernel may let go of a map's pages).
+    pub fn is_resident(&self) -> bool {
+        let s = self.state.read();
+        self.file.is_cached(0, (s.len * E::BYTES) as u64)
+    }
+
     /// All entries, decoded (for validation and tests; O(len)).
     pub fn entries(&self) -> Vec<E> {
         let s = self.state.read();

@@ -695,6 +695,19 @@ impl Log {
         self.read_with(offset, max_bytes, upper, ReadMode::View)
     }
 
+    /// As `read_committed`, from memory only, for a caller on an async
+    /// worker: fails with `LogError::NotInMemory` where it would wait for the
+    /// disk (bytes or index pages not in the page cache, a sealed segment's
+    /// files not open) or for a cut in progress.
+    pub fn read_committed_cached(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        upper: u64,
+    ) -> Result<ReadChunk> {
+        self.read_with(offset, max_bytes, upper, ReadMode::CachedView)
+    }
+
     fn read_with(
         &self,
         offset: u64,
@@ -702,7 +715,12 @@ impl Log {
         upper: u64,
         mode: ReadMode,
     ) -> Result<ReadChunk> {
-        let _no_cut = self.cut_lock.read();
+        let _no_cut = if mode.cached_only() {
+            // A cut holds the lock across its fsyncs.
+            self.cut_lock.try_read().ok_or(LogError::NotInMemory)?
+        } else {
+            self.cut_lock.read()
+        };
         let upper = upper.min(self.end_offset());
         loop {
             let (segment, next) = {

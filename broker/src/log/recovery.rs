@@ -193,6 +193,8 @@ pub(crate) fn recover_tail(
                 });
             }
             Some(Stop::Invalid { reason, .. }) => Some(reason),
+            // Recovery's cursor reads the disk (not limited to memory).
+            Some(Stop::NotInMemory) => return Err(LogError::NotInMemory),
             None => None,
         };
         if let (Some(reason), Some(&next_base)) = (&stop, later.first()) {

@@ -353,6 +353,7 @@ impl Segment {
                 position,
                 reason,
             },
+            Stop::NotInMemory => LogError::NotInMemory,
         }
     }
 
@@ -367,19 +368,29 @@ impl Segment {
         mode: ReadMode,
     ) -> Result<Option<ReadChunk>> {
         debug_assert!(offset >= self.base_offset);
-        let parts = self.parts()?;
+        // Opening a sealed segment's files, or an index page the kernel let
+        // go of, would wait for the disk.
+        let parts = if mode.cached_only() {
+            match self.parts.lock().clone() {
+                Some(parts) if parts.index.is_resident() => parts,
+                _ => return Err(LogError::NotInMemory),
+            }
+        } else {
+            self.parts()?
+        };
         let end = parts.size.load(Ordering::Acquire);
         let relative_offset = u32::try_from(offset - self.base_offset).unwrap_or(u32::MAX);
         let start = u64::from(parts.index.scan_start(relative_offset));
         // A read served from a map needs the cursor only to find its first
         // batch; a copied one takes its bytes from the cursor's chunk too.
-        let mapped = mode == ReadMode::View && max_bytes >= VIEW_MIN_BYTES;
+        let mapped = mode.is_view() && max_bytes >= VIEW_MIN_BYTES;
         let chunk_bytes = if mapped {
             SEEK_CHUNK_BYTES
         } else {
             CURSOR_CHUNK_BYTES
         };
-        let mut cursor = BatchCursor::with_chunk_bytes(parts.log.as_ref(), start, end, chunk_bytes);
+        let mut cursor = BatchCursor::with_chunk_bytes(parts.log.as_ref(), start, end, chunk_bytes)
+            .cached_only(mode.cached_only());
         let first = loop {
             let Some(h) = cursor.header().map_err(|s| self.corrupt(s))? else {
                 return Ok(None);
@@ -408,6 +419,10 @@ impl Segment {
         let buf = match mode {
             ReadMode::View if want >= VIEW_MIN_BYTES => {
                 parts.log.read_view(want, pos).map_err(Stop::Io)
+            }
+            ReadMode::CachedView if want >= VIEW_MIN_BYTES => {
+                let view = parts.log.read_view_cached(want, pos).map_err(Stop::Io);
+                view.and_then(|v| v.ok_or(Stop::NotInMemory))
             }
             _ => cursor.bytes(pos, want),
         }

@@ -68,6 +68,27 @@ pub trait StorageFile: Send + Sync + Debug {
     fn read_view(&self, len: usize, pos: u64) -> io::Result<Bytes> {
         self.read_exact_vec(len, pos).map(Bytes::from)
     }
+    /// As [`StorageFile::read_exact_vec`], but only from memory: `None` when
+    /// some of the bytes are not in the page cache, so reading them would
+    /// wait for the disk. For callers on an async worker, which must not
+    /// wait. The default cannot tell, and says `None`.
+    fn read_exact_vec_cached(&self, _len: usize, _pos: u64) -> io::Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
+    /// As [`StorageFile::read_view`], but only from memory (see
+    /// [`StorageFile::read_exact_vec_cached`]).
+    fn read_view_cached(&self, len: usize, pos: u64) -> io::Result<Option<Bytes>> {
+        if !self.is_cached(pos, len as u64) {
+            return Ok(None);
+        }
+        self.read_view(len, pos).map(Some)
+    }
+    /// Whether bytes `pos..pos + len` are all in the page cache now, so that
+    /// reading them (or touching them through a map) will not wait for the
+    /// disk. False when it cannot tell (the default).
+    fn is_cached(&self, _pos: u64, _len: u64) -> bool {
+        false
+    }
     /// Makes everything written so far durable (fdatasync).
     fn sync(&self) -> io::Result<()>;
     /// Sets the file's length, cutting or zero-extending it.
@@ -161,6 +182,79 @@ struct LocalFile {
     file: File,
 }
 
+impl LocalFile {
+    /// Reads exactly `len` bytes at `pos` with `preadv2` `flags`. With
+    /// `RWF_NOWAIT`, `None` once the page cache lacks the next bytes (the
+    /// kernel answers `EAGAIN` instead of reading the disk).
+    fn pread_vec(&self, len: usize, pos: u64, flags: libc::c_int) -> io::Result<Option<Vec<u8>>> {
+        let mut buf: Vec<u8> = Vec::with_capacity(len);
+        let mut done = 0;
+        while done < len {
+            // The spare capacity starts at `buf.len()`, which is `done`.
+            let spare = buf.spare_capacity_mut();
+            let iov = libc::iovec {
+                iov_base: spare.as_mut_ptr().cast(),
+                iov_len: spare.len(),
+            };
+            // SAFETY: preadv2 writes at most `spare.len()` bytes into the
+            // spare capacity; only the bytes it reports written become part
+            // of the vector (`set_len` below), so nothing uninitialised is
+            // ever read.
+            let n = unsafe {
+                libc::preadv2(
+                    self.file.as_raw_fd(),
+                    &iov,
+                    1,
+                    (pos + done as u64) as libc::off_t,
+                    flags,
+                )
+            };
+            if n < 0 && flags & libc::RWF_NOWAIT != 0 {
+                // EAGAIN: the disk would be read. The others: this kernel or
+                // file system cannot tell; the caller reads where it may wait.
+                let errno = io::Error::last_os_error().raw_os_error();
+                if matches!(errno, Some(libc::EAGAIN | libc::EOPNOTSUPP | libc::EINVAL)) {
+                    return Ok(None);
+                }
+            }
+            let at_zero = || {
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("short read: wanted {len} bytes at {pos}, file ended after {done}"),
+                )
+            };
+            let Some(n) = progress(n, at_zero)? else {
+                continue;
+            };
+            done += n;
+            // SAFETY: the first `done` bytes were written by preadv2.
+            unsafe { buf.set_len(done) };
+        }
+        Ok(Some(buf))
+    }
+}
+
+/// `cachestat(2)` (Linux 6.5): how much of a file range the page cache
+/// holds, counted by the kernel without mapping or reading anything. Its
+/// number is the same on every architecture; the libc crate lacks it.
+const SYS_CACHESTAT: libc::c_long = 451;
+
+#[repr(C)]
+struct CachestatRange {
+    off: u64,
+    len: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct Cachestat {
+    nr_cache: u64,
+    nr_dirty: u64,
+    nr_writeback: u64,
+    nr_evicted: u64,
+    nr_recently_evicted: u64,
+}
+
 impl StorageFile for LocalFile {
     fn write_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
         self.file.write_all_at(buf, pos)
@@ -204,36 +298,13 @@ impl StorageFile for LocalFile {
     }
 
     fn read_exact_vec(&self, len: usize, pos: u64) -> io::Result<Vec<u8>> {
-        let mut buf: Vec<u8> = Vec::with_capacity(len);
-        let mut done = 0;
-        while done < len {
-            // The spare capacity starts at `buf.len()`, which is `done`.
-            let spare = buf.spare_capacity_mut();
-            // SAFETY: pread writes at most `spare.len()` bytes into the spare
-            // capacity; only the bytes it reports written become part of the
-            // vector (`set_len` below), so nothing uninitialised is ever read.
-            let n = unsafe {
-                libc::pread(
-                    self.file.as_raw_fd(),
-                    spare.as_mut_ptr().cast(),
-                    spare.len(),
-                    (pos + done as u64) as libc::off_t,
-                )
-            };
-            let at_zero = || {
-                io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("short read: wanted {len} bytes at {pos}, file ended after {done}"),
-                )
-            };
-            let Some(n) = progress(n, at_zero)? else {
-                continue;
-            };
-            done += n;
-            // SAFETY: the first `done` bytes were written by pread.
-            unsafe { buf.set_len(done) };
-        }
-        Ok(buf)
+        // Without RWF_NOWAIT nothing is refused for being on disk.
+        self.pread_vec(len, pos, 0)?
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EAGAIN))
+    }
+
+    fn read_exact_vec_cached(&self, len: usize, pos: u64) -> io::Result<Option<Vec<u8>>> {
+        self.pread_vec(len, pos, libc::RWF_NOWAIT)
     }
 
     fn read_view(&self, len: usize, pos: u64) -> io::Result<Bytes> {
@@ -260,6 +331,30 @@ impl StorageFile for LocalFile {
                 .map(&self.file)?
         };
         Ok(Bytes::from_owner(map))
+    }
+
+    fn is_cached(&self, pos: u64, len: u64) -> bool {
+        if len == 0 {
+            return true;
+        }
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+        let pages = (pos + len).div_ceil(page) - pos / page;
+        let range = CachestatRange { off: pos, len };
+        let mut stat = Cachestat::default();
+        // SAFETY: cachestat reads `range` and writes one `Cachestat`, both
+        // valid for the call; it reads no file data.
+        let rc = unsafe {
+            libc::syscall(
+                SYS_CACHESTAT,
+                self.file.as_raw_fd(),
+                &range as *const CachestatRange,
+                &mut stat as *mut Cachestat,
+                0 as libc::c_uint,
+            )
+        };
+        // A failure (ENOSYS before Linux 6.5) tells nothing: not cached.
+        rc == 0 && stat.nr_cache >= pages
     }
 
     fn sync(&self) -> io::Result<()> {

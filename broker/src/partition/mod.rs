@@ -333,12 +333,21 @@ impl Partition {
     /// Whole batches from the one holding `offset`, at most `max_bytes` (at
     /// least one batch), all below the high watermark.
     pub async fn read(&self, offset: u64, max_bytes: usize) -> Result<ReadChunk> {
-        let log = self.log.clone();
         let upper = self.high_watermark();
-        let read =
-            tokio::task::spawn_blocking(move || log.read_committed(offset, max_bytes, upper))
-                .await
-                .map_err(|e| Error::Internal(format!("read task failed: {e}")))?;
+        // Served here when the page cache holds it (a consumer reading what
+        // was just written, or catching up over a backlog still in memory),
+        // else on a thread that may wait for the disk. Handing every read to
+        // that pool cost two thread wake-ups per response: about 7% of the
+        // broker's CPU serving a catch-up.
+        let read = match self.log.read_committed_cached(offset, max_bytes, upper) {
+            Err(LogError::NotInMemory) => {
+                let log = self.log.clone();
+                tokio::task::spawn_blocking(move || log.read_committed(offset, max_bytes, upper))
+                    .await
+                    .map_err(|e| Error::Internal(format!("read task failed: {e}")))?
+            }
+            read => read,
+        };
         read.map_err(|e| match e {
             LogError::OffsetOutOfRange {
                 requested,
