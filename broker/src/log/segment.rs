@@ -371,7 +371,8 @@ impl Segment {
         // Opening a sealed segment's files, or an index page the kernel let
         // go of, would wait for the disk.
         let parts = if mode.cached_only() {
-            match self.parts.lock().clone() {
+            // `try_lock`: a reader opening the files holds the lock meanwhile.
+            match self.parts.try_lock().and_then(|p| p.clone()) {
                 Some(parts) if parts.index.is_resident() => parts,
                 _ => return Err(LogError::NotInMemory),
             }
