@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use strata_broker::metrics::Metrics;
+use strata_broker::partition::ReadPath;
 
 const BATCH_BYTES: u64 = 1024 * 1024;
 
@@ -32,7 +33,7 @@ fn per_request(c: &mut Criterion) {
             })
         });
         group.bench_function(format!("fetch_response_{name}"), |b| {
-            b.iter(|| metrics.fetch_response(black_box(BATCH_BYTES)))
+            b.iter(|| metrics.fetch_response(black_box(BATCH_BYTES), ReadPath::InMemory))
         });
     }
     group.finish();

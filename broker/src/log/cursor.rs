@@ -141,7 +141,9 @@ impl<'a> BatchCursor<'a> {
             .min((self.end - pos) as usize)
             .max(len);
         let buf = if self.cached_only {
-            let read = self.file.read_exact_vec_cached(want, pos);
+            // The chunk may stop short where the page cache does; the bytes
+            // asked for must be there.
+            let read = self.file.read_vec_cached(len, want, pos);
             read.map_err(Stop::Io)?.ok_or(Stop::NotInMemory)?
         } else {
             self.file.read_exact_vec(want, pos).map_err(Stop::Io)?

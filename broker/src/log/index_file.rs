@@ -170,13 +170,6 @@ impl<E: Entry> IndexFile<E> {
         (s.len > 0).then(|| E::decode(&s.map.bytes()[(s.len - 1) * E::BYTES..]))
     }
 
-    /// Whether the entries' pages are in memory, so a lookup will not wait
-    /// for the disk (the kernel may let go of a map's pages).
-    pub fn is_resident(&self) -> bool {
-        let s = self.state.read();
-        self.file.is_cached(0, (s.len * E::BYTES) as u64)
-    }
-
     /// All entries, decoded (for validation and tests; O(len)).
     pub fn entries(&self) -> Vec<E> {
         let s = self.state.read();
@@ -189,7 +182,20 @@ impl<E: Entry> IndexFile<E> {
     /// The last entry for which `before` holds, given that `before` is true for
     /// a prefix of the entries and false after (binary search).
     pub fn last_where(&self, before: impl Fn(&E) -> bool) -> Option<E> {
-        let s = self.state.read();
+        Self::search(&self.state.read(), before)
+    }
+
+    /// As [`IndexFile::last_where`], but never waiting: `None` while a
+    /// writer holds the index (sealing it syncs under the lock) or while
+    /// some of its entries' pages are not in memory (the kernel may let go
+    /// of a map's pages).
+    pub fn last_where_cached(&self, before: impl Fn(&E) -> bool) -> Option<Option<E>> {
+        let s = self.state.try_read()?;
+        let entries = &s.map.bytes()[..s.len * E::BYTES];
+        super::storage::resident(entries).then(|| Self::search(&s, before))
+    }
+
+    fn search(s: &State, before: impl Fn(&E) -> bool) -> Option<E> {
         let bytes = s.map.bytes();
         let (mut lo, mut hi) = (0usize, s.len);
         while lo < hi {

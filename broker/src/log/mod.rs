@@ -16,7 +16,10 @@
 //!   shared, a cut holds it exclusively while it changes files.
 //!
 //! The API is blocking; async callers run it on blocking threads (see
-//! `partition::group_commit`).
+//! `partition::group_commit`). The one exception is `read_committed_cached`,
+//! which never waits for the disk or for a lock held across disk I/O: it
+//! fails with `NotInMemory` instead, and an async caller may run it on its
+//! worker.
 
 mod checkpoint;
 mod config;
@@ -746,7 +749,17 @@ impl Log {
                     next_offset: offset,
                 });
             }
-            let read = self.using(&segment, || segment.read(offset, max_bytes, upper, mode));
+            let read = if mode.cached_only() {
+                // Never waits: a segment read from memory was open already,
+                // and one being opened by another reader is left open.
+                let read = segment.read(offset, max_bytes, upper, mode);
+                if !matches!(read, Err(LogError::NotInMemory)) {
+                    self.touch(&segment, Segment::try_unload);
+                }
+                read
+            } else {
+                self.using(&segment, || segment.read(offset, max_bytes, upper, mode))
+            };
             match read {
                 Ok(Some(chunk)) => return Ok(chunk),
                 Ok(None) => match next {
@@ -896,8 +909,18 @@ impl Log {
     /// `OPEN_SEALED_SEGMENTS` most recently used.
     fn using<T>(&self, segment: &Arc<Segment>, f: impl FnOnce() -> T) -> T {
         let result = f();
-        if segment.base_offset == self.active_base.load(Ordering::Acquire) || !segment.is_loaded() {
-            return result;
+        if segment.is_loaded() {
+            self.touch(segment, Segment::unload);
+        }
+        result
+    }
+
+    /// Marks a sealed `segment` as just used, and closes with `unload` the
+    /// files of those that fall out of the `OPEN_SEALED_SEGMENTS` most
+    /// recently used.
+    fn touch(&self, segment: &Arc<Segment>, unload: impl Fn(&Segment)) {
+        if segment.base_offset == self.active_base.load(Ordering::Acquire) {
+            return;
         }
         let evicted: Vec<u64> = {
             let mut open = self.open_sealed.lock();
@@ -910,11 +933,10 @@ impl Log {
             let segments = self.segments.read();
             for base in evicted {
                 if let Some(s) = segments.get(&base) {
-                    s.unload();
+                    unload(s);
                 }
             }
         }
-        result
     }
 
     /// Sealed segments whose files are open now (for tests and diagnostics).

@@ -193,8 +193,7 @@ pub(crate) fn recover_tail(
                 });
             }
             Some(Stop::Invalid { reason, .. }) => Some(reason),
-            // Recovery's cursor reads the disk (not limited to memory).
-            Some(Stop::NotInMemory) => return Err(LogError::NotInMemory),
+            Some(Stop::NotInMemory) => unreachable!("recovery's cursor may wait for the disk"),
             None => None,
         };
         if let (Some(reason), Some(&next_base)) = (&stop, later.first()) {

@@ -220,6 +220,15 @@ impl Segment {
         *self.parts.lock() = None;
     }
 
+    /// As [`Segment::unload`], unless a reader holds the files' lock (opening
+    /// them, which waits for the disk): then the files stay open, to be
+    /// closed when the segment next falls out of use.
+    pub fn try_unload(&self) {
+        if let Some(mut parts) = self.parts.try_lock() {
+            *parts = None;
+        }
+    }
+
     /// The segment's open files, opening a sealed segment on first use.
     pub fn parts(&self) -> Result<Arc<Parts>> {
         let mut slot = self.parts.lock();
@@ -370,18 +379,20 @@ impl Segment {
         debug_assert!(offset >= self.base_offset);
         // Opening a sealed segment's files, or an index page the kernel let
         // go of, would wait for the disk.
-        let parts = if mode.cached_only() {
-            // `try_lock`: a reader opening the files holds the lock meanwhile.
-            match self.parts.try_lock().and_then(|p| p.clone()) {
-                Some(parts) if parts.index.is_resident() => parts,
-                _ => return Err(LogError::NotInMemory),
-            }
-        } else {
-            self.parts()?
-        };
-        let end = parts.size.load(Ordering::Acquire);
         let relative_offset = u32::try_from(offset - self.base_offset).unwrap_or(u32::MAX);
-        let start = u64::from(parts.index.scan_start(relative_offset));
+        let (parts, start) = if mode.cached_only() {
+            // `try_lock`: a reader opening the files holds the lock meanwhile.
+            let parts = self.parts.try_lock().and_then(|p| p.clone());
+            let parts = parts.ok_or(LogError::NotInMemory)?;
+            let start = parts.index.scan_start_cached(relative_offset);
+            (parts, start.ok_or(LogError::NotInMemory)?)
+        } else {
+            let parts = self.parts()?;
+            let start = parts.index.scan_start(relative_offset);
+            (parts, start)
+        };
+        let start = u64::from(start);
+        let end = parts.size.load(Ordering::Acquire);
         // A read served from a map needs the cursor only to find its first
         // batch; a copied one takes its bytes from the cursor's chunk too.
         let mapped = mode.is_view() && max_bytes >= VIEW_MIN_BYTES;

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use memmap2::{Mmap, MmapMut, MmapOptions};
+use memmap2::{Advice, Mmap, MmapMut, MmapOptions};
 use parking_lot::Mutex;
 
 /// How a file is opened.
@@ -68,26 +68,24 @@ pub trait StorageFile: Send + Sync + Debug {
     fn read_view(&self, len: usize, pos: u64) -> io::Result<Bytes> {
         self.read_exact_vec(len, pos).map(Bytes::from)
     }
-    /// As [`StorageFile::read_exact_vec`], but only from memory: `None` when
-    /// some of the bytes are not in the page cache, so reading them would
-    /// wait for the disk. For callers on an async worker, which must not
-    /// wait. The default cannot tell, and says `None`.
-    fn read_exact_vec_cached(&self, _len: usize, _pos: u64) -> io::Result<Option<Vec<u8>>> {
+    /// From memory only: at least `min_len` and at most `max_len` bytes at
+    /// `pos`, as many as the page cache holds from there on, or `None` when
+    /// it holds fewer than `min_len` (reading them would wait for the disk).
+    /// For callers on an async worker, which must not wait. The default
+    /// cannot tell, and says `None`.
+    fn read_vec_cached(
+        &self,
+        _min_len: usize,
+        _max_len: usize,
+        _pos: u64,
+    ) -> io::Result<Option<Vec<u8>>> {
         Ok(None)
     }
     /// As [`StorageFile::read_view`], but only from memory (see
-    /// [`StorageFile::read_exact_vec_cached`]).
-    fn read_view_cached(&self, len: usize, pos: u64) -> io::Result<Option<Bytes>> {
-        if !self.is_cached(pos, len as u64) {
-            return Ok(None);
-        }
-        self.read_view(len, pos).map(Some)
-    }
-    /// Whether bytes `pos..pos + len` are all in the page cache now, so that
-    /// reading them (or touching them through a map) will not wait for the
-    /// disk. False when it cannot tell (the default).
-    fn is_cached(&self, _pos: u64, _len: u64) -> bool {
-        false
+    /// [`StorageFile::read_vec_cached`]): `None` unless every page of the
+    /// range is in the page cache and up to date.
+    fn read_view_cached(&self, _len: usize, _pos: u64) -> io::Result<Option<Bytes>> {
+        Ok(None)
     }
     /// Makes everything written so far durable (fdatasync).
     fn sync(&self) -> io::Result<()>;
@@ -183,15 +181,22 @@ struct LocalFile {
 }
 
 impl LocalFile {
-    /// Reads exactly `len` bytes at `pos` with `preadv2` `flags`. With
-    /// `RWF_NOWAIT`, `None` once the page cache lacks the next bytes (the
-    /// kernel answers `EAGAIN` instead of reading the disk).
-    fn pread_vec(&self, len: usize, pos: u64, flags: libc::c_int) -> io::Result<Option<Vec<u8>>> {
-        let mut buf: Vec<u8> = Vec::with_capacity(len);
+    /// Reads `max_len` bytes at `pos` with `preadv2` `flags`. With
+    /// `RWF_NOWAIT` the kernel refuses (`EAGAIN`) to read what the page
+    /// cache lacks: then the bytes read so far if they are at least
+    /// `min_len`, else `None`.
+    fn pread_vec(
+        &self,
+        min_len: usize,
+        max_len: usize,
+        pos: u64,
+        flags: libc::c_int,
+    ) -> io::Result<Option<Vec<u8>>> {
+        let mut buf: Vec<u8> = Vec::with_capacity(max_len);
         let mut done = 0;
-        while done < len {
+        while done < max_len {
             // The spare capacity starts at `buf.len()`, which is `done`.
-            let spare = buf.spare_capacity_mut();
+            let spare = &mut buf.spare_capacity_mut()[..max_len - done];
             let iov = libc::iovec {
                 iov_base: spare.as_mut_ptr().cast(),
                 iov_len: spare.len(),
@@ -211,16 +216,17 @@ impl LocalFile {
             };
             if n < 0 && flags & libc::RWF_NOWAIT != 0 {
                 // EAGAIN: the disk would be read. The others: this kernel or
-                // file system cannot tell; the caller reads where it may wait.
+                // file system (tmpfs) cannot tell; the caller reads where it
+                // may wait.
                 let errno = io::Error::last_os_error().raw_os_error();
                 if matches!(errno, Some(libc::EAGAIN | libc::EOPNOTSUPP | libc::EINVAL)) {
-                    return Ok(None);
+                    return Ok((done >= min_len).then_some(buf));
                 }
             }
             let at_zero = || {
                 io::Error::new(
                     io::ErrorKind::UnexpectedEof,
-                    format!("short read: wanted {len} bytes at {pos}, file ended after {done}"),
+                    format!("short read: wanted {max_len} bytes at {pos}, file ended after {done}"),
                 )
             };
             let Some(n) = progress(n, at_zero)? else {
@@ -234,25 +240,43 @@ impl LocalFile {
     }
 }
 
-/// `cachestat(2)` (Linux 6.5): how much of a file range the page cache
-/// holds, counted by the kernel without mapping or reading anything. Its
-/// number is the same on every architecture; the libc crate lacks it.
-const SYS_CACHESTAT: libc::c_long = 451;
-
-#[repr(C)]
-struct CachestatRange {
-    off: u64,
-    len: u64,
+/// Whether every page under `bytes` (memory of a file map) is in the page
+/// cache and up to date, so that reading it will not wait for the disk (a
+/// page whose read is still in flight counts as not there).
+pub fn resident(bytes: &[u8]) -> bool {
+    if bytes.is_empty() {
+        return true;
+    }
+    let page = page_bytes();
+    let addr = bytes.as_ptr() as usize;
+    let start = addr - addr % page;
+    let pages = (addr + bytes.len() - start).div_ceil(page);
+    let mut status = vec![0u8; pages];
+    // SAFETY: `start` is page-aligned and the `pages` pages from it hold
+    // `bytes`, which is mapped; mincore writes one byte per page into
+    // `status`, which holds `pages` bytes, and reads no file data.
+    let rc = unsafe {
+        libc::mincore(
+            start as *mut libc::c_void,
+            pages * page,
+            status.as_mut_ptr(),
+        )
+    };
+    // Bit 0: resident. A failed call tells nothing: not resident.
+    rc == 0 && status.iter().all(|s| s & 1 == 1)
 }
 
-#[repr(C)]
-#[derive(Default)]
-struct Cachestat {
-    nr_cache: u64,
-    nr_dirty: u64,
-    nr_writeback: u64,
-    nr_evicted: u64,
-    nr_recently_evicted: u64,
+/// The size of a memory page.
+fn page_bytes() -> usize {
+    static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *PAGE.get_or_init(|| {
+        // SAFETY: sysconf has no preconditions.
+        let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        usize::try_from(size)
+            .ok()
+            .filter(|&s| s > 0)
+            .unwrap_or(4096)
+    })
 }
 
 impl StorageFile for LocalFile {
@@ -298,13 +322,17 @@ impl StorageFile for LocalFile {
     }
 
     fn read_exact_vec(&self, len: usize, pos: u64) -> io::Result<Vec<u8>> {
-        // Without RWF_NOWAIT nothing is refused for being on disk.
-        self.pread_vec(len, pos, 0)?
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::EAGAIN))
+        let read = self.pread_vec(len, len, pos, 0)?;
+        Ok(read.expect("only a read with RWF_NOWAIT stops short"))
     }
 
-    fn read_exact_vec_cached(&self, len: usize, pos: u64) -> io::Result<Option<Vec<u8>>> {
-        self.pread_vec(len, pos, libc::RWF_NOWAIT)
+    fn read_vec_cached(
+        &self,
+        min_len: usize,
+        max_len: usize,
+        pos: u64,
+    ) -> io::Result<Option<Vec<u8>>> {
+        self.pread_vec(min_len, max_len, pos, libc::RWF_NOWAIT)
     }
 
     fn read_view(&self, len: usize, pos: u64) -> io::Result<Bytes> {
@@ -333,28 +361,26 @@ impl StorageFile for LocalFile {
         Ok(Bytes::from_owner(map))
     }
 
-    fn is_cached(&self, pos: u64, len: u64) -> bool {
+    fn read_view_cached(&self, len: usize, pos: u64) -> io::Result<Option<Bytes>> {
         if len == 0 {
-            return true;
+            return Ok(Some(Bytes::new()));
         }
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
-        let pages = (pos + len).div_ceil(page) - pos / page;
-        let range = CachestatRange { off: pos, len };
-        let mut stat = Cachestat::default();
-        // SAFETY: cachestat reads `range` and writes one `Cachestat`, both
-        // valid for the call; it reads no file data.
-        let rc = unsafe {
-            libc::syscall(
-                SYS_CACHESTAT,
-                self.file.as_raw_fd(),
-                &range as *const CachestatRange,
-                &mut stat as *mut Cachestat,
-                0 as libc::c_uint,
-            )
-        };
-        // A failure (ENOSYS before Linux 6.5) tells nothing: not cached.
-        rc == 0 && stat.nr_cache >= pages
+        let file_len = self.file.metadata()?.len();
+        if pos.checked_add(len as u64).is_none_or(|end| end > file_len) {
+            return Ok(None); // The read that may wait reports it.
+        }
+        // SAFETY: as for `read_view`. Not populated: that would read from the
+        // disk what the page cache lacks.
+        let map = unsafe { MmapOptions::new().offset(pos).len(len).map(&self.file)? };
+        if !resident(&map) {
+            return Ok(None);
+        }
+        // Maps the pages in one call rather than a fault each as the socket
+        // copies them out. Every page is in memory now; should the kernel
+        // drop one before this call, the call reads it back (as a fault of a
+        // mapped read would).
+        let _ = map.advise(Advice::PopulateRead);
+        Ok(Some(Bytes::from_owner(map)))
     }
 
     fn sync(&self) -> io::Result<()> {

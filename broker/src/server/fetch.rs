@@ -232,10 +232,12 @@ async fn run(
                 _ = tx.tx.closed() => return,
             };
             match c.partition.read(c.offset, max_bytes).await {
-                Ok(chunk) if chunk.bytes.is_empty() => {}
-                Ok(chunk) => {
+                Ok((chunk, _)) if chunk.bytes.is_empty() => {}
+                Ok((chunk, path)) => {
                     c.offset = chunk.next_offset;
-                    broker.metrics().fetch_response(chunk.bytes.len() as u64);
+                    broker
+                        .metrics()
+                        .fetch_response(chunk.bytes.len() as u64, path);
                     if !tx
                         .send((Ok(response(c, chunk.bytes, None)), Some(permit)), &broker)
                         .await

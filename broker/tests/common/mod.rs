@@ -96,3 +96,69 @@ impl Replay for Recorded {
         self.replayed.push(header.base_offset);
     }
 }
+
+/// Drops the clean pages of every segment file (`*.log`) in `dir` from the
+/// page cache.
+pub fn evict_segments(dir: &Path) {
+    use std::os::fd::AsRawFd;
+    for path in segment_files(dir) {
+        let file = std::fs::File::open(&path).unwrap();
+        // SAFETY: a valid descriptor; the advice only drops clean pages.
+        let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(rc, 0, "fadvise {}", path.display());
+    }
+}
+
+/// Brings the first `bytes` of every segment file in `dir` into the page
+/// cache, and nothing after them (no read-ahead).
+pub fn load_segment_prefixes(dir: &Path, bytes: usize) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    for path in segment_files(dir) {
+        let file = std::fs::File::open(&path).unwrap();
+        // SAFETY: a valid descriptor; the advice only turns off read-ahead
+        // for this descriptor.
+        let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
+        assert_eq!(rc, 0, "fadvise {}", path.display());
+        file.read_exact_at(&mut vec![0u8; bytes], 0).unwrap();
+    }
+}
+
+/// Reads every segment file in `dir` whole, so no read of their pages is
+/// still in flight (a read the kernel started ahead would otherwise land
+/// after the next eviction).
+pub fn settle_segments(dir: &Path) {
+    for path in segment_files(dir) {
+        std::fs::read(&path).unwrap();
+    }
+}
+
+fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no segment files in {}", dir.display());
+    files
+}
+
+/// Whether files in `dir` support reads that refuse to wait for the disk
+/// (`preadv2` with `RWF_NOWAIT`; tmpfs does not), without which nothing
+/// can be read limited to memory.
+pub fn nowait_reads_supported(dir: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("nowait-probe");
+    std::fs::write(&path, [1u8; 16]).unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    let mut buf = [0u8; 16];
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: `iov` describes `buf`, valid for the call.
+    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, 0, libc::RWF_NOWAIT) };
+    std::fs::remove_file(&path).unwrap();
+    n == 16
+}
