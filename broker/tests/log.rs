@@ -196,13 +196,7 @@ fn crashed_log(dir: &std::path::Path, batches: u32, config: LogConfig) -> Vec<u6
 }
 
 fn active_log_file(dir: &std::path::Path) -> std::path::PathBuf {
-    let mut logs: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .collect();
-    logs.sort();
-    logs.pop().unwrap()
+    segment_files(dir).pop().unwrap()
 }
 
 #[test]
@@ -630,12 +624,7 @@ fn damage_in_a_sealed_segment_past_the_checkpoint_deletes_nothing_after_it() {
         assert!(log.segment_count() > 5);
         // A crash: every segment past the first checkpoint gets rescanned.
     }
-    let mut logs: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .collect();
-    logs.sort();
+    let logs = segment_files(dir.path());
     let damaged = &logs[2];
     let mut bytes = std::fs::read(damaged).unwrap();
     let at = HEADER_BYTES + 20;

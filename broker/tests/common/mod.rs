@@ -133,7 +133,8 @@ pub fn settle_segments(dir: &Path) {
     }
 }
 
-fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
+/// The segment files (`*.log`) in `dir`, oldest first.
+pub fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
