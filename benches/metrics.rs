@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use strata_broker::metrics::Metrics;
-use strata_broker::partition::ReadPath;
 
 const BATCH_BYTES: u64 = 1024 * 1024;
 
@@ -33,7 +32,7 @@ fn per_request(c: &mut Criterion) {
             })
         });
         group.bench_function(format!("fetch_response_{name}"), |b| {
-            b.iter(|| metrics.fetch_response(black_box(BATCH_BYTES), ReadPath::InMemory))
+            b.iter(|| metrics.fetch_response(black_box(BATCH_BYTES)))
         });
     }
     group.finish();

@@ -7,8 +7,6 @@
 //! per-connection. Rendering reads only memory (never the disk).
 
 use std::fmt::Write as _;
-
-use crate::partition::ReadPath;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -246,8 +244,6 @@ pub struct Metrics {
     fetch_streams_active: IntGauge,
     fetch_responses: Counter,
     fetch_bytes: Counter,
-    fetch_reads_in_memory: Counter,
-    fetch_reads_blocking: Counter,
     fetch_errors: CodeCounters,
     backpressure_rejections: Counter,
     pub retention_deleted_bytes: Counter,
@@ -283,8 +279,6 @@ impl Metrics {
             fetch_streams_active: IntGauge::default(),
             fetch_responses: Counter::default(),
             fetch_bytes: Counter::default(),
-            fetch_reads_in_memory: Counter::default(),
-            fetch_reads_blocking: Counter::default(),
             fetch_errors: CodeCounters::default(),
             backpressure_rejections: Counter::default(),
             retention_deleted_bytes: Counter::default(),
@@ -334,14 +328,10 @@ impl Metrics {
         }
     }
 
-    pub fn fetch_response(&self, bytes: u64, path: ReadPath) {
+    pub fn fetch_response(&self, bytes: u64) {
         if self.enabled {
             self.fetch_responses.inc();
             self.fetch_bytes.add(bytes);
-            match path {
-                ReadPath::InMemory => self.fetch_reads_in_memory.inc(),
-                ReadPath::Blocking => self.fetch_reads_blocking.inc(),
-            }
         }
     }
 
@@ -451,17 +441,6 @@ impl Metrics {
             "Record batch bytes sent to consumers.",
             &self.fetch_bytes,
         );
-        let reads = "strata_fetch_reads_total";
-        header(
-            out,
-            reads,
-            "Reads that filled fetch responses, by where they ran: in_memory (from the page cache, on the async worker) or blocking (on the blocking pool: data not in memory, or a kernel or file system that cannot tell).",
-            "counter",
-        );
-        let in_memory = self.fetch_reads_in_memory.get() as f64;
-        sample(out, reads, &[("path", "in_memory")], in_memory);
-        let blocking = self.fetch_reads_blocking.get() as f64;
-        sample(out, reads, &[("path", "blocking")], blocking);
         self.fetch_errors.render(
             out,
             "strata_fetch_errors_total",

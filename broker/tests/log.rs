@@ -196,7 +196,13 @@ fn crashed_log(dir: &std::path::Path, batches: u32, config: LogConfig) -> Vec<u6
 }
 
 fn active_log_file(dir: &std::path::Path) -> std::path::PathBuf {
-    segment_files(dir).pop().unwrap()
+    let mut logs: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    logs.sort();
+    logs.pop().unwrap()
 }
 
 #[test]
@@ -624,7 +630,12 @@ fn damage_in_a_sealed_segment_past_the_checkpoint_deletes_nothing_after_it() {
         assert!(log.segment_count() > 5);
         // A crash: every segment past the first checkpoint gets rescanned.
     }
-    let logs = segment_files(dir.path());
+    let mut logs: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    logs.sort();
     let damaged = &logs[2];
     let mut bytes = std::fs::read(damaged).unwrap();
     let at = HEADER_BYTES + 20;
@@ -723,83 +734,4 @@ fn committed_reads_hand_out_the_same_bytes_and_outlive_deleted_segments() {
         }
     }
     assert_eq!(u64::from(records), end - 4, "every record from offset 4 on");
-}
-
-#[test]
-fn reads_limited_to_memory_serve_the_page_cache_and_defer_what_is_on_disk() {
-    let dir = tempfile::tempdir().unwrap();
-    let (log, _) = open(dir.path(), small_segments(1 << 20));
-    for i in 0..600 {
-        append(&log, batch(&format!("m{i}"), 4, 1000, i));
-    }
-    log.flush().unwrap();
-    let end = log.end_offset();
-    // On a file system that cannot tell what is in memory (tmpfs has no
-    // no-wait reads) every such read defers, which is still correct.
-    let can_tell = nowait_reads_supported(dir.path());
-    let reads = [(5, 512 << 10), (7, 1), (1_000, 4096), (end - 3, 512 << 10)];
-    let in_memory = |log: &strata_broker::log::Log| {
-        for (offset, max_bytes) in reads {
-            let waited = log.read_committed(offset, max_bytes, end).unwrap();
-            match log.read_committed_cached(offset, max_bytes, end) {
-                Ok(cached) => {
-                    assert!(can_tell, "served from memory where it cannot tell");
-                    assert_eq!(cached.bytes, waited.bytes, "at {offset}");
-                    assert_eq!(cached.next_offset, waited.next_offset, "at {offset}");
-                }
-                Err(LogError::NotInMemory) => assert!(
-                    !can_tell,
-                    "{max_bytes} bytes at {offset} were just read, yet deferred"
-                ),
-                Err(e) => panic!("at {offset}: {e}"),
-            }
-        }
-    };
-
-    // Written a moment ago: in the page cache.
-    in_memory(&log);
-
-    // A sealed segment whose files are not open: opening them could wait.
-    drop(log);
-    let (log, _) = open(dir.path(), small_segments(1 << 20));
-    assert!(log.segment_count() >= 3, "{} segments", log.segment_count());
-    let first = log.read_committed_cached(5, 512 << 10, end);
-    assert!(matches!(first, Err(LogError::NotInMemory)), "{first:?}");
-    in_memory(&log);
-
-    // Pages the kernel let go of are read where waiting is allowed: each
-    // case starts from files evicted anew (and with no read of them in
-    // flight, which could bring pages back behind the check).
-    let deferred = |prefix_bytes: usize, reads: &[(u64, usize)]| {
-        for &(offset, max_bytes) in reads {
-            evict_segments(dir.path());
-            load_segment_prefixes(dir.path(), prefix_bytes);
-            let cached = log.read_committed_cached(offset, max_bytes, end);
-            assert!(
-                matches!(cached, Err(LogError::NotInMemory)),
-                "{max_bytes} bytes at {offset}, {prefix_bytes} bytes in memory: {:?}",
-                cached.map(|c| c.bytes.len())
-            );
-            settle_segments(dir.path());
-        }
-    };
-    deferred(0, &reads);
-    // Each file's first pages in memory, the rest not: a large read finds
-    // its first batch's header, and the check of its view must catch the
-    // rest.
-    const PREFIX_BYTES: usize = 4 * 4096;
-    deferred(PREFIX_BYTES, &[(5, 512 << 10), (end - 3, 512 << 10)]);
-    // While a small read from the first pages needs nothing more (the
-    // batch of offsets 4..8 ends within them).
-    evict_segments(dir.path());
-    load_segment_prefixes(dir.path(), PREFIX_BYTES);
-    let small = log.read_committed_cached(7, 1, end);
-    if can_tell {
-        let small = small.expect("the first pages are in memory");
-        assert_eq!(small.bytes, log.read_committed(7, 1, end).unwrap().bytes);
-    } else {
-        assert!(matches!(small, Err(LogError::NotInMemory)), "{small:?}");
-    }
-    settle_segments(dir.path());
-    in_memory(&log);
 }

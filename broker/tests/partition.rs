@@ -13,7 +13,7 @@ use futures::future::join_all;
 use strata_broker::Error;
 use strata_broker::log::LogConfig;
 use strata_broker::log::storage::{Faults, FaultyStorage, FileStorage, Storage};
-use strata_broker::partition::{Acks, CACHED_READ_MAX_BYTES, Partition, ReadPath};
+use strata_broker::partition::{Acks, Partition};
 use strata_proto::batch::{Batches, ProducerStamp, Records};
 
 fn open_partition(dir: &std::path::Path, storage: Arc<dyn Storage>) -> Partition {
@@ -26,7 +26,7 @@ async fn read_values(p: &Partition) -> Vec<(u64, Bytes)> {
     let mut out = Vec::new();
     let mut offset = p.start_offset();
     while offset < p.high_watermark() {
-        let (chunk, _) = p.read(offset, 1 << 20).await.unwrap();
+        let chunk = p.read(offset, 1 << 20).await.unwrap();
         for item in Batches::new(chunk.bytes) {
             for rec in Records::new(item.unwrap().1).unwrap() {
                 let (o, r) = rec.unwrap();
@@ -285,48 +285,4 @@ async fn close_finishes_queued_appends_and_refuses_later_ones() {
         acked,
         "every acknowledged append is in the log, nothing else"
     );
-}
-
-#[tokio::test]
-async fn reads_come_from_memory_when_they_can_and_the_same_records_come_from_disk() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = open_partition(dir.path(), Arc::new(FileStorage));
-    for b in 0..40 {
-        let batch = Bytes::from(batch(&format!("b{b}"), 4, 1000, 1));
-        p.append(batch, Acks::All).await.unwrap();
-    }
-    let can_tell = nowait_reads_supported(dir.path());
-    // A sealed segment's files are closed until read: opening them may wait.
-    let (first, path) = p.read(0, 256 << 10).await.unwrap();
-    assert_eq!(path, ReadPath::Blocking);
-    // Open now, and just written: in the page cache, served without a
-    // hand-off.
-    let (hot, path) = p.read(0, 256 << 10).await.unwrap();
-    assert_eq!(hot.bytes, first.bytes);
-    let expected = if can_tell {
-        ReadPath::InMemory
-    } else {
-        ReadPath::Blocking
-    };
-    assert_eq!(path, expected);
-    // Evicted: read on the blocking pool, the same bytes.
-    evict_segments(dir.path());
-    let (cold, path) = p.read(0, 256 << 10).await.unwrap();
-    assert_eq!(path, ReadPath::Blocking);
-    assert_eq!(cold.bytes, hot.bytes);
-    assert_eq!(cold.next_offset, hot.next_offset);
-    // Larger than a worker may take: the blocking pool, whatever is cached.
-    let (big, path) = p.read(0, CACHED_READ_MAX_BYTES + 1).await.unwrap();
-    assert_eq!(path, ReadPath::Blocking);
-    assert!(big.bytes.starts_with(&hot.bytes));
-    assert_eq!(read_values(&p).await.len(), 160);
-
-    // A storage that cannot tell what is in memory: always the pool.
-    let dir = tempfile::tempdir().unwrap();
-    let p = open_partition(dir.path(), Arc::new(FaultyStorage::new()));
-    let batch = Bytes::from(batch("f", 4, 1000, 1));
-    p.append(batch, Acks::All).await.unwrap();
-    let (chunk, path) = p.read(0, 256 << 10).await.unwrap();
-    assert_eq!(path, ReadPath::Blocking);
-    assert_eq!(Batches::new(chunk.bytes).count(), 1);
 }

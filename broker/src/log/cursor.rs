@@ -27,8 +27,6 @@ pub(crate) const SEEK_CHUNK_BYTES: usize = 4 * 1024;
 #[derive(Debug)]
 pub(crate) enum Stop {
     Io(io::Error),
-    /// A cursor limited to the page cache needed bytes that are not in it.
-    NotInMemory,
     /// The bytes at `position` are not a valid batch.
     Invalid {
         position: u64,
@@ -44,8 +42,6 @@ pub(crate) struct BatchCursor<'a> {
     chunk_start: u64,
     /// Least bytes read at a time.
     chunk_bytes: usize,
-    /// Reads only what the page cache holds (see [`BatchCursor::cached_only`]).
-    cached_only: bool,
 }
 
 impl<'a> BatchCursor<'a> {
@@ -68,15 +64,7 @@ impl<'a> BatchCursor<'a> {
             chunk: Bytes::new(),
             chunk_start: start,
             chunk_bytes,
-            cached_only: false,
         }
-    }
-
-    /// Makes the cursor read only from the page cache: where it would have
-    /// to wait for the disk it stops with [`Stop::NotInMemory`] instead.
-    pub fn cached_only(mut self, cached_only: bool) -> Self {
-        self.cached_only = cached_only;
-        self
     }
 
     pub fn position(&self) -> u64 {
@@ -140,14 +128,7 @@ impl<'a> BatchCursor<'a> {
             .max(self.chunk_bytes)
             .min((self.end - pos) as usize)
             .max(len);
-        let buf = if self.cached_only {
-            // The chunk may stop short where the page cache does; the bytes
-            // asked for must be there.
-            let read = self.file.read_vec_cached(len, want, pos);
-            read.map_err(Stop::Io)?.ok_or(Stop::NotInMemory)?
-        } else {
-            self.file.read_exact_vec(want, pos).map_err(Stop::Io)?
-        };
+        let buf = self.file.read_exact_vec(want, pos).map_err(Stop::Io)?;
         self.chunk = Bytes::from(buf);
         self.chunk_start = pos;
         Ok(self.chunk.slice(0..len))

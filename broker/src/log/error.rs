@@ -55,11 +55,6 @@ pub enum LogError {
     /// The log was closed.
     #[error("log is closed")]
     Closed,
-
-    /// A read limited to memory needed bytes the page cache does not hold
-    /// (or a lock a writer holds): the caller reads again where it may wait.
-    #[error("the read would wait for the disk")]
-    NotInMemory,
 }
 
 impl LogError {

@@ -39,13 +39,6 @@ impl OffsetIndex {
             .map_or(0, |e| e.position)
     }
 
-    /// As [`OffsetIndex::scan_start`], but `None` where the lookup would
-    /// wait (see [`IndexFile::last_where_cached`]).
-    pub fn scan_start_cached(&self, relative_offset: u32) -> Option<u32> {
-        let entry = self.last_where_cached(|e| e.relative_offset <= relative_offset)?;
-        Some(entry.map_or(0, |e| e.position))
-    }
-
     /// Whether the entries are sorted and inside a log of `log_bytes` bytes.
     pub fn is_consistent(&self, log_bytes: u64) -> bool {
         let entries = self.entries();

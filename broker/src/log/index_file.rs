@@ -182,20 +182,7 @@ impl<E: Entry> IndexFile<E> {
     /// The last entry for which `before` holds, given that `before` is true for
     /// a prefix of the entries and false after (binary search).
     pub fn last_where(&self, before: impl Fn(&E) -> bool) -> Option<E> {
-        Self::search(&self.state.read(), before)
-    }
-
-    /// As [`IndexFile::last_where`], but never waiting: `None` while a
-    /// writer holds the index (sealing it syncs under the lock) or while
-    /// some of its entries' pages are not in memory (the kernel may let go
-    /// of a map's pages).
-    pub fn last_where_cached(&self, before: impl Fn(&E) -> bool) -> Option<Option<E>> {
-        let s = self.state.try_read()?;
-        let entries = &s.map.bytes()[..s.len * E::BYTES];
-        super::storage::resident(entries).then(|| Self::search(&s, before))
-    }
-
-    fn search(s: &State, before: impl Fn(&E) -> bool) -> Option<E> {
+        let s = self.state.read();
         let bytes = s.map.bytes();
         let (mut lo, mut hi) = (0usize, s.len);
         while lo < hi {

@@ -16,10 +16,7 @@
 //!   shared, a cut holds it exclusively while it changes files.
 //!
 //! The API is blocking; async callers run it on blocking threads (see
-//! `partition::group_commit`). The one exception is `read_committed_cached`,
-//! which never waits for the disk or for a lock held across disk I/O: it
-//! fails with `NotInMemory` instead, and an async caller may run it on its
-//! worker.
+//! `partition::group_commit`).
 
 mod checkpoint;
 mod config;
@@ -698,19 +695,6 @@ impl Log {
         self.read_with(offset, max_bytes, upper, ReadMode::View)
     }
 
-    /// As `read_committed`, from memory only, for a caller on an async
-    /// worker: fails with `LogError::NotInMemory` where it would wait for the
-    /// disk (bytes or index pages not in the page cache, a sealed segment's
-    /// files not open) or for a cut in progress.
-    pub fn read_committed_cached(
-        &self,
-        offset: u64,
-        max_bytes: usize,
-        upper: u64,
-    ) -> Result<ReadChunk> {
-        self.read_with(offset, max_bytes, upper, ReadMode::CachedView)
-    }
-
     fn read_with(
         &self,
         offset: u64,
@@ -718,12 +702,7 @@ impl Log {
         upper: u64,
         mode: ReadMode,
     ) -> Result<ReadChunk> {
-        let _no_cut = if mode.cached_only() {
-            // A cut holds the lock across its fsyncs.
-            self.cut_lock.try_read().ok_or(LogError::NotInMemory)?
-        } else {
-            self.cut_lock.read()
-        };
+        let _no_cut = self.cut_lock.read();
         let upper = upper.min(self.end_offset());
         loop {
             let (segment, next) = {
@@ -749,17 +728,7 @@ impl Log {
                     next_offset: offset,
                 });
             }
-            let read = if mode.cached_only() {
-                // Never waits: a segment read from memory was open already,
-                // and one being opened by another reader is left open.
-                let read = segment.read(offset, max_bytes, upper, mode);
-                if !matches!(read, Err(LogError::NotInMemory)) {
-                    self.touch(&segment, Segment::try_unload);
-                }
-                read
-            } else {
-                self.using(&segment, || segment.read(offset, max_bytes, upper, mode))
-            };
+            let read = self.using(&segment, || segment.read(offset, max_bytes, upper, mode));
             match read {
                 Ok(Some(chunk)) => return Ok(chunk),
                 Ok(None) => match next {
@@ -909,18 +878,8 @@ impl Log {
     /// `OPEN_SEALED_SEGMENTS` most recently used.
     fn using<T>(&self, segment: &Arc<Segment>, f: impl FnOnce() -> T) -> T {
         let result = f();
-        if segment.is_loaded() {
-            self.touch(segment, Segment::unload);
-        }
-        result
-    }
-
-    /// Marks a sealed `segment` as just used, and closes with `unload` the
-    /// files of those that fall out of the `OPEN_SEALED_SEGMENTS` most
-    /// recently used.
-    fn touch(&self, segment: &Arc<Segment>, unload: impl Fn(&Segment)) {
-        if segment.base_offset == self.active_base.load(Ordering::Acquire) {
-            return;
+        if segment.base_offset == self.active_base.load(Ordering::Acquire) || !segment.is_loaded() {
+            return result;
         }
         let evicted: Vec<u64> = {
             let mut open = self.open_sealed.lock();
@@ -933,10 +892,11 @@ impl Log {
             let segments = self.segments.read();
             for base in evicted {
                 if let Some(s) = segments.get(&base) {
-                    unload(s);
+                    s.unload();
                 }
             }
         }
+        result
     }
 
     /// Sealed segments whose files are open now (for tests and diagnostics).

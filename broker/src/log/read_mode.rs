@@ -18,21 +18,6 @@ pub(crate) enum ReadMode {
     /// A view of the file's pages where that is cheaper (reads of at least
     /// `VIEW_MIN_BYTES`): only for committed batches.
     View,
-    /// As `View`, but from memory only: where a byte (or the segment's files)
-    /// is not in memory, the read fails with `LogError::NotInMemory` rather
-    /// than wait for the disk. For a read on an async worker, which then
-    /// reads again on a thread that may wait.
-    CachedView,
-}
-
-impl ReadMode {
-    pub fn is_view(self) -> bool {
-        matches!(self, ReadMode::View | ReadMode::CachedView)
-    }
-
-    pub fn cached_only(self) -> bool {
-        self == ReadMode::CachedView
-    }
 }
 
 /// Smallest read served as a view. Below it, mapping and unmapping costs more

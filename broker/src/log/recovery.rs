@@ -193,7 +193,6 @@ pub(crate) fn recover_tail(
                 });
             }
             Some(Stop::Invalid { reason, .. }) => Some(reason),
-            Some(Stop::NotInMemory) => unreachable!("recovery's cursor may wait for the disk"),
             None => None,
         };
         if let (Some(reason), Some(&next_base)) = (&stop, later.first()) {

@@ -220,15 +220,6 @@ impl Segment {
         *self.parts.lock() = None;
     }
 
-    /// As [`Segment::unload`], unless a reader holds the files' lock (opening
-    /// them, which waits for the disk): then the files stay open, to be
-    /// closed when the segment next falls out of use.
-    pub fn try_unload(&self) {
-        if let Some(mut parts) = self.parts.try_lock() {
-            *parts = None;
-        }
-    }
-
     /// The segment's open files, opening a sealed segment on first use.
     pub fn parts(&self) -> Result<Arc<Parts>> {
         let mut slot = self.parts.lock();
@@ -362,7 +353,6 @@ impl Segment {
                 position,
                 reason,
             },
-            Stop::NotInMemory => LogError::NotInMemory,
         }
     }
 
@@ -377,32 +367,19 @@ impl Segment {
         mode: ReadMode,
     ) -> Result<Option<ReadChunk>> {
         debug_assert!(offset >= self.base_offset);
-        // Opening a sealed segment's files, or an index page the kernel let
-        // go of, would wait for the disk.
-        let relative_offset = u32::try_from(offset - self.base_offset).unwrap_or(u32::MAX);
-        let (parts, start) = if mode.cached_only() {
-            // `try_lock`: a reader opening the files holds the lock meanwhile.
-            let parts = self.parts.try_lock().and_then(|p| p.clone());
-            let parts = parts.ok_or(LogError::NotInMemory)?;
-            let start = parts.index.scan_start_cached(relative_offset);
-            (parts, start.ok_or(LogError::NotInMemory)?)
-        } else {
-            let parts = self.parts()?;
-            let start = parts.index.scan_start(relative_offset);
-            (parts, start)
-        };
-        let start = u64::from(start);
+        let parts = self.parts()?;
         let end = parts.size.load(Ordering::Acquire);
+        let relative_offset = u32::try_from(offset - self.base_offset).unwrap_or(u32::MAX);
+        let start = u64::from(parts.index.scan_start(relative_offset));
         // A read served from a map needs the cursor only to find its first
         // batch; a copied one takes its bytes from the cursor's chunk too.
-        let mapped = mode.is_view() && max_bytes >= VIEW_MIN_BYTES;
+        let mapped = mode == ReadMode::View && max_bytes >= VIEW_MIN_BYTES;
         let chunk_bytes = if mapped {
             SEEK_CHUNK_BYTES
         } else {
             CURSOR_CHUNK_BYTES
         };
-        let mut cursor = BatchCursor::with_chunk_bytes(parts.log.as_ref(), start, end, chunk_bytes)
-            .cached_only(mode.cached_only());
+        let mut cursor = BatchCursor::with_chunk_bytes(parts.log.as_ref(), start, end, chunk_bytes);
         let first = loop {
             let Some(h) = cursor.header().map_err(|s| self.corrupt(s))? else {
                 return Ok(None);
@@ -431,10 +408,6 @@ impl Segment {
         let buf = match mode {
             ReadMode::View if want >= VIEW_MIN_BYTES => {
                 parts.log.read_view(want, pos).map_err(Stop::Io)
-            }
-            ReadMode::CachedView if want >= VIEW_MIN_BYTES => {
-                let view = parts.log.read_view_cached(want, pos).map_err(Stop::Io);
-                view.and_then(|v| v.ok_or(Stop::NotInMemory))
             }
             _ => cursor.bytes(pos, want),
         }

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use memmap2::{Advice, Mmap, MmapMut, MmapOptions};
+use memmap2::{Mmap, MmapMut, MmapOptions};
 use parking_lot::Mutex;
 
 /// How a file is opened.
@@ -67,25 +67,6 @@ pub trait StorageFile: Send + Sync + Debug {
     /// survives).
     fn read_view(&self, len: usize, pos: u64) -> io::Result<Bytes> {
         self.read_exact_vec(len, pos).map(Bytes::from)
-    }
-    /// From memory only: at least `min_len` and at most `max_len` bytes at
-    /// `pos`, as many as the page cache holds from there on, or `None` when
-    /// it holds fewer than `min_len` (reading them would wait for the disk).
-    /// For callers on an async worker, which must not wait. The default
-    /// cannot tell, and says `None`.
-    fn read_vec_cached(
-        &self,
-        _min_len: usize,
-        _max_len: usize,
-        _pos: u64,
-    ) -> io::Result<Option<Vec<u8>>> {
-        Ok(None)
-    }
-    /// As [`StorageFile::read_view`], but only from memory (see
-    /// [`StorageFile::read_vec_cached`]): `None` unless every page of the
-    /// range is in the page cache and up to date.
-    fn read_view_cached(&self, _len: usize, _pos: u64) -> io::Result<Option<Bytes>> {
-        Ok(None)
     }
     /// Makes everything written so far durable (fdatasync).
     fn sync(&self) -> io::Result<()>;
@@ -180,105 +161,6 @@ struct LocalFile {
     file: File,
 }
 
-impl LocalFile {
-    /// Reads `max_len` bytes at `pos` with `preadv2` `flags`. With
-    /// `RWF_NOWAIT` the kernel refuses (`EAGAIN`) to read what the page
-    /// cache lacks: then the bytes read so far if they are at least
-    /// `min_len`, else `None`.
-    fn pread_vec(
-        &self,
-        min_len: usize,
-        max_len: usize,
-        pos: u64,
-        flags: libc::c_int,
-    ) -> io::Result<Option<Vec<u8>>> {
-        let mut buf: Vec<u8> = Vec::with_capacity(max_len);
-        let mut done = 0;
-        while done < max_len {
-            // The spare capacity starts at `buf.len()`, which is `done`.
-            let spare = &mut buf.spare_capacity_mut()[..max_len - done];
-            let iov = libc::iovec {
-                iov_base: spare.as_mut_ptr().cast(),
-                iov_len: spare.len(),
-            };
-            // SAFETY: preadv2 writes at most `spare.len()` bytes into the
-            // spare capacity; only the bytes it reports written become part
-            // of the vector (`set_len` below), so nothing uninitialised is
-            // ever read.
-            let n = unsafe {
-                libc::preadv2(
-                    self.file.as_raw_fd(),
-                    &iov,
-                    1,
-                    (pos + done as u64) as libc::off_t,
-                    flags,
-                )
-            };
-            if n < 0 && flags & libc::RWF_NOWAIT != 0 {
-                // EAGAIN: the disk would be read. The others: this kernel or
-                // file system (tmpfs) cannot tell; the caller reads where it
-                // may wait.
-                let errno = io::Error::last_os_error().raw_os_error();
-                if matches!(errno, Some(libc::EAGAIN | libc::EOPNOTSUPP | libc::EINVAL)) {
-                    return Ok((done >= min_len).then_some(buf));
-                }
-            }
-            let at_zero = || {
-                io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("short read: wanted {max_len} bytes at {pos}, file ended after {done}"),
-                )
-            };
-            let Some(n) = progress(n, at_zero)? else {
-                continue;
-            };
-            done += n;
-            // SAFETY: the first `done` bytes were written by preadv2.
-            unsafe { buf.set_len(done) };
-        }
-        Ok(Some(buf))
-    }
-}
-
-/// Whether every page under `bytes` (memory of a file map) is in the page
-/// cache and up to date, so that reading it will not wait for the disk (a
-/// page whose read is still in flight counts as not there).
-pub fn resident(bytes: &[u8]) -> bool {
-    if bytes.is_empty() {
-        return true;
-    }
-    let page = page_bytes();
-    let addr = bytes.as_ptr() as usize;
-    let start = addr - addr % page;
-    let pages = (addr + bytes.len() - start).div_ceil(page);
-    let mut status = vec![0u8; pages];
-    // SAFETY: `start` is page-aligned and the `pages` pages from it hold
-    // `bytes`, which is mapped; mincore writes one byte per page into
-    // `status`, which holds `pages` bytes, and reads no file data.
-    let rc = unsafe {
-        libc::mincore(
-            start as *mut libc::c_void,
-            pages * page,
-            status.as_mut_ptr(),
-        )
-    };
-    // Bit 0: resident. A failed call tells nothing: not resident.
-    rc == 0 && status.iter().all(|s| s & 1 == 1)
-}
-
-/// The size of a memory page.
-fn page_bytes() -> usize {
-    static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *PAGE.get_or_init(|| {
-        // SAFETY: sysconf has no preconditions.
-        let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-        usize::try_from(size)
-            .ok()
-            .filter(|&s| s > 0)
-            .unwrap_or(4096)
-    })
-}
-
 impl StorageFile for LocalFile {
     fn write_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
         self.file.write_all_at(buf, pos)
@@ -322,17 +204,36 @@ impl StorageFile for LocalFile {
     }
 
     fn read_exact_vec(&self, len: usize, pos: u64) -> io::Result<Vec<u8>> {
-        let read = self.pread_vec(len, len, pos, 0)?;
-        Ok(read.expect("only a read with RWF_NOWAIT stops short"))
-    }
-
-    fn read_vec_cached(
-        &self,
-        min_len: usize,
-        max_len: usize,
-        pos: u64,
-    ) -> io::Result<Option<Vec<u8>>> {
-        self.pread_vec(min_len, max_len, pos, libc::RWF_NOWAIT)
+        let mut buf: Vec<u8> = Vec::with_capacity(len);
+        let mut done = 0;
+        while done < len {
+            // The spare capacity starts at `buf.len()`, which is `done`.
+            let spare = buf.spare_capacity_mut();
+            // SAFETY: pread writes at most `spare.len()` bytes into the spare
+            // capacity; only the bytes it reports written become part of the
+            // vector (`set_len` below), so nothing uninitialised is ever read.
+            let n = unsafe {
+                libc::pread(
+                    self.file.as_raw_fd(),
+                    spare.as_mut_ptr().cast(),
+                    spare.len(),
+                    (pos + done as u64) as libc::off_t,
+                )
+            };
+            let at_zero = || {
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("short read: wanted {len} bytes at {pos}, file ended after {done}"),
+                )
+            };
+            let Some(n) = progress(n, at_zero)? else {
+                continue;
+            };
+            done += n;
+            // SAFETY: the first `done` bytes were written by pread.
+            unsafe { buf.set_len(done) };
+        }
+        Ok(buf)
     }
 
     fn read_view(&self, len: usize, pos: u64) -> io::Result<Bytes> {
@@ -361,28 +262,6 @@ impl StorageFile for LocalFile {
         Ok(Bytes::from_owner(map))
     }
 
-    fn read_view_cached(&self, len: usize, pos: u64) -> io::Result<Option<Bytes>> {
-        if len == 0 {
-            return Ok(Some(Bytes::new()));
-        }
-        let file_len = self.file.metadata()?.len();
-        if pos.checked_add(len as u64).is_none_or(|end| end > file_len) {
-            return Ok(None); // The read that may wait reports it.
-        }
-        // SAFETY: as for `read_view`. Not populated: that would read from the
-        // disk what the page cache lacks.
-        let map = unsafe { MmapOptions::new().offset(pos).len(len).map(&self.file)? };
-        if !resident(&map) {
-            return Ok(None);
-        }
-        // Maps the pages in one call rather than a fault each as the socket
-        // copies them out. Every page is in memory now; should the kernel
-        // drop one before this call, the call reads it back (as a fault of a
-        // mapped read would).
-        let _ = map.advise(Advice::PopulateRead);
-        Ok(Some(Bytes::from_owner(map)))
-    }
-
     fn sync(&self) -> io::Result<()> {
         self.file.sync_data()
     }
@@ -409,15 +288,22 @@ impl StorageFile for LocalFile {
 
 impl Storage for FileStorage {
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StorageFile>> {
+        use std::os::unix::fs::OpenOptionsExt;
         let mut options = OpenOptions::new();
         match mode {
             OpenMode::Create => options.read(true).write(true).create(true),
             OpenMode::ReadWrite => options.read(true).write(true),
             OpenMode::ReadOnly => options.read(true),
         };
-        Ok(Arc::new(LocalFile {
-            file: options.open(path)?,
-        }))
+        // No access-time updates: with `relatime`, nearly every read of a
+        // segment just appended to would change its inode (a journal write).
+        // Only a file's owner (or a privileged process) may ask; anyone else
+        // gets EPERM, and opens the file as it is.
+        let file = match options.clone().custom_flags(libc::O_NOATIME).open(path) {
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => options.open(path)?,
+            opened => opened?,
+        };
+        Ok(Arc::new(LocalFile { file }))
     }
 
     fn remove(&self, path: &Path) -> io::Result<()> {

@@ -120,23 +120,6 @@ enum Writer {
 static NO_COMMIT_STATS: std::sync::LazyLock<CommitStats> =
     std::sync::LazyLock::new(CommitStats::default);
 
-/// Where a [`Partition::read`] ran.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReadPath {
-    /// From the page cache, on the async worker that asked.
-    InMemory,
-    /// On the blocking pool: data not in memory, a read larger than
-    /// [`CACHED_READ_MAX_BYTES`], or a kernel or file system that cannot
-    /// tell what is in memory.
-    Blocking,
-}
-
-/// Largest read tried on an async worker (from the page cache). The read
-/// CRC-checks every batch it returns, which for a megabyte holds the worker
-/// about as long as checking a produced batch does; a larger one goes to
-/// the blocking pool, where the hand-off costs little against its size.
-pub const CACHED_READ_MAX_BYTES: usize = 1024 * 1024;
-
 pub struct Partition {
     topic: Arc<str>,
     index: u32,
@@ -349,31 +332,14 @@ impl Partition {
 
     /// Whole batches from the one holding `offset`, at most `max_bytes` (at
     /// least one batch), all below the high watermark.
-    pub async fn read(&self, offset: u64, max_bytes: usize) -> Result<(ReadChunk, ReadPath)> {
+    pub async fn read(&self, offset: u64, max_bytes: usize) -> Result<ReadChunk> {
+        let log = self.log.clone();
         let upper = self.high_watermark();
-        // Served here when the page cache holds it (a consumer reading what
-        // was just written, or catching up over a backlog still in memory),
-        // else on a thread that may wait for the disk. Handing every read to
-        // that pool cost two thread wake-ups per response: about 7% of the
-        // broker's CPU serving a catch-up.
-        let cached = if max_bytes <= CACHED_READ_MAX_BYTES {
-            self.log.read_committed_cached(offset, max_bytes, upper)
-        } else {
-            Err(LogError::NotInMemory)
-        };
-        let (read, path) = match cached {
-            Err(LogError::NotInMemory) => {
-                let log = self.log.clone();
-                let read = tokio::task::spawn_blocking(move || {
-                    log.read_committed(offset, max_bytes, upper)
-                })
+        let read =
+            tokio::task::spawn_blocking(move || log.read_committed(offset, max_bytes, upper))
                 .await
                 .map_err(|e| Error::Internal(format!("read task failed: {e}")))?;
-                (read, ReadPath::Blocking)
-            }
-            read => (read, ReadPath::InMemory),
-        };
-        let chunk = read.map_err(|e| match e {
+        read.map_err(|e| match e {
             LogError::OffsetOutOfRange {
                 requested,
                 start,
@@ -386,8 +352,7 @@ impl Partition {
                 end,
             },
             other => Error::Storage(other),
-        })?;
-        Ok((chunk, path))
+        })
     }
 
     /// Waits until the high watermark passes `offset` or `timeout` elapses;
@@ -419,7 +384,7 @@ impl Partition {
         if offset >= self.high_watermark() || offset < self.start_offset() {
             return Ok(None);
         }
-        let (chunk, _) = self.read(offset, 1).await?;
+        let chunk = self.read(offset, 1).await?;
         for item in strata_proto::batch::Batches::new(chunk.bytes) {
             let (_, batch) = item?;
             for record in strata_proto::batch::Records::new(batch)? {

@@ -232,12 +232,10 @@ async fn run(
                 _ = tx.tx.closed() => return,
             };
             match c.partition.read(c.offset, max_bytes).await {
-                Ok((chunk, _)) if chunk.bytes.is_empty() => {}
-                Ok((chunk, path)) => {
+                Ok(chunk) if chunk.bytes.is_empty() => {}
+                Ok(chunk) => {
                     c.offset = chunk.next_offset;
-                    broker
-                        .metrics()
-                        .fetch_response(chunk.bytes.len() as u64, path);
+                    broker.metrics().fetch_response(chunk.bytes.len() as u64);
                     if !tx
                         .send((Ok(response(c, chunk.bytes, None)), Some(permit)), &broker)
                         .await
