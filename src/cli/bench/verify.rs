@@ -26,6 +26,11 @@ pub struct Verifier {
 /// not from a bench run (and must not size the verifier's tables).
 const MAX_PRODUCERS: u32 = 1 << 16;
 
+/// Bench sequences count a producer's records from 0; one beyond this (4G
+/// records, 4 TB at 1 KiB) is not from a bench run, and must not grow the
+/// verifier's bit set past 512 MiB.
+const MAX_SEQUENCE: u64 = 1 << 32;
+
 /// The slot for `index` in `v`, grown to hold it.
 fn slot<T: Default>(v: &mut Vec<T>, index: u32) -> &mut T {
     let i = index as usize;
@@ -75,7 +80,8 @@ impl Verifier {
                 "partition {partition}: {kind}: expected offset {expected}, got {offset}"
             ));
         }
-        let Some(stamp) = stamp.filter(|s| s.producer < MAX_PRODUCERS) else {
+        let bench = |s: &Stamp| s.producer < MAX_PRODUCERS && s.sequence < MAX_SEQUENCE;
+        let Some(stamp) = stamp.filter(bench) else {
             self.problem(format!(
                 "partition {partition} offset {offset}: not a bench record"
             ));
@@ -157,6 +163,15 @@ mod tests {
         let mut short = Verifier::default();
         short.record(0, 0, s(1, 0));
         assert!(short.finish(Some(2)).unwrap_err().contains("expected 2"));
+
+        let mut huge = Verifier::default();
+        huge.record(0, 0, s(1, u64::MAX - 1));
+        huge.record(0, 1, s(u32::MAX, 0));
+        assert_eq!(huge.problems.len(), 2, "{:?}", huge.problems);
+        assert!(
+            huge.seen.iter().all(Vec::is_empty),
+            "no table sized by them"
+        );
 
         let mut foreign = Verifier::default();
         foreign.record(0, 0, None);
